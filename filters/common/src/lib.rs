@@ -1,0 +1,132 @@
+//! Helpers shared by the gateway's proxy-wasm filters.
+//!
+//! Everything here is plain Rust so it unit-tests natively; the filters' thin
+//! wasm shells call into it.
+
+use serde::Serialize;
+
+/// The JSON error body every component of the gateway returns to clients.
+///
+/// Shape: `{"error": {"status": 401, "code": "missing_api_key", "message": "...", "request_id": "..."}}`.
+/// `code` is a stable machine-readable reason; `message` is for humans and may change.
+pub fn error_body(status: u16, code: &str, message: &str, request_id: Option<&str>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        status: u16,
+        code: &'a str,
+        message: &'a str,
+        request_id: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Outer<'a> {
+        error: Inner<'a>,
+    }
+    serde_json::to_vec(&Outer {
+        error: Inner {
+            status,
+            code,
+            message,
+            request_id,
+        },
+    })
+    .expect("serialising plain strings cannot fail")
+}
+
+/// Returns the value of query parameter `name` in a request path such as `/a?b=1&c=2`.
+///
+/// The value is percent-decoded; `+` is not treated as a space (API keys and tokens never contain it
+/// as a space).
+pub fn query_param(path: &str, name: &str) -> Option<String> {
+    let query = path.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
+}
+
+/// Removes every occurrence of query parameter `name` from a request path, keeping the others in order.
+pub fn remove_query_param(path: &str, name: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            percent_decode(key) != name
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+fn percent_decode(input: &str) -> String {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(byte) = hex_byte(bytes[i + 1], bytes[i + 2]) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_byte(high: u8, low: u8) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    Some((digit(high)? * 16 + digit(low)?) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_has_stable_shape() {
+        let body = error_body(401, "missing_api_key", "no key", Some("abc"));
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["error"]["status"], 401);
+        assert_eq!(value["error"]["code"], "missing_api_key");
+        assert_eq!(value["error"]["message"], "no key");
+        assert_eq!(value["error"]["request_id"], "abc");
+    }
+
+    #[test]
+    fn error_body_without_request_id_is_null() {
+        let body = error_body(500, "x", "y", None);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(value["error"]["request_id"].is_null());
+    }
+
+    #[test]
+    fn query_param_finds_and_decodes() {
+        assert_eq!(
+            query_param("/a?x=1&key=a%2Fb", "key").as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(query_param("/a?key", "key").as_deref(), Some(""));
+        assert_eq!(query_param("/a?x=1", "key"), None);
+        assert_eq!(query_param("/a", "key"), None);
+        assert_eq!(query_param("/a?key=v#frag", "key").as_deref(), Some("v"));
+        assert_eq!(query_param("/a?key=%zz", "key").as_deref(), Some("%zz"));
+        assert_eq!(query_param("/a?key=%4", "key").as_deref(), Some("%4"));
+    }
+
+    #[test]
+    fn remove_query_param_keeps_others() {
+        assert_eq!(remove_query_param("/a?x=1&key=2&y=3", "key"), "/a?x=1&y=3");
+        assert_eq!(remove_query_param("/a?key=2", "key"), "/a");
+        assert_eq!(remove_query_param("/a", "key"), "/a");
+        assert_eq!(remove_query_param("/a?k%65y=2", "key"), "/a");
+    }
+}
