@@ -12,6 +12,7 @@ VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
 WASM_DIR    := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 FILTERS     := auth-filter
+TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server
 
@@ -51,7 +52,7 @@ $(VENV)/.installed: tests/requirements.txt
 ## --- build --------------------------------------------------------------------------------------
 
 filters: deps-rust
-	cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
+	cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS))
 
 ## --- the two commands ---------------------------------------------------------------------------
 
@@ -78,7 +79,7 @@ run: setup filters
 lint: deps-rust
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -- -D warnings
+	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS)) -- -D warnings
 
 fmt:
 	cargo fmt --all

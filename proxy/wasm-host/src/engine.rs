@@ -1,0 +1,200 @@
+//! [`Host`]: the wasmtime engine, the on-disk module cache, the CPU-deadline ticker, and the
+//! services every plugin shares (shared data, queues, metrics, callouts).
+
+use crate::callout::{HttpCallDispatcher, NoClusters};
+use crate::metrics::MetricsRegistry;
+use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec};
+use crate::queues::SharedQueues;
+use crate::shared_data::{MemoryLimits, MemorySharedData, SharedDataBackend};
+use crate::vm::PluginVm;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Config, Engine, Linker, Module};
+
+/// How often the engine's epoch advances; CPU deadlines are whole multiples of it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Epoch ticks for a deadline (at least one full tick, plus one for the partial tick in progress).
+pub(crate) fn ticks_for(deadline: Duration) -> u64 {
+    (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+/// Options for [`Host::new`].
+pub struct HostOptions {
+    /// Directory for compiled modules, keyed by content hash; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Where shared data lives (default: process memory, bounded).
+    pub shared_data: Arc<dyn SharedDataBackend>,
+    /// Transport for `proxy_http_call` (default: no clusters).
+    pub callouts: Arc<dyn HttpCallDispatcher>,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            shared_data: Arc::new(MemorySharedData::new(MemoryLimits::default())),
+            callouts: Arc::new(NoClusters),
+        }
+    }
+}
+
+/// What all plugins of a host share.
+pub(crate) struct HostServices {
+    pub(crate) shared_data: Arc<dyn SharedDataBackend>,
+    pub(crate) queues: SharedQueues,
+    pub(crate) metrics: MetricsRegistry,
+    pub(crate) callouts: Arc<dyn HttpCallDispatcher>,
+}
+
+impl HostServices {
+    /// Counts a filter trap in the metrics (`wasm_filter_traps_total{plugin=...}`).
+    pub(crate) fn record_trap(&self, plugin: &str) {
+        if let Ok(id) = self.metrics.define(
+            plugin,
+            crate::abi::MetricType::Counter,
+            "filter_traps_total",
+        ) {
+            self.metrics.increment(id, 1);
+        }
+    }
+}
+
+/// A proxy-wasm host. Create one per process; load plugins from it.
+pub struct Host {
+    engine: Engine,
+    services: Arc<HostServices>,
+    cache_dir: Option<PathBuf>,
+    next_plugin_id: AtomicU64,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Host {
+    /// Creates the engine and starts the epoch ticker thread.
+    pub fn new(options: HostOptions) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (tick_engine, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match tick_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })?;
+        if let Some(dir) = &options.cache_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Self {
+            engine,
+            services: Arc::new(HostServices {
+                shared_data: options.shared_data,
+                queues: SharedQueues::default(),
+                metrics: MetricsRegistry::default(),
+                callouts: options.callouts,
+            }),
+            cache_dir: options.cache_dir,
+            next_plugin_id: AtomicU64::new(1),
+            ticker_stop,
+        })
+    }
+
+    /// Filter-defined metrics (and filter trap counts), for the proxy's `/metrics`.
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.services.metrics
+    }
+
+    /// Compiles `wasm` (or loads it from the cache), then starts one VM on this thread to check that
+    /// the filter accepts its configuration. Must run inside a tokio runtime.
+    pub async fn load_plugin(&self, wasm: &[u8], spec: PluginSpec) -> Result<Plugin, LoadError> {
+        let module = self.compile(wasm)?;
+        let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+        if !exports
+            .iter()
+            .any(|e| *e == "proxy_abi_version_0_2_1" || *e == "proxy_abi_version_0_2_0")
+        {
+            return Err(LoadError::Abi(
+                "no proxy_abi_version_0_2_1 or proxy_abi_version_0_2_0 export".into(),
+            ));
+        }
+        let mut linker = Linker::new(&self.engine);
+        crate::hostcalls::add_to_linker(&mut linker).map_err(|e| LoadError::Abi(e.to_string()))?;
+        crate::hostcalls::add_fallbacks(&mut linker, &module)
+            .map_err(|e| LoadError::Abi(e.to_string()))?;
+        let instance_pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Abi(format!("{e:#}")))?;
+        let shared = Arc::new(PluginShared {
+            spec,
+            services: self.services.clone(),
+        });
+        let id = self.next_plugin_id.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::new(PluginInner::new(
+            id,
+            shared,
+            self.engine.clone(),
+            instance_pre,
+        ));
+        let first_vm = PluginVm::start(&inner).await?;
+        let plugin = Plugin { inner };
+        plugin.adopt(first_vm);
+        Ok(plugin)
+    }
+
+    fn compile(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        let compile =
+            || Module::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")));
+        let Some(dir) = &self.cache_dir else {
+            return compile();
+        };
+        let path = self.cache_path(dir, wasm);
+        if path.is_file() {
+            // SAFETY: the cache directory holds only artifacts this host serialised; wasmtime checks
+            // the header and engine compatibility and errs on a mismatch, so we recompile.
+            match unsafe { Module::deserialize_file(&self.engine, &path) } {
+                Ok(module) => return Ok(module),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "ignoring unusable cached module")
+                }
+            }
+        }
+        let module = compile()?;
+        if let Err(error) = write_cache(&path, &module) {
+            tracing::warn!(path = %path.display(), %error, "cannot cache compiled module");
+        }
+        Ok(module)
+    }
+
+    fn cache_path(&self, dir: &Path, wasm: &[u8]) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let digest = hex::encode(Sha256::digest(wasm));
+        dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
+    }
+}
+
+fn write_cache(path: &Path, module: &Module) -> wasmtime::Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, module.serialize()?)?;
+    std::fs::rename(&temporary, path)?;
+    Ok(())
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,76 @@
+//! The host functions a guest imports, one module per ABI area. Each function decodes its
+//! arguments, acts on [`HostState`], and returns only the statuses the spec allows for that call
+//! (the Rust SDK panics on any other).
+
+mod buffers;
+mod context;
+mod header_maps;
+mod logging;
+mod metrics;
+mod properties;
+mod shared;
+mod stream_control;
+mod wasi;
+
+use crate::abi::Status;
+use crate::state::HostState;
+use wasmtime::{ExternType, Linker, Module, Val, ValType};
+
+pub(crate) use logging::flush_stdio;
+
+/// Defines every supported host function in `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    logging::add_to_linker(linker)?;
+    context::add_to_linker(linker)?;
+    buffers::add_to_linker(linker)?;
+    header_maps::add_to_linker(linker)?;
+    stream_control::add_to_linker(linker)?;
+    shared::add_to_linker(linker)?;
+    metrics::add_to_linker(linker)?;
+    properties::add_to_linker(linker)?;
+    wasi::add_to_linker(linker)?;
+    Ok(())
+}
+
+/// Gives every import of `module` the linker does not define a stand-in, so filters built against
+/// newer SDKs still load: `env` functions return `UNIMPLEMENTED`, WASI functions return `ENOSYS`,
+/// and anything else (or any import that returns no status) traps if called.
+pub(crate) fn add_fallbacks(
+    linker: &mut Linker<HostState>,
+    module: &Module,
+) -> wasmtime::Result<()> {
+    for import in module.imports() {
+        let ExternType::Func(ty) = import.ty() else {
+            continue;
+        };
+        let (module_name, name) = (import.module(), import.name());
+        let returns_status =
+            ty.results().len() == 1 && matches!(ty.results().next(), Some(ValType::I32));
+        let code = match module_name {
+            "env" if returns_status => Some(Status::Unimplemented as i32),
+            wasi::MODULE if returns_status => Some(wasi::ERRNO_NOSYS),
+            _ => None,
+        };
+        let label = format!("{module_name}::{name}");
+        // Defining fails for names the host already provides (shadowing is off): those are kept.
+        let defined =
+            linker.func_new(
+                module_name,
+                name,
+                ty,
+                move |_caller, _params, results| match code {
+                    Some(code) => {
+                        results[0] = Val::I32(code);
+                        Ok(())
+                    }
+                    None => Err(wasmtime::format_err!(
+                        "called {label}, which this host does not provide"
+                    )),
+                },
+            );
+        if defined.is_ok() {
+            tracing::debug!(import = %format!("{module_name}::{name}"), "import not provided by the host; stubbed");
+        }
+    }
+    Ok(())
+}

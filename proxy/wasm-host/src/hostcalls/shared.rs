@@ -1,0 +1,162 @@
+//! Shared data (`proxy_get/set_shared_data`, with compare-and-swap) and shared queues.
+//! Shared-data calls are asynchronous: the backend may be remote, and the guest waits while the
+//! worker thread serves other requests.
+
+use crate::abi::Status;
+use crate::memory::{finish, read, read_string, return_bytes, write_u32, Failure, HostResult};
+use crate::queues::QueueSubscriber;
+use crate::state::HostState;
+use wasmtime::{Caller, Linker};
+
+/// Largest value a filter may store in one key.
+pub const MAX_SHARED_VALUE_BYTES: usize = 1 << 20;
+
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        "env",
+        "proxy_get_shared_data",
+        |mut caller: Caller<'_, HostState>,
+         (key, key_len, data_ptr, size_ptr, cas_ptr): (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                finish(
+                    get_shared_data(&mut caller, (key, key_len), data_ptr, size_ptr, cas_ptr).await,
+                )
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        "env",
+        "proxy_set_shared_data",
+        |mut caller: Caller<'_, HostState>,
+         (key, key_len, value, value_len, cas): (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                finish(
+                    async {
+                        let key = read(&mut caller, key, key_len)?;
+                        let value = read(&mut caller, value, value_len)?;
+                        if value.len() > MAX_SHARED_VALUE_BYTES {
+                            // The SDK accepts only OK or CAS_MISMATCH here; an oversized value is
+                            // refused as a conflict so a CAS loop re-reads instead of trapping.
+                            return Err(Status::CasMismatch.into());
+                        }
+                        let plugin = caller.data().plugin.clone();
+                        let backend = &plugin.services.shared_data;
+                        match backend
+                            .set(&plugin.spec.vm_id, &key, &value, cas as u32)
+                            .await
+                        {
+                            Status::Ok => Ok(()),
+                            status => Err(status.into()),
+                        }
+                    }
+                    .await,
+                )
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut caller: Caller<'_, HostState>, name: i32, name_len: i32, id_ptr: i32| -> HostResult {
+            finish((|| {
+                let name = read_string(&mut caller, name, name_len)?;
+                let state = caller.data();
+                let subscriber = QueueSubscriber {
+                    notify: state.queue_notify.clone(),
+                };
+                let id = state.plugin.services.queues.register(
+                    &state.plugin.spec.vm_id,
+                    &name,
+                    subscriber,
+                );
+                write_u32(&mut caller, id_ptr, id)?;
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut caller: Caller<'_, HostState>,
+         vm_id: i32,
+         vm_id_len: i32,
+         name: i32,
+         name_len: i32,
+         id_ptr: i32|
+         -> HostResult {
+            finish((|| {
+                let vm_id = read_string(&mut caller, vm_id, vm_id_len)?;
+                let name = read_string(&mut caller, name, name_len)?;
+                let plugin = caller.data().plugin.clone();
+                // An empty vm_id means the caller's own, as in Envoy.
+                let vm_id = if vm_id.is_empty() {
+                    plugin.spec.vm_id.clone()
+                } else {
+                    vm_id
+                };
+                let id = plugin
+                    .services
+                    .queues
+                    .resolve(&vm_id, &name)
+                    .ok_or(Status::NotFound)?;
+                write_u32(&mut caller, id_ptr, id)?;
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut caller: Caller<'_, HostState>, id: i32, value: i32, value_len: i32| -> HostResult {
+            finish((|| {
+                let value = read(&mut caller, value, value_len)?;
+                match caller
+                    .data()
+                    .plugin
+                    .services
+                    .queues
+                    .enqueue(id as u32, value)
+                {
+                    Status::Ok => Ok(()),
+                    status => Err(status.into()),
+                }
+            })())
+        },
+    )?;
+    linker.func_wrap_async(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut caller: Caller<'_, HostState>, (id, data_ptr, size_ptr): (i32, i32, i32)| {
+            Box::new(async move {
+                finish(
+                    async {
+                        let item = caller.data().plugin.services.queues.dequeue(id as u32)?;
+                        let item = item.ok_or(Status::Empty)?;
+                        return_bytes(&mut caller, &item, data_ptr, size_ptr).await
+                    }
+                    .await,
+                )
+            })
+        },
+    )?;
+    Ok(())
+}
+
+async fn get_shared_data(
+    caller: &mut Caller<'_, HostState>,
+    (key, key_len): (i32, i32),
+    data_ptr: i32,
+    size_ptr: i32,
+    cas_ptr: i32,
+) -> Result<(), Failure> {
+    let key = read(caller, key, key_len)?;
+    let plugin = caller.data().plugin.clone();
+    let found = plugin
+        .services
+        .shared_data
+        .get(&plugin.spec.vm_id, &key)
+        .await;
+    let value = found.ok_or(Status::NotFound)?;
+    write_u32(caller, cas_ptr, value.cas)?;
+    return_bytes(caller, &value.value, data_ptr, size_ptr).await
+}

@@ -1,0 +1,245 @@
+//! Plugins: a compiled filter module plus its configuration, with one VM per worker thread.
+
+use crate::engine::HostServices;
+use crate::state::HostState;
+use crate::stream::{HttpStream, StreamInfo};
+use crate::vm::{PluginVm, SharedVm};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{Engine, InstancePre, StoreLimits, StoreLimitsBuilder};
+
+/// What happens to requests when a filter traps, exceeds its limits or cannot start
+/// (named after Envoy's `FailurePolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Requests get a 503 JSON error while the filter is broken (Envoy's default).
+    #[default]
+    FailClosed,
+    /// Requests skip the filter while it is broken.
+    FailOpen,
+    /// The request that hit the failure gets a 503; the VM is recreated (with backoff) for the next.
+    Reload,
+}
+
+/// Per-VM resource limits.
+#[derive(Debug, Clone, Copy)]
+pub struct VmLimits {
+    /// Cap on the guest's linear memory.
+    pub max_memory_bytes: usize,
+    /// CPU (wall-clock) deadline for one callback; a filter that runs longer is trapped.
+    pub callback_deadline: Duration,
+    /// Deadline for start-up (`_initialize`, `on_vm_start`, `on_configure`).
+    pub start_deadline: Duration,
+    /// Longest a filter may keep a stream paused (waiting on a callout, say).
+    pub pause_timeout: Duration,
+}
+
+impl Default for VmLimits {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 64 << 20,
+            callback_deadline: Duration::from_millis(500),
+            start_deadline: Duration::from_secs(5),
+            pause_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything needed to run a filter.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The plugin's name (`plugin_name`, log lines, metrics labels).
+    pub name: String,
+    /// Root id the filter registered its root context under (`plugin_root_id`).
+    pub root_id: String,
+    /// VM id: plugins sharing it share shared data and queues (`plugin_vm_id`).
+    pub vm_id: String,
+    /// The VM configuration, read by the filter in `on_vm_start`.
+    pub vm_configuration: Vec<u8>,
+    /// The plugin configuration, read by the filter in `on_configure`.
+    pub plugin_configuration: Vec<u8>,
+    /// What happens when the filter fails.
+    pub failure_policy: FailurePolicy,
+    /// Resource limits.
+    pub limits: VmLimits,
+}
+
+impl PluginSpec {
+    /// A spec with default limits and policy; `vm_id` and `root_id` default to the name.
+    pub fn new(name: &str, plugin_configuration: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: name.to_string(),
+            root_id: name.to_string(),
+            vm_id: name.to_string(),
+            vm_configuration: Vec::new(),
+            plugin_configuration: plugin_configuration.into(),
+            failure_policy: FailurePolicy::default(),
+            limits: VmLimits::default(),
+        }
+    }
+}
+
+/// Why a plugin could not be loaded or started.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid module, or compiling failed.
+    #[error("cannot compile the module: {0}")]
+    Compile(String),
+    /// The module does not follow proxy-wasm ABI 0.2.x.
+    #[error("not a proxy-wasm 0.2 module: {0}")]
+    Abi(String),
+    /// Instantiation or a start-up callback trapped.
+    #[error("failed to start: {0}")]
+    Start(String),
+    /// The filter refused its configuration.
+    #[error("refused its configuration: {0}")]
+    Refused(String),
+}
+
+/// What every VM of a plugin shares.
+pub(crate) struct PluginShared {
+    pub(crate) spec: PluginSpec,
+    pub(crate) services: Arc<HostServices>,
+}
+
+/// The compiled plugin and its VM-recreation state.
+pub(crate) struct PluginInner {
+    id: u64,
+    pub(crate) shared: Arc<PluginShared>,
+    pub(crate) engine: Engine,
+    pub(crate) instance_pre: InstancePre<HostState>,
+    reload: Mutex<ReloadState>,
+}
+
+struct ReloadState {
+    failures: u32,
+    next_attempt: Option<Instant>,
+}
+
+thread_local! {
+    /// This worker thread's VM of each plugin, by plugin id.
+    static THREAD_VMS: RefCell<HashMap<u64, SharedVm>> = RefCell::new(HashMap::new());
+}
+
+impl PluginInner {
+    pub(crate) fn new(
+        id: u64,
+        shared: Arc<PluginShared>,
+        engine: Engine,
+        instance_pre: InstancePre<HostState>,
+    ) -> Self {
+        Self {
+            id,
+            shared,
+            engine,
+            instance_pre,
+            reload: Mutex::new(ReloadState {
+                failures: 0,
+                next_attempt: None,
+            }),
+        }
+    }
+
+    pub(crate) fn store_limits(&self) -> StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(self.shared.spec.limits.max_memory_bytes)
+            .instances(1)
+            .memories(1)
+            .tables(8)
+            .table_elements(1 << 16)
+            .build()
+    }
+
+    pub(crate) fn callback_ticks(&self) -> u64 {
+        crate::engine::ticks_for(self.shared.spec.limits.callback_deadline)
+    }
+
+    pub(crate) fn start_ticks(&self) -> u64 {
+        crate::engine::ticks_for(self.shared.spec.limits.start_deadline)
+    }
+}
+
+/// A loaded filter. Cheap to clone; use it from any worker thread.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) inner: Arc<PluginInner>,
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.inner.shared.spec.name
+    }
+
+    /// The plugin's spec.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.inner.shared.spec
+    }
+
+    /// Adopts `vm` as this thread's VM (the one started while loading).
+    pub(crate) fn adopt(&self, vm: SharedVm) {
+        THREAD_VMS.with(|vms| vms.borrow_mut().insert(self.inner.id, vm));
+    }
+
+    /// Starts a new HTTP stream on this thread's VM, starting (or, under `Reload`, restarting) the
+    /// VM first when needed. Never fails: a filter that cannot run yields its failure policy's
+    /// verdict from every phase.
+    pub async fn new_http_stream(&self, info: StreamInfo) -> HttpStream {
+        let vm = self.vm_for_this_thread().await;
+        let mut stream = HttpStream {
+            plugin: self.inner.clone(),
+            vm: None,
+            id: 0,
+            bypass: false,
+            request_id: None,
+        };
+        if let Some(cell) = vm.filter(|cell| !cell.broken.load(Ordering::Acquire)) {
+            let created = cell.vm.lock().await.create_stream(info).await;
+            if let Ok(id) = created {
+                stream.id = id;
+                stream.vm = Some(cell);
+            }
+        }
+        stream
+    }
+
+    async fn vm_for_this_thread(&self) -> Option<SharedVm> {
+        let existing = THREAD_VMS.with(|vms| vms.borrow().get(&self.inner.id).cloned());
+        if let Some(vm) = &existing {
+            let healthy = !vm.broken.load(Ordering::Acquire);
+            if healthy || self.spec().failure_policy != FailurePolicy::Reload {
+                return existing;
+            }
+        }
+        if !self.may_start_vm() {
+            return existing;
+        }
+        match PluginVm::start(&self.inner).await {
+            Ok(vm) => {
+                self.inner.reload.lock().expect("reload lock").failures = 0;
+                self.adopt(vm.clone());
+                if existing.is_some() {
+                    tracing::info!(plugin = self.name(), "filter VM recreated after a failure");
+                }
+                Some(vm)
+            }
+            Err(error) => {
+                let mut reload = self.inner.reload.lock().expect("reload lock");
+                reload.failures = reload.failures.saturating_add(1);
+                let backoff = Duration::from_millis(100 << reload.failures.min(8))
+                    .min(Duration::from_secs(30));
+                reload.next_attempt = Some(Instant::now() + backoff);
+                tracing::error!(plugin = self.name(), %error, ?backoff, "cannot start filter VM");
+                existing
+            }
+        }
+    }
+
+    fn may_start_vm(&self) -> bool {
+        let reload = self.inner.reload.lock().expect("reload lock");
+        reload.next_attempt.is_none_or(|at| Instant::now() >= at)
+    }
+}

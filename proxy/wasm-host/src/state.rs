@@ -1,0 +1,102 @@
+//! What a VM's store holds: the plugin's identity and services, and the state of each context.
+
+use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::headers::Headers;
+use crate::plugin::PluginShared;
+use crate::stream::{LocalResponse, StreamInfo};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
+use wasmtime::{Memory, StoreLimits, TypedFunc};
+
+/// The data of one VM's `Store`.
+pub(crate) struct HostState {
+    pub(crate) plugin: Arc<PluginShared>,
+    pub(crate) limits: StoreLimits,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) allocate: Option<TypedFunc<i32, i32>>,
+    pub(crate) root_context_id: u32,
+    /// The context host calls act on (the callback's, or the one set by `proxy_set_effective_context`).
+    pub(crate) effective_context: u32,
+    pub(crate) streams: HashMap<u32, StreamState>,
+    /// Properties the root context set with `proxy_set_property`.
+    pub(crate) root_properties: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) tick_period: Option<Duration>,
+    /// Wakes the VM's background task when the tick period changes.
+    pub(crate) tick_changed: Arc<Notify>,
+    pub(crate) queue_notify: UnboundedSender<u32>,
+    pub(crate) next_callout_token: u32,
+    /// Callouts the guest asked for during the current callback, started once it returns.
+    pub(crate) new_callouts: Vec<PendingCallout>,
+    /// The response being delivered to `proxy_on_http_call_response`.
+    pub(crate) callout_response: Option<CalloutResponse>,
+    /// The last error the guest logged, quoted when its start fails.
+    pub(crate) last_error_log: Option<String>,
+    /// Buffered output of WASI `fd_write`, per file descriptor, emitted line by line.
+    pub(crate) stdio_lines: [Vec<u8>; 2],
+}
+
+/// A callout requested by a guest.
+pub(crate) struct PendingCallout {
+    pub(crate) token: u32,
+    pub(crate) context_id: u32,
+    pub(crate) cluster: String,
+    pub(crate) request: CalloutRequest,
+}
+
+/// The state of one HTTP context (one request through this filter).
+pub(crate) struct StreamState {
+    pub(crate) info: StreamInfo,
+    pub(crate) request_headers: Headers,
+    pub(crate) request_trailers: Headers,
+    pub(crate) response_headers: Headers,
+    pub(crate) response_trailers: Headers,
+    pub(crate) request_body: Vec<u8>,
+    pub(crate) response_body: Vec<u8>,
+    pub(crate) properties: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) local_response: Option<LocalResponse>,
+    /// `proxy_continue_stream` was called for the request / response direction.
+    pub(crate) resume_request: bool,
+    pub(crate) resume_response: bool,
+    /// `proxy_close_stream` was called.
+    pub(crate) close: bool,
+    /// Which direction the stream is in, for `proxy_get_buffer_status` and similar.
+    pub(crate) response_phase: bool,
+    /// Wakes a paused phase when a callout completes or the guest resumes the stream.
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl StreamState {
+    pub(crate) fn new(info: StreamInfo) -> Self {
+        Self {
+            info,
+            request_headers: Headers::new(),
+            request_trailers: Headers::new(),
+            response_headers: Headers::new(),
+            response_trailers: Headers::new(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            properties: HashMap::new(),
+            local_response: None,
+            resume_request: false,
+            resume_response: false,
+            close: false,
+            response_phase: false,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl HostState {
+    /// The stream the current host call acts on, if the effective context is a stream.
+    pub(crate) fn stream(&mut self) -> Option<&mut StreamState> {
+        self.streams.get_mut(&self.effective_context)
+    }
+
+    /// The plugin's name, for log lines.
+    pub(crate) fn plugin_name(&self) -> &str {
+        &self.plugin.spec.name
+    }
+}

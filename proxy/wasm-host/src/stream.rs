@@ -1,0 +1,326 @@
+//! [`HttpStream`]: one request through one filter, driven phase by phase by the proxy.
+
+use crate::abi::Action;
+use crate::headers::Headers;
+use crate::plugin::{FailurePolicy, PluginInner};
+use crate::vm::{Phase, SharedVm};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Facts about the connection and route that filters read as properties.
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo {
+    /// The client's address (`source.address`).
+    pub source: Option<SocketAddr>,
+    /// The address the client connected to (`destination.address`).
+    pub destination: Option<SocketAddr>,
+    /// `HTTP/1.1`, `HTTP/2`… (`request.protocol`).
+    pub protocol: String,
+    /// The matched route (`xds.route_name`).
+    pub route_name: Option<String>,
+    /// The selected cluster (`xds.cluster_name`).
+    pub cluster_name: Option<String>,
+    /// The verified client-certificate identity, when mTLS was used (`source.principal`).
+    pub peer_principal: Option<String>,
+}
+
+/// A response a filter (or the host, on filter failure) sends instead of proxying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (no pseudo-headers).
+    pub headers: Headers,
+    /// Response body.
+    pub body: Vec<u8>,
+    /// Why, for the access log.
+    pub details: String,
+}
+
+/// What the proxy does after a phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on with the (possibly modified) headers or data.
+    Continue,
+    /// The filter is buffering the body: send nothing yet; the data is kept and handed back later.
+    Buffer,
+    /// Answer the client with this response and stop proxying.
+    Respond(LocalResponse),
+    /// Reset the stream without a response.
+    Reset,
+}
+
+/// One HTTP context of one filter. Call the phases in order, then [`HttpStream::finish`].
+pub struct HttpStream {
+    pub(crate) plugin: Arc<PluginInner>,
+    /// `None` when no VM could be started (the failure policy applies to every phase).
+    pub(crate) vm: Option<SharedVm>,
+    pub(crate) id: u32,
+    /// Set when the filter failed open: later phases skip it.
+    pub(crate) bypass: bool,
+    pub(crate) request_id: Option<String>,
+}
+
+impl HttpStream {
+    /// Request headers (with `:method`, `:path`, `:authority`, `:scheme`).
+    pub async fn on_request_headers(
+        &mut self,
+        headers: &mut Headers,
+        end_of_stream: bool,
+    ) -> Verdict {
+        self.request_id = headers.get_str("x-request-id");
+        self.run_headers(Phase::RequestHeaders, headers, end_of_stream)
+            .await
+    }
+
+    /// A chunk of request body. On `Continue`, `chunk` holds the data to forward (everything
+    /// buffered so far); on `Buffer` it is empty and the data is kept.
+    pub async fn on_request_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Verdict {
+        self.run_body(Phase::RequestBody, chunk, end_of_stream)
+            .await
+    }
+
+    /// Request trailers.
+    pub async fn on_request_trailers(&mut self, trailers: &mut Headers) -> Verdict {
+        self.run_headers(Phase::RequestTrailers, trailers, true)
+            .await
+    }
+
+    /// Response headers (with `:status`).
+    pub async fn on_response_headers(
+        &mut self,
+        headers: &mut Headers,
+        end_of_stream: bool,
+    ) -> Verdict {
+        self.run_headers(Phase::ResponseHeaders, headers, end_of_stream)
+            .await
+    }
+
+    /// A chunk of response body; see [`HttpStream::on_request_body`].
+    pub async fn on_response_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> Verdict {
+        self.run_body(Phase::ResponseBody, chunk, end_of_stream)
+            .await
+    }
+
+    /// Response trailers.
+    pub async fn on_response_trailers(&mut self, trailers: &mut Headers) -> Verdict {
+        self.run_headers(Phase::ResponseTrailers, trailers, true)
+            .await
+    }
+
+    /// Ends the stream: the filter's `on_done`, `on_log` and `on_delete` run.
+    pub async fn finish(mut self) {
+        if let Some(cell) = self.vm.take() {
+            cell.vm.lock().await.finish_stream(self.id).await;
+        }
+    }
+
+    async fn run_headers(
+        &mut self,
+        phase: Phase,
+        headers: &mut Headers,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Some(cell) = self.active_vm() else {
+            return self.failure_verdict();
+        };
+        let action = {
+            let mut vm = cell.vm.lock().await;
+            let Some(stream) = vm.stream(self.id) else {
+                return self.failure_verdict();
+            };
+            let count = headers.len();
+            *slot(stream, phase) = std::mem::take(headers);
+            if phase == Phase::ResponseHeaders {
+                stream.response_phase = true;
+            }
+            reset_resume(stream, phase);
+            vm.call_phase(self.id, phase, count, end_of_stream).await
+        };
+        let verdict = self.settle(&cell, phase, action).await;
+        // Copied after settling: a paused filter may still edit the headers (from a callout).
+        if let Some(stream) = cell.vm.lock().await.stream(self.id) {
+            *headers = slot(stream, phase).clone();
+        }
+        verdict
+    }
+
+    async fn run_body(
+        &mut self,
+        phase: Phase,
+        chunk: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Some(cell) = self.active_vm() else {
+            return self.failure_verdict();
+        };
+        let action = {
+            let mut vm = cell.vm.lock().await;
+            let Some(stream) = vm.stream(self.id) else {
+                return self.failure_verdict();
+            };
+            let body = body(stream, phase);
+            body.append(chunk);
+            let size = body.len();
+            reset_resume(stream, phase);
+            vm.call_phase(self.id, phase, size, end_of_stream).await
+        };
+        if matches!(action, Ok(Action::Pause)) && !end_of_stream {
+            // Buffer unless the filter answered or reset meanwhile.
+            let mut vm = cell.vm.lock().await;
+            if let Some(stream) = vm.stream(self.id) {
+                if stream.local_response.is_none() && !stream.close {
+                    return Verdict::Buffer;
+                }
+            }
+        }
+        let verdict = self.settle(&cell, phase, action).await;
+        if verdict == Verdict::Continue {
+            let mut vm = cell.vm.lock().await;
+            if let Some(stream) = vm.stream(self.id) {
+                *chunk = std::mem::take(body(stream, phase));
+            }
+        }
+        verdict
+    }
+
+    /// Turns a callback's result into a verdict, waiting while the filter holds the stream paused.
+    async fn settle(
+        &mut self,
+        cell: &SharedVm,
+        phase: Phase,
+        action: Result<Action, crate::vm::Trapped>,
+    ) -> Verdict {
+        let Ok(action) = action else {
+            return self.failure_verdict();
+        };
+        let deadline = Instant::now() + self.plugin.shared.spec.limits.pause_timeout;
+        let mut paused = action == Action::Pause;
+        loop {
+            let wake = {
+                let mut vm = cell.vm.lock().await;
+                if cell.broken.load(Ordering::Acquire) {
+                    drop(vm);
+                    return self.failure_verdict();
+                }
+                let Some(stream) = vm.stream(self.id) else {
+                    return self.failure_verdict();
+                };
+                if let Some(response) = stream.local_response.take() {
+                    return Verdict::Respond(response);
+                }
+                if stream.close {
+                    return Verdict::Reset;
+                }
+                if !paused || take_resume(stream, phase) {
+                    return Verdict::Continue;
+                }
+                stream.wake.clone()
+            };
+            if tokio::time::timeout_at(deadline, wake.notified())
+                .await
+                .is_err()
+            {
+                let plugin = &self.plugin.shared.spec.name;
+                tracing::warn!(
+                    plugin,
+                    ?phase,
+                    "filter kept the stream paused past the pause timeout"
+                );
+                return self.policy_verdict(
+                    "filter_timeout",
+                    "the filter did not resume the request in time",
+                );
+            }
+            paused = true;
+        }
+    }
+
+    fn active_vm(&self) -> Option<SharedVm> {
+        if self.bypass {
+            return None;
+        }
+        self.vm
+            .clone()
+            .filter(|cell| !cell.broken.load(Ordering::Acquire))
+    }
+
+    /// The verdict for a stream whose filter failed (or whose VM is broken or missing).
+    fn failure_verdict(&mut self) -> Verdict {
+        if self.bypass {
+            return Verdict::Continue;
+        }
+        self.policy_verdict("filter_failed", "a gateway filter failed")
+    }
+
+    fn policy_verdict(&mut self, code: &str, message: &str) -> Verdict {
+        match self.plugin.shared.spec.failure_policy {
+            FailurePolicy::FailOpen => {
+                self.bypass = true;
+                Verdict::Continue
+            }
+            FailurePolicy::FailClosed | FailurePolicy::Reload => Verdict::Respond(LocalResponse {
+                status: 503,
+                headers: Headers::from_pairs([("content-type", "application/json")]),
+                body: filter_common::error_body(503, code, message, self.request_id.as_deref()),
+                details: format!("{code}: {}", self.plugin.shared.spec.name),
+            }),
+        }
+    }
+}
+
+impl Drop for HttpStream {
+    fn drop(&mut self) {
+        // A stream dropped without `finish` (client gone, proxy error) still ends its context.
+        if let Some(cell) = self.vm.take() {
+            let id = self.id;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { cell.vm.lock().await.finish_stream(id).await });
+            }
+        }
+    }
+}
+
+fn slot(stream: &mut crate::state::StreamState, phase: Phase) -> &mut Headers {
+    match phase {
+        Phase::RequestHeaders | Phase::RequestBody => &mut stream.request_headers,
+        Phase::RequestTrailers => &mut stream.request_trailers,
+        Phase::ResponseHeaders | Phase::ResponseBody => &mut stream.response_headers,
+        Phase::ResponseTrailers => &mut stream.response_trailers,
+    }
+}
+
+fn body(stream: &mut crate::state::StreamState, phase: Phase) -> &mut Vec<u8> {
+    match phase {
+        Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers => {
+            &mut stream.request_body
+        }
+        _ => &mut stream.response_body,
+    }
+}
+
+fn is_response(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::ResponseHeaders | Phase::ResponseBody | Phase::ResponseTrailers
+    )
+}
+
+fn reset_resume(stream: &mut crate::state::StreamState, phase: Phase) {
+    if is_response(phase) {
+        stream.resume_response = false;
+    } else {
+        stream.resume_request = false;
+    }
+}
+
+fn take_resume(stream: &mut crate::state::StreamState, phase: Phase) -> bool {
+    let flag = if is_response(phase) {
+        &mut stream.resume_response
+    } else {
+        &mut stream.resume_request
+    };
+    std::mem::take(flag)
+}

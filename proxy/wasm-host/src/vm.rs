@@ -1,0 +1,490 @@
+//! One instance of a plugin's module (a "VM", as Envoy says): its store, its callbacks, and the
+//! background task that delivers ticks and queue notifications to its root context.
+
+use crate::abi::Action;
+use crate::callout::CalloutResponse;
+use crate::hostcalls::flush_stdio;
+use crate::plugin::{LoadError, PluginInner};
+use crate::state::{HostState, StreamState};
+use crate::stream::StreamInfo;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{Mutex, Notify};
+use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
+
+/// The context id of every VM's root context (stream contexts count up from it).
+pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
+
+/// A VM shared by the streams of one worker thread.
+pub(crate) struct VmCell {
+    /// Set once the VM trapped; a broken VM never runs guest code again.
+    pub(crate) broken: AtomicBool,
+    pub(crate) vm: Mutex<PluginVm>,
+}
+
+pub(crate) type SharedVm = Arc<VmCell>;
+
+/// The HTTP phases a stream goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+/// The guest exports the host calls. Missing optional callbacks are skipped, as in Envoy.
+struct Callbacks {
+    on_context_create: TypedFunc<(i32, i32), ()>,
+    on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+}
+
+fn export<P: WasmParams, R: WasmResults>(
+    instance: &Instance,
+    store: &mut Store<HostState>,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, LoadError> {
+    if instance.get_func(&mut *store, name).is_none() {
+        return Ok(None);
+    }
+    instance
+        .get_typed_func::<P, R>(&mut *store, name)
+        .map(Some)
+        .map_err(|e| LoadError::Abi(format!("export {name} has the wrong signature: {e}")))
+}
+
+impl Callbacks {
+    fn resolve(instance: &Instance, store: &mut Store<HostState>) -> Result<Self, LoadError> {
+        Ok(Self {
+            on_context_create: export(instance, store, "proxy_on_context_create")?.ok_or_else(
+                || LoadError::Abi("the module does not export proxy_on_context_create".into()),
+            )?,
+            on_vm_start: export(instance, store, "proxy_on_vm_start")?,
+            on_configure: export(instance, store, "proxy_on_configure")?,
+            on_request_headers: export(instance, store, "proxy_on_request_headers")?,
+            on_request_body: export(instance, store, "proxy_on_request_body")?,
+            on_request_trailers: export(instance, store, "proxy_on_request_trailers")?,
+            on_response_headers: export(instance, store, "proxy_on_response_headers")?,
+            on_response_body: export(instance, store, "proxy_on_response_body")?,
+            on_response_trailers: export(instance, store, "proxy_on_response_trailers")?,
+            on_done: export(instance, store, "proxy_on_done")?,
+            on_log: export(instance, store, "proxy_on_log")?,
+            on_delete: export(instance, store, "proxy_on_delete")?,
+            on_tick: export(instance, store, "proxy_on_tick")?,
+            on_queue_ready: export(instance, store, "proxy_on_queue_ready")?,
+            on_http_call_response: export(instance, store, "proxy_on_http_call_response")?,
+        })
+    }
+}
+
+/// The guest trapped (or ran out of time or memory); the VM is now broken.
+#[derive(Debug)]
+pub(crate) struct Trapped;
+
+/// A plugin instance: a wasmtime store plus the guest's callbacks.
+pub(crate) struct PluginVm {
+    pub(crate) store: Store<HostState>,
+    callbacks: Callbacks,
+    plugin: Arc<PluginInner>,
+    next_context_id: u32,
+    self_ref: Weak<VmCell>,
+}
+
+impl PluginVm {
+    /// Instantiates the module and runs its start-up: `_initialize`, the root context,
+    /// `on_vm_start` and `on_configure`. Must run inside a tokio runtime (timers and callouts).
+    pub(crate) async fn start(plugin: &Arc<PluginInner>) -> Result<SharedVm, LoadError> {
+        let (queue_tx, queue_rx) = tokio::sync::mpsc::unbounded_channel();
+        let tick_changed = Arc::new(Notify::new());
+        let state = HostState {
+            plugin: plugin.shared.clone(),
+            limits: plugin.store_limits(),
+            memory: None,
+            allocate: None,
+            root_context_id: ROOT_CONTEXT_ID,
+            effective_context: ROOT_CONTEXT_ID,
+            streams: HashMap::new(),
+            root_properties: HashMap::new(),
+            tick_period: None,
+            tick_changed: tick_changed.clone(),
+            queue_notify: queue_tx,
+            next_callout_token: 0,
+            new_callouts: Vec::new(),
+            callout_response: None,
+            last_error_log: None,
+            stdio_lines: Default::default(),
+        };
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(plugin.start_ticks());
+        let instance = plugin
+            .instance_pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::Start(format!("instantiation failed: {e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| LoadError::Abi("the module does not export its memory".into()))?;
+        let allocate = match export::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
+        {
+            Some(f) => f,
+            None => export::<i32, i32>(&instance, &mut store, "malloc")?.ok_or_else(|| {
+                LoadError::Abi(
+                    "the module exports neither proxy_on_memory_allocate nor malloc".into(),
+                )
+            })?,
+        };
+        store.data_mut().memory = Some(memory);
+        store.data_mut().allocate = Some(allocate);
+        let callbacks = Callbacks::resolve(&instance, &mut store)?;
+        for init in ["_initialize", "_start"] {
+            if let Some(f) = export::<(), ()>(&instance, &mut store, init)? {
+                f.call_async(&mut store, ())
+                    .await
+                    .map_err(|e| LoadError::Start(format!("{init} trapped: {e:#}")))?;
+                break;
+            }
+        }
+        let cell = Arc::new_cyclic(|self_ref| VmCell {
+            broken: AtomicBool::new(false),
+            vm: Mutex::new(PluginVm {
+                store,
+                callbacks,
+                plugin: plugin.clone(),
+                next_context_id: ROOT_CONTEXT_ID + 1,
+                self_ref: self_ref.clone(),
+            }),
+        });
+        {
+            let mut vm = cell.vm.lock().await;
+            vm.start_root().await?;
+        }
+        spawn_background(Arc::downgrade(&cell), tick_changed, queue_rx);
+        Ok(cell)
+    }
+
+    async fn start_root(&mut self) -> Result<(), LoadError> {
+        let root = ROOT_CONTEXT_ID as i32;
+        let deadline = self.plugin.start_ticks();
+        let spec = self.plugin.shared.spec.clone();
+        let create = self.callbacks.on_context_create.clone();
+        self.invoke_with(ROOT_CONTEXT_ID, Some(create), (root, 0), deadline)
+            .await
+            .map_err(|_| self.start_error("proxy_on_context_create trapped"))?;
+        let vm_start = self.callbacks.on_vm_start.clone();
+        let started = self
+            .invoke_with(
+                ROOT_CONTEXT_ID,
+                vm_start,
+                (root, spec.vm_configuration.len() as i32),
+                deadline,
+            )
+            .await
+            .map_err(|_| self.start_error("on_vm_start trapped"))?;
+        if started == Some(0) {
+            return Err(self.refused("on_vm_start returned false"));
+        }
+        let configure = self.callbacks.on_configure.clone();
+        let configured = self
+            .invoke_with(
+                ROOT_CONTEXT_ID,
+                configure,
+                (root, spec.plugin_configuration.len() as i32),
+                deadline,
+            )
+            .await
+            .map_err(|_| self.start_error("on_configure trapped"))?;
+        if configured == Some(0) {
+            return Err(self.refused("on_configure returned false"));
+        }
+        Ok(())
+    }
+
+    fn start_error(&mut self, what: &str) -> LoadError {
+        LoadError::Start(format!("{what}{}", self.last_guest_error()))
+    }
+
+    fn refused(&mut self, what: &str) -> LoadError {
+        LoadError::Refused(format!("{what}{}", self.last_guest_error()))
+    }
+
+    fn last_guest_error(&mut self) -> String {
+        self.store
+            .data_mut()
+            .last_error_log
+            .take()
+            .map(|m| format!(" (filter logged: {m})"))
+            .unwrap_or_default()
+    }
+
+    /// Calls a guest callback with the per-callback CPU deadline. A trap breaks the VM for good.
+    async fn invoke<P, R>(
+        &mut self,
+        context_id: u32,
+        func: Option<TypedFunc<P, R>>,
+        params: P,
+    ) -> Result<Option<R>, Trapped>
+    where
+        P: WasmParams + Sync,
+        R: WasmResults + Sync,
+    {
+        let ticks = self.plugin.callback_ticks();
+        self.invoke_with(context_id, func, params, ticks).await
+    }
+
+    async fn invoke_with<P, R>(
+        &mut self,
+        context_id: u32,
+        func: Option<TypedFunc<P, R>>,
+        params: P,
+        ticks: u64,
+    ) -> Result<Option<R>, Trapped>
+    where
+        P: WasmParams + Sync,
+        R: WasmResults + Sync,
+    {
+        if self.is_broken() {
+            return Err(Trapped);
+        }
+        let Some(func) = func else { return Ok(None) };
+        self.store.data_mut().effective_context = context_id;
+        self.store.set_epoch_deadline(ticks);
+        let result = func.call_async(&mut self.store, params).await;
+        flush_stdio(self.store.data_mut());
+        self.start_callouts();
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(error) => {
+                self.mark_broken(&error);
+                Err(Trapped)
+            }
+        }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.self_ref
+            .upgrade()
+            .is_some_and(|cell| cell.broken.load(Ordering::Acquire))
+    }
+
+    fn mark_broken(&mut self, error: &wasmtime::Error) {
+        let plugin = &self.plugin.shared.spec.name;
+        let reason = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => "exceeded its CPU deadline".to_string(),
+            _ => format!("trapped: {error:#}"),
+        };
+        tracing::error!(plugin, "filter {reason}; this VM will not run again");
+        self.plugin.shared.services.record_trap(plugin);
+        if let Some(cell) = self.self_ref.upgrade() {
+            cell.broken.store(true, Ordering::Release);
+        }
+        // Wake every paused stream so it applies the failure policy now.
+        for stream in self.store.data().streams.values() {
+            stream.wake.notify_one();
+        }
+    }
+
+    /// Starts the callouts the last callback asked for; each completes on its own task.
+    fn start_callouts(&mut self) {
+        let pending = std::mem::take(&mut self.store.data_mut().new_callouts);
+        for callout in pending {
+            let dispatcher = self.plugin.shared.services.callouts.clone();
+            let cell = self.self_ref.clone();
+            tokio::spawn(async move {
+                let call = dispatcher.call(&callout.cluster, callout.request.clone());
+                let response = tokio::time::timeout(callout.request.timeout, call)
+                    .await
+                    .ok()
+                    .flatten();
+                let Some(cell) = cell.upgrade() else { return };
+                let mut vm = cell.vm.lock().await;
+                vm.deliver_callout(callout.context_id, callout.token, response)
+                    .await;
+            });
+        }
+    }
+
+    async fn deliver_callout(
+        &mut self,
+        context_id: u32,
+        token: u32,
+        response: Option<CalloutResponse>,
+    ) {
+        let is_stream = context_id != ROOT_CONTEXT_ID;
+        if is_stream && !self.store.data().streams.contains_key(&context_id) {
+            return; // the request finished; Envoy cancels its callouts too
+        }
+        let sizes = response.as_ref().map_or((0, 0, 0), |r| {
+            (
+                r.headers.len() as i32,
+                r.body.len() as i32,
+                r.trailers.len() as i32,
+            )
+        });
+        self.store.data_mut().callout_response = response;
+        let callback = self.callbacks.on_http_call_response.clone();
+        let _ = self
+            .invoke(
+                context_id,
+                callback,
+                (context_id as i32, token as i32, sizes.0, sizes.1, sizes.2),
+            )
+            .await;
+        self.store.data_mut().callout_response = None;
+        if let Some(stream) = self.store.data().streams.get(&context_id) {
+            stream.wake.notify_one();
+        }
+    }
+
+    /// Creates an HTTP context for a new stream.
+    pub(crate) async fn create_stream(&mut self, info: StreamInfo) -> Result<u32, Trapped> {
+        let id = self.next_context_id;
+        self.next_context_id = self
+            .next_context_id
+            .checked_add(1)
+            .unwrap_or(ROOT_CONTEXT_ID + 1);
+        self.store
+            .data_mut()
+            .streams
+            .insert(id, StreamState::new(info));
+        let create = self.callbacks.on_context_create.clone();
+        self.invoke(id, Some(create), (id as i32, ROOT_CONTEXT_ID as i32))
+            .await?;
+        Ok(id)
+    }
+
+    /// Runs one phase callback; `count` is the header count or body size.
+    pub(crate) async fn call_phase(
+        &mut self,
+        id: u32,
+        phase: Phase,
+        count: usize,
+        end_of_stream: bool,
+    ) -> Result<Action, Trapped> {
+        let (ctx, n, eos) = (id as i32, count as i32, i32::from(end_of_stream));
+        let c = &self.callbacks;
+        let result = match phase {
+            Phase::RequestHeaders => {
+                self.invoke(id, c.on_request_headers.clone(), (ctx, n, eos))
+                    .await?
+            }
+            Phase::RequestBody => {
+                self.invoke(id, c.on_request_body.clone(), (ctx, n, eos))
+                    .await?
+            }
+            Phase::RequestTrailers => {
+                self.invoke(id, c.on_request_trailers.clone(), (ctx, n))
+                    .await?
+            }
+            Phase::ResponseHeaders => {
+                self.invoke(id, c.on_response_headers.clone(), (ctx, n, eos))
+                    .await?
+            }
+            Phase::ResponseBody => {
+                self.invoke(id, c.on_response_body.clone(), (ctx, n, eos))
+                    .await?
+            }
+            Phase::ResponseTrailers => {
+                self.invoke(id, c.on_response_trailers.clone(), (ctx, n))
+                    .await?
+            }
+        };
+        Ok(result.map_or(Action::Continue, Action::from_i32))
+    }
+
+    /// Ends a stream: `on_done`, `on_log`, `on_delete`, then forgets its state.
+    pub(crate) async fn finish_stream(&mut self, id: u32) {
+        if !self.store.data().streams.contains_key(&id) {
+            return;
+        }
+        let ctx = id as i32;
+        let (done, log, delete) = (
+            self.callbacks.on_done.clone(),
+            self.callbacks.on_log.clone(),
+            self.callbacks.on_delete.clone(),
+        );
+        let _ = self.invoke(id, done, ctx).await;
+        let _ = self.invoke(id, log, ctx).await;
+        let _ = self.invoke(id, delete, ctx).await;
+        self.store.data_mut().streams.remove(&id);
+    }
+
+    /// The stream's state, for the stream driver.
+    pub(crate) fn stream(&mut self, id: u32) -> Option<&mut StreamState> {
+        self.store.data_mut().streams.get_mut(&id)
+    }
+
+    async fn on_tick(&mut self) {
+        let tick = self.callbacks.on_tick.clone();
+        let _ = self
+            .invoke(ROOT_CONTEXT_ID, tick, ROOT_CONTEXT_ID as i32)
+            .await;
+    }
+
+    async fn on_queue_ready(&mut self, queue_id: u32) {
+        let ready = self.callbacks.on_queue_ready.clone();
+        let _ = self
+            .invoke(
+                ROOT_CONTEXT_ID,
+                ready,
+                (ROOT_CONTEXT_ID as i32, queue_id as i32),
+            )
+            .await;
+    }
+}
+
+/// Delivers ticks and queue notifications to the root context until the VM breaks or is dropped.
+fn spawn_background(
+    cell: Weak<VmCell>,
+    tick_changed: Arc<Notify>,
+    mut queue_rx: UnboundedReceiver<u32>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let period = {
+                let Some(vm) = cell.upgrade() else { return };
+                if vm.broken.load(Ordering::Acquire) {
+                    return;
+                }
+                let guard = vm.vm.lock().await;
+                guard.store.data().tick_period
+            };
+            let tick = async {
+                match period {
+                    Some(period) => tokio::time::sleep(period).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tick => {
+                    let Some(vm) = cell.upgrade() else { return };
+                    vm.vm.lock().await.on_tick().await;
+                }
+                queue = queue_rx.recv() => {
+                    let Some(queue_id) = queue else { return };
+                    let Some(vm) = cell.upgrade() else { return };
+                    vm.vm.lock().await.on_queue_ready(queue_id).await;
+                }
+                () = tick_changed.notified() => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,102 @@
+//! A filter that misbehaves on demand, to test the host's fault isolation and limits.
+//! Behaviour by request path: `/panic` panics (a trap), `/loop` spins forever, `/oom` grows memory
+//! without bound, `/bad-pointers` passes out-of-bounds pointers to host calls; anything else passes
+//! with `x-vm-id` naming this VM. The plugin configuration `refuse` makes `on_configure` fail.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { vm_id: 0 }) });
+}}
+
+struct Root {
+    vm_id: u64,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        if self.get_plugin_configuration().unwrap_or_default() == b"refuse" {
+            log::error!("misbehaving: refusing configuration on purpose");
+            return false;
+        }
+        self.vm_id = self
+            .get_current_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        true
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request { vm_id: self.vm_id }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    vm_id: u64,
+}
+
+impl Context for Request {}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
+    fn proxy_get_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+    ) -> u32;
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        match path.as_str() {
+            "/panic" => panic!("misbehaving: panic on purpose"),
+            "/loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "/oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "/bad-pointers" => {
+                let far = 0xFFFF_FF00usize as *const u8;
+                let log_status = unsafe { proxy_log(2, far, 1024) };
+                let key = b":path";
+                let get_status = unsafe {
+                    proxy_get_header_map_value(
+                        0,
+                        key.as_ptr(),
+                        key.len(),
+                        0xFFFF_FFF0usize as *mut *mut u8,
+                        0xFFFF_FFF8usize as *mut usize,
+                    )
+                };
+                self.set_http_request_header("x-log-status", Some(&log_status.to_string()));
+                self.set_http_request_header("x-get-status", Some(&get_status.to_string()));
+                Action::Continue
+            }
+            _ => {
+                self.set_http_request_header("x-vm-id", Some(&self.vm_id.to_string()));
+                Action::Continue
+            }
+        }
+    }
+}
