@@ -159,10 +159,11 @@ impl Host {
             return compile();
         };
         let path = self.cache_path(dir, wasm);
-        if path.is_file() {
+        // Read, not mapped: a mapped artifact truncated by someone else would crash the process.
+        if let Ok(bytes) = std::fs::read(&path) {
             // SAFETY: the cache directory holds only artifacts this host serialised; wasmtime checks
             // the header and engine compatibility and errs on a mismatch, so we recompile.
-            match unsafe { Module::deserialize_file(&self.engine, &path) } {
+            match unsafe { Module::deserialize(&self.engine, &bytes) } {
                 Ok(module) => return Ok(module),
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "ignoring unusable cached module")

@@ -152,8 +152,11 @@ pub fn encode_map<'a>(
     out
 }
 
+/// Decoded map pairs: `(name, value)` as bytes.
+pub type MapPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Decodes the ABI's map encoding; malformed input is a serialization failure.
-pub fn decode_map(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Status> {
+pub fn decode_map(bytes: &[u8]) -> Result<MapPairs, Status> {
     let u32_at = |at: usize| -> Result<usize, Status> {
         let slice = bytes.get(at..at + 4).ok_or(Status::SerializationFailure)?;
         Ok(u32::from_le_bytes(slice.try_into().expect("four bytes")) as usize)
@@ -196,7 +199,7 @@ mod tests {
         let pairs: Vec<(&str, &[u8])> = vec![(":path", b"/x"), ("a", b""), ("b", b"2")];
         let encoded = encode_map(pairs.iter().copied());
         let decoded = decode_map(&encoded).unwrap();
-        let expected: Vec<(Vec<u8>, Vec<u8>)> = pairs
+        let expected: MapPairs = pairs
             .iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
             .collect();

@@ -53,8 +53,11 @@ struct Callbacks {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<TypedFunc<CallResponseParams, ()>>,
 }
+
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseParams = (i32, i32, i32, i32, i32);
 
 fn export<P: WasmParams, R: WasmResults>(
     instance: &Instance,

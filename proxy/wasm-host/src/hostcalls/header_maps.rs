@@ -15,7 +15,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_get_header_map_size",
         |mut caller: Caller<'_, HostState>, map: i32, size_ptr: i32| -> HostResult {
             finish((|| {
-                let size = map_ref(caller.data_mut(), map)?.map_or(0, |h| encoded_size(h));
+                let size = map_ref(caller.data_mut(), map)?.map_or(0, encoded_size);
                 write_u32(&mut caller, size_ptr, size as u32)?;
                 Ok(())
             })())
