@@ -94,13 +94,14 @@ def start_envoy(
     wasm: Path,
     plugin_config: str,
     upstream_port: int,
+    plugin_name: str = "auth",
     listen_port: int | None = None,
     template: Path = DEFAULT_TEMPLATE,
     work_dir: Path | None = None,
     wait_ready: bool = True,
     timeout: float = 30.0,
 ) -> EnvoyProcess:
-    """Start Envoy with ``template`` rendered for these ports, filter and plugin configuration."""
+    """Start Envoy with ``template`` rendered for these ports, filter, plugin name and configuration."""
     listen_port = listen_port or free_port()
     admin_port = free_port()
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="envoy-"))
@@ -115,6 +116,7 @@ def start_envoy(
                 "UPSTREAM_PORT": str(upstream_port),
                 "WASM_PATH": json.dumps(str(Path(wasm).resolve())),
                 "PLUGIN_CONFIG": json.dumps(plugin_config),
+                "PLUGIN_NAME": json.dumps(plugin_name),
             },
         )
     )
@@ -161,6 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wasm", type=Path, required=True, help="the filter's .wasm file")
     parser.add_argument("--plugin-config", type=Path, required=True, help="the filter's JSON configuration")
+    parser.add_argument("--plugin-name", default="auth", help="plugin (and root and VM) name")
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--listen-port", type=int, default=10000)
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE)
@@ -170,6 +173,7 @@ def main() -> int:
         wasm=args.wasm,
         plugin_config=args.plugin_config.read_text(),
         upstream_port=args.upstream_port,
+        plugin_name=args.plugin_name,
         listen_port=args.listen_port,
         template=args.template,
     )

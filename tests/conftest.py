@@ -22,12 +22,23 @@ def wasm_dir() -> Path:
     return target / "wasm32-wasip1" / "release"
 
 
-@pytest.fixture(scope="session")
-def auth_wasm() -> Path:
-    """The built auth filter; the suite fails (not skips) when it is missing."""
-    path = wasm_dir() / "auth_filter.wasm"
+def built_filter(name: str) -> Path:
+    """A filter built by `make filters`; the suite fails (not skips) when it is missing."""
+    path = wasm_dir() / f"{name}.wasm"
     assert path.is_file(), f"{path} missing: run `make filters` (make test does)"
     return path
+
+
+@pytest.fixture(scope="session")
+def auth_wasm() -> Path:
+    """The built auth filter."""
+    return built_filter("auth_filter")
+
+
+@pytest.fixture(scope="session")
+def probe_wasm() -> Path:
+    """The host's ABI probe test filter (proxy/wasm-host/test-filters/abi-probe)."""
+    return built_filter("abi_probe_filter")
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,19 @@ async fn local_response_stops_the_request() {
     assert_eq!(response.status, 418);
     assert_eq!(response.body, b"short and stout");
     assert_eq!(response.headers.get_str("x-local").unwrap(), "yes");
+
+    // As Envoy does, the proxy sends a local reply through the response phases; the filter then
+    // sees and edits it (tests/e2e/test_envoy_abi_parity.py checks the same result in Envoy).
+    let mut headers = response.headers.clone();
+    headers.add(":status", b"418");
+    assert_eq!(
+        s.on_response_headers(&mut headers, false).await,
+        Verdict::Continue
+    );
+    assert_eq!(headers.get_str("x-prop-code").unwrap(), "418");
+    let mut body = response.body;
+    assert_eq!(s.on_response_body(&mut body, true).await, Verdict::Continue);
+    assert_eq!(body, b"<short and stout!");
 }
 
 #[tokio::test]

@@ -21,12 +21,6 @@ struct ProbeRoot {
 impl Context for ProbeRoot {}
 
 impl RootContext for ProbeRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        let vm_config = self.get_vm_configuration().unwrap_or_default();
-        self.set_property(vec!["probe", "vm_config"], Some(&vm_config));
-        true
-    }
-
     fn on_configure(&mut self, _size: usize) -> bool {
         self.mode = String::from_utf8(self.get_plugin_configuration().unwrap_or_default())
             .unwrap_or_default();
@@ -187,7 +181,7 @@ impl HttpContext for ProbeRequest {
                 self.set_http_request_header("x-prop-header", Some(&header));
                 self.set_http_request_header("x-prop-missing", Some(&missing));
                 self.set_http_request_header("x-context", Some(&context));
-                self.set_property(vec!["probe", "state"], Some(b"from-request"));
+                self.set_property(vec!["probe_state"], Some(b"from-request"));
                 let pairs = self.get_http_request_headers().len();
                 self.set_http_request_header("x-pairs", Some(&pairs.to_string()));
                 Action::Continue
@@ -211,9 +205,7 @@ impl HttpContext for ProbeRequest {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let state = self
-            .get_property(vec!["probe", "state"])
-            .unwrap_or_default();
+        let state = self.get_property(vec!["probe_state"]).unwrap_or_default();
         let code = self
             .get_property(vec!["response", "code"])
             .map(|v| i64::from_le_bytes(v.try_into().unwrap()).to_string())
