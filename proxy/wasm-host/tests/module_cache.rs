@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use proxy_wasm_host::{Host, HostOptions, PluginSpec, Verdict};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn fresh_dir() -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -15,7 +15,7 @@ fn fresh_dir() -> PathBuf {
     std::env::temp_dir().join(format!("wasm-cache-test-{}-{nanos}", std::process::id()))
 }
 
-fn cached_files(dir: &PathBuf) -> Vec<PathBuf> {
+fn cached_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -23,9 +23,9 @@ fn cached_files(dir: &PathBuf) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn load_and_serve(dir: &PathBuf) {
+async fn load_and_serve(dir: &Path) {
     let host = Host::new(HostOptions {
-        cache_dir: Some(dir.clone()),
+        cache_dir: Some(dir.to_path_buf()),
         ..HostOptions::default()
     })
     .unwrap();

@@ -80,46 +80,32 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             })
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut caller: Caller<'_, HostState>,
-         map: i32,
-         key: i32,
-         key_len: i32,
-         value: i32,
-         value_len: i32|
-         -> HostResult {
-            finish(modify(
-                &mut caller,
-                map,
-                key,
-                key_len,
-                Some((value, value_len)),
-                Headers::add,
-            ))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut caller: Caller<'_, HostState>,
-         map: i32,
-         key: i32,
-         key_len: i32,
-         value: i32,
-         value_len: i32|
-         -> HostResult {
-            finish(modify(
-                &mut caller,
-                map,
-                key,
-                key_len,
-                Some((value, value_len)),
-                Headers::replace,
-            ))
-        },
-    )?;
+    let writers: [(&str, HeaderWrite); 2] = [
+        ("proxy_add_header_map_value", Headers::add),
+        ("proxy_replace_header_map_value", Headers::replace),
+    ];
+    for (name, write) in writers {
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut caller: Caller<'_, HostState>,
+                  map: i32,
+                  key: i32,
+                  key_len: i32,
+                  value: i32,
+                  value_len: i32|
+                  -> HostResult {
+                finish(modify(
+                    &mut caller,
+                    map,
+                    key,
+                    key_len,
+                    Some((value, value_len)),
+                    write,
+                ))
+            },
+        )?;
+    }
     linker.func_wrap(
         "env",
         "proxy_remove_header_map_value",
@@ -136,6 +122,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     )?;
     Ok(())
 }
+
+/// `Headers::add` or `Headers::replace`.
+type HeaderWrite = fn(&mut Headers, &str, &[u8]);
 
 fn encoded_size(headers: &Headers) -> usize {
     4 + headers
