@@ -24,7 +24,7 @@ RUN_UPSTREAM_PORT ?= 18081
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
 	@echo "make test   install what is missing, build, and run every test suite"
-	@echo "make lint   rustfmt and clippy (native and wasm32-wasip1)"
+	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
 
 ## --- set-up -------------------------------------------------------------------------------------
 
@@ -76,10 +76,13 @@ run: setup filters
 
 ## --- hygiene ------------------------------------------------------------------------------------
 
-lint: deps-rust
+lint: deps-rust venv
+	$(VENV)/bin/ruff format --check envoy-config tests
+	$(VENV)/bin/ruff check envoy-config tests
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS)) -- -D warnings
 
-fmt:
+fmt: venv
 	cargo fmt --all
+	$(VENV)/bin/ruff format envoy-config tests

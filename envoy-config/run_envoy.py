@@ -85,7 +85,7 @@ def render(template: Path, values: dict[str, str]) -> str:
         text = text.replace("{{" + name + "}}", value)
     if "{{" in text:
         start = text.index("{{")
-        raise ValueError(f"{template}: no value for placeholder {text[start:text.index('}}', start) + 2]}")
+        raise ValueError(f"{template}: no value for placeholder {text[start : text.index('}}', start) + 2]}")
     return text
 
 
@@ -125,11 +125,15 @@ def start_envoy(
         process = subprocess.Popen(
             [
                 envoy_binary(),
-                "--config-path", str(bootstrap),
+                "--config-path",
+                str(bootstrap),
                 "--disable-hot-restart",
-                "--concurrency", "2",
-                "--log-level", "info",
-                "--component-log-level", "wasm:debug",
+                "--concurrency",
+                "2",
+                "--log-level",
+                "info",
+                "--component-log-level",
+                "wasm:debug",
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -177,8 +181,11 @@ def main() -> int:
         listen_port=args.listen_port,
         template=args.template,
     )
-    print(f"envoy ready: listener 127.0.0.1:{envoy.listen_port}, admin 127.0.0.1:{envoy.admin_port}, "
-          f"log {envoy.log_path}", flush=True)
+    print(
+        f"envoy ready: listener 127.0.0.1:{envoy.listen_port}, admin 127.0.0.1:{envoy.admin_port}, "
+        f"log {envoy.log_path}",
+        flush=True,
+    )
     if not args.foreground:
         return 0
     try:

@@ -13,7 +13,9 @@ from run_envoy import EnvoyProcess, start_envoy
 
 
 def start_probe(mode: str, wasm: Path, upstream_port: int, work_dir: Path) -> EnvoyProcess:
-    return start_envoy(wasm=wasm, plugin_config=mode, plugin_name="probe", upstream_port=upstream_port, work_dir=work_dir)
+    return start_envoy(
+        wasm=wasm, plugin_config=mode, plugin_name="probe", upstream_port=upstream_port, work_dir=work_dir
+    )
 
 
 @pytest.fixture(scope="module")

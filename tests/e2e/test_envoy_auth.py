@@ -90,9 +90,7 @@ def test_forged_identity_without_key_is_rejected(envoy: EnvoyProcess) -> None:
     assert_unauthorized(response, "missing_api_key")
 
 
-def test_invalid_plugin_configuration_refuses_to_start(
-    auth_wasm: Path, upstream_port: int, tmp_path: Path
-) -> None:
+def test_invalid_plugin_configuration_refuses_to_start(auth_wasm: Path, upstream_port: int, tmp_path: Path) -> None:
     with pytest.raises(EnvoyStartError) as failure:
         start_envoy(
             wasm=auth_wasm,
