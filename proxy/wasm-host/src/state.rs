@@ -62,8 +62,6 @@ pub(crate) struct StreamState {
     pub(crate) resume_response: bool,
     /// `proxy_close_stream` was called.
     pub(crate) close: bool,
-    /// Which direction the stream is in, for `proxy_get_buffer_status` and similar.
-    pub(crate) response_phase: bool,
     /// Wakes a paused phase when a callout completes or the guest resumes the stream.
     pub(crate) wake: Arc<Notify>,
 }
@@ -83,7 +81,6 @@ impl StreamState {
             resume_request: false,
             resume_response: false,
             close: false,
-            response_phase: false,
             wake: Arc::new(Notify::new()),
         }
     }

@@ -133,9 +133,6 @@ impl HttpStream {
             };
             let count = headers.len();
             *slot(stream, phase) = std::mem::take(headers);
-            if phase == Phase::ResponseHeaders {
-                stream.response_phase = true;
-            }
             reset_resume(stream, phase);
             vm.call_phase(self.id, phase, count, end_of_stream).await
         };
@@ -165,17 +162,16 @@ impl HttpStream {
             body.append(chunk);
             let size = body.len();
             reset_resume(stream, phase);
-            vm.call_phase(self.id, phase, size, end_of_stream).await
-        };
-        if matches!(action, Ok(Action::Pause)) && !end_of_stream {
-            // Buffer unless the filter answered or reset meanwhile.
-            let mut vm = cell.vm.lock().await;
-            if let Some(stream) = vm.stream(self.id) {
-                if stream.local_response.is_none() && !stream.close {
-                    return Verdict::Buffer;
-                }
+            let action = vm.call_phase(self.id, phase, size, end_of_stream).await;
+            // A pause before the end of the body buffers, unless the filter answered or reset.
+            let answered = vm
+                .stream(self.id)
+                .is_none_or(|s| s.local_response.is_some() || s.close);
+            if matches!(action, Ok(Action::Pause)) && !end_of_stream && !answered {
+                return Verdict::Buffer;
             }
-        }
+            action
+        };
         let verdict = self.settle(&cell, phase, action).await;
         if verdict == Verdict::Continue {
             let mut vm = cell.vm.lock().await;
