@@ -1,0 +1,91 @@
+//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: not draining,
+//! and every cluster has a healthy endpoint) and `/metrics` (Prometheus text).
+
+use crate::runtime::Runtime;
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Whether the process is draining for shutdown.
+#[derive(Debug, Default)]
+pub struct Draining(AtomicBool);
+
+/// Flips [`Draining`] when Pingora starts its graceful shutdown, so `/readyz` fails while
+/// in-flight requests finish and load balancers stop sending new ones.
+pub struct DrainWatcher(pub Arc<Draining>);
+
+#[async_trait]
+impl BackgroundService for DrainWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.0 .0.store(true, Ordering::Release);
+    }
+}
+
+/// The admin endpoints.
+pub struct AdminApp {
+    runtime: Arc<Runtime>,
+    draining: Arc<Draining>,
+}
+
+impl AdminApp {
+    /// Serves `runtime`'s state.
+    pub fn new(runtime: Arc<Runtime>, draining: Arc<Draining>) -> Self {
+        Self { runtime, draining }
+    }
+
+    fn readiness(&self) -> (u16, serde_json::Value) {
+        let draining = self.draining.0.load(Ordering::Acquire);
+        let mut clusters = serde_json::Map::new();
+        let mut all_served = true;
+        for cluster in self.runtime.clusters() {
+            let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
+            all_served &= healthy > 0;
+            clusters.insert(
+                cluster.config.name.clone(),
+                serde_json::json!({"healthy": healthy, "endpoints": cluster.endpoints.len()}),
+            );
+        }
+        let ready = !draining && all_served;
+        let status = if ready { 200 } else { 503 };
+        let body = serde_json::json!({
+            "status": if ready { "ready" } else if draining { "draining" } else { "degraded" },
+            "clusters": clusters,
+        });
+        (status, body)
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let (status, content_type, body) = match path.as_str() {
+            "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/readyz" => {
+                let (status, body) = self.readiness();
+                (status, "application/json", body.to_string().into_bytes())
+            }
+            "/metrics" => {
+                let mut text = self.runtime.metrics.render();
+                text.push_str(&self.runtime.host.metrics().render_prometheus());
+                (200, "text/plain; version=0.0.4", text.into_bytes())
+            }
+            _ => (
+                404,
+                "application/json",
+                filter_common::error_body(404, "not_found", "unknown admin endpoint", None),
+            ),
+        };
+        http::Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .header("content-length", body.len())
+            .body(body)
+            .expect("a valid response")
+    }
+}

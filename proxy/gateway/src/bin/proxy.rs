@@ -1,0 +1,68 @@
+//! `proxy run <file>` serves a configuration; `proxy validate <file>` checks one without serving.
+
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Reverse proxy with proxy-wasm filter chains")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration until SIGTERM (graceful) or SIGINT (fast).
+    Run {
+        /// The YAML configuration file.
+        config: PathBuf,
+    },
+    /// Check a configuration file, including compiling its filters and their configuration.
+    Validate {
+        /// The YAML configuration file.
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Validate { config } => match load(&config) {
+            Ok(_) => {
+                println!("{}: configuration is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config: path } => {
+            let (config, runtime) = match load(&path) {
+                Ok(loaded) => loaded,
+                Err(message) => {
+                    eprintln!("{message}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            gateway::telemetry::init(&config.logging);
+            let server = match gateway::server::build(&config, runtime) {
+                Ok(server) => server,
+                Err(error) => {
+                    eprintln!("{}: invalid configuration: {error}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(config = %path.display(), "proxy starting");
+            server.run_forever()
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<(Config, gateway::runtime::Runtime), String> {
+    let invalid = |e| format!("{}: invalid configuration: {e}", path.display());
+    let config = Config::from_file(path).map_err(invalid)?;
+    let runtime = gateway::server::load(&config).map_err(invalid)?;
+    Ok((config, runtime))
+}

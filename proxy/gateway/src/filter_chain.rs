@@ -1,0 +1,283 @@
+//! Filter chains: loading a route's proxy-wasm filters through the host, and running one request
+//! through them. Requests pass the filters in order, responses in reverse order (as in Envoy).
+
+use crate::config::{Config, ConfigError, FailurePolicyConfig, FilterChainConfig};
+use crate::metrics::GatewayMetrics;
+use proxy_wasm_host::{
+    FailurePolicy, Headers, Host, HttpStream, LocalResponse, Plugin, PluginSpec, StreamInfo,
+    Verdict, VmLimits,
+};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A loaded filter chain.
+pub struct FilterChain {
+    /// The chain's name.
+    pub name: String,
+    plugins: Vec<Plugin>,
+}
+
+impl FilterChain {
+    /// Compiles each filter and checks that it accepts its configuration. `field` names the chain
+    /// in errors, so a filter that refuses its configuration is reported against its entry.
+    pub async fn load(
+        host: &Host,
+        config: &Config,
+        chain: &FilterChainConfig,
+        field: &str,
+    ) -> Result<Self, ConfigError> {
+        let mut plugins = Vec::with_capacity(chain.filters.len());
+        for (i, filter) in chain.filters.iter().enumerate() {
+            let field = format!("{field}.filters[{i}]");
+            let path = config.resolve(&filter.wasm);
+            let wasm = std::fs::read(&path).map_err(|e| ConfigError {
+                field: format!("{field}.wasm"),
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let mut spec =
+                PluginSpec::new(&filter.name, config.plugin_configuration(filter, &field)?);
+            spec.root_id = filter.root_id.clone();
+            spec.vm_configuration = match &filter.vm_configuration {
+                None => Vec::new(),
+                Some(serde_json::Value::String(text)) => text.clone().into_bytes(),
+                Some(other) => other.to_string().into_bytes(),
+            };
+            spec.failure_policy = match filter.failure_policy {
+                FailurePolicyConfig::FailClosed => FailurePolicy::FailClosed,
+                FailurePolicyConfig::FailOpen => FailurePolicy::FailOpen,
+                FailurePolicyConfig::Reload => FailurePolicy::Reload,
+            };
+            spec.limits = VmLimits {
+                max_memory_bytes: filter.limits.max_memory_mib << 20,
+                callback_deadline: filter.limits.callback_timeout,
+                pause_timeout: filter.limits.pause_timeout,
+                ..VmLimits::default()
+            };
+            let plugin = host
+                .load_plugin(&wasm, spec)
+                .await
+                .map_err(|e| ConfigError {
+                    field,
+                    message: e.to_string(),
+                })?;
+            plugins.push(plugin);
+        }
+        Ok(Self {
+            name: chain.name.clone(),
+            plugins,
+        })
+    }
+
+    /// Starts one request through every filter of the chain.
+    pub async fn start(&self, info: StreamInfo, metrics: Arc<GatewayMetrics>) -> ChainRun {
+        let mut streams = Vec::with_capacity(self.plugins.len());
+        for plugin in &self.plugins {
+            streams.push(plugin.new_http_stream(info.clone()).await);
+        }
+        ChainRun {
+            names: self.plugins.iter().map(|p| p.name().to_string()).collect(),
+            streams,
+            metrics,
+            outcome: Outcome::Passed,
+        }
+    }
+}
+
+/// What the chain did to a request, for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every filter let the request through.
+    Passed,
+    /// A filter answered the request itself.
+    Answered {
+        /// The filter.
+        filter: String,
+        /// The status it sent.
+        status: u16,
+    },
+    /// A filter reset the stream.
+    Reset {
+        /// The filter.
+        filter: String,
+    },
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Passed => f.write_str("passed"),
+            Outcome::Answered { filter, status } => write!(f, "answered:{filter}:{status}"),
+            Outcome::Reset { filter } => write!(f, "reset:{filter}"),
+        }
+    }
+}
+
+/// One request's streams through a chain.
+pub struct ChainRun {
+    names: Vec<String>,
+    streams: Vec<HttpStream>,
+    metrics: Arc<GatewayMetrics>,
+    /// What happened so far.
+    pub outcome: Outcome,
+}
+
+/// The result of a phase across the chain.
+#[derive(Debug)]
+pub enum ChainVerdict {
+    /// Go on.
+    Continue,
+    /// A filter is buffering the body; forward nothing yet.
+    Buffer,
+    /// Answer with this response (already passed through the response phases).
+    Respond(LocalResponse),
+    /// Reset the stream.
+    Reset,
+}
+
+impl ChainRun {
+    /// Request headers, through the filters in order.
+    pub async fn request_headers(
+        &mut self,
+        headers: &mut Headers,
+        end_of_stream: bool,
+    ) -> ChainVerdict {
+        for i in 0..self.streams.len() {
+            let started = Instant::now();
+            let verdict = self.streams[i]
+                .on_request_headers(headers, end_of_stream)
+                .await;
+            self.observe(i, "request_headers", started);
+            if let Some(done) = self.settle(i, verdict).await {
+                return done;
+            }
+        }
+        ChainVerdict::Continue
+    }
+
+    /// A request body chunk, through the filters in order.
+    pub async fn request_body(&mut self, chunk: &mut Vec<u8>, end_of_stream: bool) -> ChainVerdict {
+        for i in 0..self.streams.len() {
+            let started = Instant::now();
+            let verdict = self.streams[i].on_request_body(chunk, end_of_stream).await;
+            self.observe(i, "request_body", started);
+            if let Some(done) = self.settle(i, verdict).await {
+                return done;
+            }
+        }
+        ChainVerdict::Continue
+    }
+
+    /// Response headers, through the filters in reverse order.
+    pub async fn response_headers(
+        &mut self,
+        headers: &mut Headers,
+        end_of_stream: bool,
+    ) -> ChainVerdict {
+        for i in (0..self.streams.len()).rev() {
+            let started = Instant::now();
+            let verdict = self.streams[i]
+                .on_response_headers(headers, end_of_stream)
+                .await;
+            self.observe(i, "response_headers", started);
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Buffer => return ChainVerdict::Buffer,
+                Verdict::Reset => return self.reset(i),
+                Verdict::Respond(response) => {
+                    self.answered(i, response.status);
+                    return ChainVerdict::Respond(response);
+                }
+            }
+        }
+        ChainVerdict::Continue
+    }
+
+    /// A response body chunk, through the filters in reverse order.
+    pub async fn response_body(
+        &mut self,
+        chunk: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> ChainVerdict {
+        for i in (0..self.streams.len()).rev() {
+            let started = Instant::now();
+            let verdict = self.streams[i].on_response_body(chunk, end_of_stream).await;
+            self.observe(i, "response_body", started);
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Buffer => return ChainVerdict::Buffer,
+                Verdict::Reset => return self.reset(i),
+                Verdict::Respond(response) => {
+                    self.answered(i, response.status);
+                    return ChainVerdict::Respond(response);
+                }
+            }
+        }
+        ChainVerdict::Continue
+    }
+
+    /// Ends every stream (`on_done`, `on_log`, `on_delete`).
+    pub async fn finish(self) {
+        for stream in self.streams {
+            stream.finish().await;
+        }
+    }
+
+    /// A request-phase verdict from filter `i`: `None` to go on to the next filter.
+    async fn settle(&mut self, i: usize, verdict: Verdict) -> Option<ChainVerdict> {
+        match verdict {
+            Verdict::Continue => None,
+            Verdict::Buffer => Some(ChainVerdict::Buffer),
+            Verdict::Reset => Some(self.reset(i)),
+            Verdict::Respond(mut response) => {
+                self.answered(i, response.status);
+                // As in Envoy, a local reply passes through the response phases of the chain.
+                let mut headers = response.headers.clone();
+                headers.replace(":status", response.status.to_string().as_bytes());
+                match self
+                    .response_headers(&mut headers, response.body.is_empty())
+                    .await
+                {
+                    ChainVerdict::Respond(replacement) => {
+                        return Some(ChainVerdict::Respond(replacement))
+                    }
+                    ChainVerdict::Reset => return Some(ChainVerdict::Reset),
+                    ChainVerdict::Continue | ChainVerdict::Buffer => {}
+                }
+                if let Some(status) = headers.get_str(":status").and_then(|s| s.parse().ok()) {
+                    response.status = status;
+                }
+                headers.remove(":status");
+                response.headers = headers;
+                if !response.body.is_empty() {
+                    let mut body = std::mem::take(&mut response.body);
+                    if let ChainVerdict::Reset = self.response_body(&mut body, true).await {
+                        return Some(ChainVerdict::Reset);
+                    }
+                    response.body = body;
+                }
+                Some(ChainVerdict::Respond(response))
+            }
+        }
+    }
+
+    fn answered(&mut self, i: usize, status: u16) {
+        if self.outcome == Outcome::Passed {
+            self.outcome = Outcome::Answered {
+                filter: self.names[i].clone(),
+                status,
+            };
+        }
+    }
+
+    fn reset(&mut self, i: usize) -> ChainVerdict {
+        self.outcome = Outcome::Reset {
+            filter: self.names[i].clone(),
+        };
+        ChainVerdict::Reset
+    }
+
+    fn observe(&self, i: usize, phase: &str, started: Instant) {
+        self.metrics
+            .filter_phase(&self.names[i], phase, started.elapsed());
+    }
+}

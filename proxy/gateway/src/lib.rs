@@ -1,0 +1,20 @@
+//! A Pingora reverse proxy that runs proxy-wasm filter chains on the `proxy-wasm-host` runtime.
+//!
+//! Layout: `config` (the YAML file and its checks) → `runtime` (compiled routes, clusters and
+//! loaded filter chains) → `proxy` (Pingora's phases: routing, filters, upstream, errors) →
+//! `server` (listeners, admin, health checks). The binary in `src/bin/proxy.rs` is a thin CLI.
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod filter_chain;
+pub mod forwarding;
+pub mod health;
+pub mod metrics;
+mod offload;
+pub mod proxy;
+pub mod responses;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;

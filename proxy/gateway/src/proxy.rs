@@ -1,0 +1,618 @@
+//! The request path: Pingora's phases mapped onto routing, the filter chain and the upstream.
+
+use crate::cluster::{Cluster, InFlight};
+use crate::config::UpstreamErrors;
+use crate::filter_chain::{ChainRun, ChainVerdict};
+use crate::forwarding::{self, TraceContext};
+use crate::offload;
+use crate::responses::{self, ProxyError};
+use crate::runtime::{Route, Runtime};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{Error, ErrorSource, ErrorType};
+use proxy_wasm_host::{Headers, StreamInfo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The proxy logic for one listener.
+pub struct Gateway {
+    runtime: Arc<Runtime>,
+    listener: String,
+    tls: bool,
+}
+
+impl Gateway {
+    /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`).
+    pub fn new(runtime: Arc<Runtime>, listener: &str, tls: bool) -> Self {
+        Self {
+            runtime,
+            listener: listener.to_string(),
+            tls,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestContext {
+    started: Instant,
+    request_id: String,
+    trace: Option<TraceContext>,
+    route: Option<Arc<Route>>,
+    cluster: Option<Arc<Cluster>>,
+    in_flight: Option<InFlight>,
+    failed_endpoint: Option<SocketAddr>,
+    attempts: u32,
+    upstream_started: Option<Instant>,
+    upstream_headers_after: Option<Duration>,
+    chain: Option<ChainRun>,
+    /// An error chosen by the proxy; `fail_to_proxy` renders it.
+    error: Option<ProxyError>,
+    /// A response was already written (local reply); nothing else must be.
+    responded: Option<u16>,
+    /// Replaces the upstream body (a 5xx turned into JSON, or a response-phase local reply).
+    replacement_body: Option<Bytes>,
+    request_body_bytes: u64,
+    filter_outcome: Option<String>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext {
+            started: Instant::now(),
+            request_id: String::new(),
+            trace: None,
+            route: None,
+            cluster: None,
+            in_flight: None,
+            failed_endpoint: None,
+            attempts: 0,
+            upstream_started: None,
+            upstream_headers_after: None,
+            chain: None,
+            error: None,
+            responded: None,
+            replacement_body: None,
+            request_body_bytes: 0,
+            filter_outcome: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<bool> {
+        ctx.started = Instant::now();
+        self.add_forwarding_headers(session, ctx)?;
+
+        let Some(route) = self.runtime.route_for(session.req_header()) else {
+            return self.refuse(session, ctx, ProxyError::NoRoute).await;
+        };
+        let cluster = self.runtime.cluster(&route.config.cluster);
+        ctx.route = Some(route.clone());
+        ctx.cluster = Some(cluster.clone());
+
+        let declared_length = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|n| n > self.runtime.max_request_body_bytes) {
+            return self.refuse(session, ctx, ProxyError::BodyTooLarge).await;
+        }
+
+        let Some(chain) = &route.chain else {
+            return Ok(false);
+        };
+        let info = StreamInfo {
+            source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
+            protocol: if session.is_http2() {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            }
+            .into(),
+            route_name: Some(route.config.name.clone()),
+            cluster_name: Some(cluster.config.name.clone()),
+            peer_principal: None,
+        };
+        let mut run = chain.start(info, self.runtime.metrics.clone()).await;
+        let mut headers = request_headers_to_host(session, self.tls);
+        let end_of_stream = session.is_body_empty();
+        let verdict = run.request_headers(&mut headers, end_of_stream).await;
+        ctx.chain = Some(run);
+        match verdict {
+            ChainVerdict::Continue | ChainVerdict::Buffer => {
+                apply_request_headers(session, &headers)?;
+                Ok(false)
+            }
+            ChainVerdict::Respond(response) => {
+                let status = response.status;
+                responses::write_local(session, response, &ctx.request_id).await?;
+                ctx.responded = Some(status);
+                Ok(true)
+            }
+            ChainVerdict::Reset => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "a filter reset the stream",
+            )),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let cluster = ctx.cluster.clone().expect("routed in request_filter");
+        let route = ctx.route.clone().expect("routed in request_filter");
+        if ctx.attempts == 0 {
+            cluster.record_request();
+        } else {
+            self.runtime.metrics.retry(&cluster.config.name);
+        }
+        ctx.attempts += 1;
+        let hash_key = match &cluster.config.load_balancing {
+            crate::config::LoadBalancing::ConsistentHash { header } => session
+                .req_header()
+                .headers
+                .get(header.as_str())
+                .map(|v| v.as_bytes().to_vec()),
+            _ => None,
+        };
+        let Some(endpoint) = cluster.select(hash_key.as_deref(), ctx.failed_endpoint) else {
+            ctx.error = Some(ProxyError::NoHealthyUpstream);
+            return Err(ProxyError::NoHealthyUpstream.into_pingora());
+        };
+        let peer = cluster.peer(&endpoint, route.config.timeout);
+        ctx.in_flight = Some(InFlight::new(endpoint));
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent, so another endpoint may be tried for any method.
+        ctx.failed_endpoint = peer.address().as_inet().copied();
+        ctx.in_flight = None;
+        let cluster = ctx.cluster.as_ref().expect("routed");
+        let may_retry = ctx.attempts <= cluster.config.retries.attempts
+            && !session.as_ref().retry_buffer_truncated()
+            && cluster.try_retry();
+        e.set_retry(may_retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestContext,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("endpoint {}", peer.address()));
+        ctx.failed_endpoint = peer.address().as_inet().copied();
+        let cluster = ctx.cluster.as_ref().expect("routed");
+        let idempotent = session.req_header().method.is_idempotent();
+        if idempotent
+            && ctx.attempts <= cluster.config.retries.attempts
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            e.retry.decide_reuse(client_reused);
+            if e.retry() && !cluster.try_retry() {
+                e.set_retry(false);
+            }
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        let size = body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.request_body_bytes += size;
+        if ctx.request_body_bytes > self.runtime.max_request_body_bytes {
+            ctx.error = Some(ProxyError::BodyTooLarge);
+            return Err(ProxyError::BodyTooLarge.into_pingora());
+        }
+        let Some(run) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        match run.request_body(&mut chunk, end_of_stream).await {
+            ChainVerdict::Continue => {
+                *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
+                Ok(())
+            }
+            ChainVerdict::Buffer => Ok(()),
+            ChainVerdict::Respond(response) => {
+                let status = response.status;
+                responses::write_local(session, response, &ctx.request_id).await?;
+                ctx.responded = Some(status);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "a filter answered",
+                ))
+            }
+            ChainVerdict::Reset => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "a filter reset the stream",
+            )),
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        ctx.upstream_headers_after = ctx.upstream_started.map(|t| t.elapsed());
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let status = response.status.as_u16();
+        let replace_5xx = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.config.upstream_errors == UpstreamErrors::Json);
+        if status >= 500 && replace_5xx {
+            let error = ProxyError::UpstreamFailed(status);
+            replace_response(
+                response,
+                ctx,
+                error.body(&ctx.request_id),
+                "application/json",
+            )?;
+        }
+        let Some(run) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        let mut headers = response_headers_to_host(response);
+        let end_of_stream = session.req_header().method == http::Method::HEAD
+            || matches!(status, 204 | 304)
+            || response
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
+        match run.response_headers(&mut headers, end_of_stream).await {
+            ChainVerdict::Continue | ChainVerdict::Buffer => {
+                apply_response_headers(response, &headers)
+            }
+            ChainVerdict::Respond(local) => {
+                let content_type = local
+                    .headers
+                    .get_str("content-type")
+                    .unwrap_or_else(|| "text/plain".into());
+                response.set_status(local.status)?;
+                replace_response(response, ctx, local.body, &content_type)
+            }
+            ChainVerdict::Reset => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "a filter reset the stream",
+            )),
+        }
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<Option<Duration>> {
+        if ctx.replacement_body.is_some() {
+            // The upstream body is dropped; the replacement goes out once.
+            *body = ctx.replacement_body.take().filter(|b| !b.is_empty());
+            ctx.replacement_body = Some(Bytes::new());
+            return Ok(None);
+        }
+        let Some(mut run) = ctx.chain.take() else {
+            return Ok(None);
+        };
+        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        // Pingora 0.9 calls this phase synchronously; see `offload` for how filters still await.
+        let (run, chunk, verdict) = offload::block_on(async move {
+            let verdict = run.response_body(&mut chunk, end_of_stream).await;
+            (run, chunk, verdict)
+        });
+        ctx.chain = Some(run);
+        match verdict {
+            ChainVerdict::Continue => {
+                *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
+                Ok(None)
+            }
+            ChainVerdict::Buffer => Ok(None),
+            // Headers are already on their way: a body-phase reply can only end the stream.
+            ChainVerdict::Respond(_) | ChainVerdict::Reset => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "a filter stopped the response body",
+            )),
+        }
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        if let Some(status) = ctx.responded {
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
+        let error = ctx.error.unwrap_or_else(|| classify(e));
+        let downstream_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
+        if downstream_gone {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if session.response_written().is_none() {
+            if let Err(write_error) = responses::write_error(session, error, &ctx.request_id).await
+            {
+                tracing::debug!(%write_error, "could not send the error response");
+            }
+        }
+        ctx.responded = Some(error.status());
+        FailToProxy {
+            error_code: error.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
+        if let Some(run) = ctx.chain.take() {
+            ctx.filter_outcome = Some(run.outcome.to_string());
+            run.finish().await;
+        }
+        ctx.in_flight = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.responded)
+            .unwrap_or(0);
+        let route = ctx.route.as_ref().map_or("", |r| r.config.name.as_str());
+        let cluster = ctx.cluster.as_ref().map_or("", |c| c.config.name.as_str());
+        let elapsed = ctx.started.elapsed();
+        self.runtime
+            .metrics
+            .request_done(route, cluster, status, elapsed);
+        if !self.runtime.access_log {
+            return;
+        }
+        let request = session.req_header();
+        tracing::info!(
+            target: "access_log",
+            listener = self.listener,
+            request_id = ctx.request_id,
+            trace_id = ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
+            client = session.client_addr().map(|a| a.to_string()),
+            method = request.method.as_str(),
+            path = request.uri.path(),
+            route,
+            cluster,
+            status,
+            attempts = ctx.attempts,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = ctx.upstream_headers_after.map(|d| d.as_secs_f64() * 1000.0),
+            request_bytes = ctx.request_body_bytes,
+            response_bytes = session.body_bytes_sent(),
+            filters = ctx.filter_outcome.as_deref().unwrap_or("none"),
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+impl Gateway {
+    /// Sets `x-request-id`, `traceparent` and `X-Forwarded-*` on the request before filters run.
+    fn add_forwarding_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let request = session.req_header_mut();
+        ctx.request_id =
+            forwarding::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
+        let trace = TraceContext::continue_or_start(
+            request.headers.get("traceparent").map(|v| v.as_bytes()),
+        );
+        let xff = forwarding::forwarded_for(
+            request.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+            client_ip,
+        );
+        request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        request.insert_header("traceparent", trace.header_value())?;
+        if let Some(xff) = xff {
+            request.insert_header("x-forwarded-for", xff)?;
+        }
+        request.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        ctx.trace = Some(trace);
+        Ok(())
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        error: ProxyError,
+    ) -> pingora::Result<bool> {
+        responses::write_error(session, error, &ctx.request_id).await?;
+        ctx.responded = Some(error.status());
+        Ok(true)
+    }
+}
+
+/// Maps a proxying failure to the error the client sees.
+fn classify(e: &Error) -> ProxyError {
+    match e.etype() {
+        ErrorType::HTTPStatus(413) => ProxyError::BodyTooLarge,
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::ConnectProxyFailure
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout => ProxyError::UpstreamUnavailable,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            ProxyError::UpstreamTimeout
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => ProxyError::BadGateway,
+            ErrorSource::Downstream => ProxyError::BadRequest,
+            ErrorSource::Internal | ErrorSource::Unset => ProxyError::Internal,
+        },
+    }
+}
+
+/// Swaps the response body for `body`, fixing the framing headers.
+fn replace_response(
+    response: &mut ResponseHeader,
+    ctx: &mut RequestContext,
+    body: Vec<u8>,
+    content_type: &str,
+) -> pingora::Result<()> {
+    response.remove_header(&http::header::TRANSFER_ENCODING);
+    response.remove_header(&http::header::CONTENT_ENCODING);
+    response.insert_header("content-type", content_type)?;
+    response.insert_header("content-length", body.len().to_string())?;
+    ctx.replacement_body = Some(Bytes::from(body));
+    Ok(())
+}
+
+/// The request's headers as filters see them, with pseudo-headers first (`host` becomes
+/// `:authority`).
+fn request_headers_to_host(session: &Session, tls: bool) -> Headers {
+    let request = session.req_header();
+    let authority = request
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path = request
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut headers = Headers::from_pairs([
+        (":method", request.method.as_str().as_bytes()),
+        (":path", path.as_bytes()),
+        (":authority", authority.as_bytes()),
+        (":scheme", if tls { &b"https"[..] } else { b"http" }),
+    ]);
+    // As in Envoy, `host` is carried as `:authority` only.
+    for (name, value) in &request.headers {
+        if name != http::header::HOST {
+            headers.add(name.as_str(), value.as_bytes());
+        }
+    }
+    headers
+}
+
+/// Writes filter changes back to the request (method, path, authority and headers).
+fn apply_request_headers(session: &mut Session, headers: &Headers) -> pingora::Result<()> {
+    let request = session.req_header_mut();
+    if let Some(method) = headers.get(":method") {
+        if method != request.method.as_str().as_bytes() {
+            let method = http::Method::from_bytes(&method).map_err(|_| {
+                Error::explain(ErrorType::InternalError, "a filter set an invalid :method")
+            })?;
+            request.set_method(method);
+        }
+    }
+    if let Some(path) = headers.get_str(":path") {
+        if request.uri.path_and_query().map(|p| p.as_str()) != Some(path.as_str()) {
+            let uri = path.parse::<http::Uri>().map_err(|_| {
+                Error::explain(ErrorType::InternalError, "a filter set an invalid :path")
+            })?;
+            request.set_uri(uri);
+        }
+    }
+    let names: Vec<http::HeaderName> = request.headers.keys().cloned().collect();
+    for name in names {
+        request.remove_header(&name);
+    }
+    for (name, value) in headers.iter() {
+        match name {
+            ":authority" if !value.is_empty() => {
+                request.insert_header(http::header::HOST, value.to_vec())?;
+            }
+            "host" => {}
+            _ if name.starts_with(':') => {}
+            _ => {
+                request.append_header(name.to_string(), value.to_vec())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn response_headers_to_host(response: &ResponseHeader) -> Headers {
+    let status = response.status.as_u16().to_string();
+    let mut headers = Headers::from_pairs([(":status", status.as_bytes())]);
+    for (name, value) in &response.headers {
+        headers.add(name.as_str(), value.as_bytes());
+    }
+    headers
+}
+
+fn apply_response_headers(response: &mut ResponseHeader, headers: &Headers) -> pingora::Result<()> {
+    if let Some(status) = headers
+        .get_str(":status")
+        .and_then(|s| s.parse::<u16>().ok())
+    {
+        if status != response.status.as_u16() {
+            response.set_status(status)?;
+        }
+    }
+    let names: Vec<http::HeaderName> = response.headers.keys().cloned().collect();
+    for name in names {
+        response.remove_header(&name);
+    }
+    for (name, value) in headers.iter() {
+        if !name.starts_with(':') {
+            response.append_header(name.to_string(), value.to_vec())?;
+        }
+    }
+    Ok(())
+}

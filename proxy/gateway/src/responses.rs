@@ -1,0 +1,146 @@
+//! Responses the proxy writes itself: JSON errors with a stable shape, and filter local replies.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use proxy_wasm_host::LocalResponse;
+
+/// Errors the proxy answers with. The body is always
+/// `{"error": {"status", "code", "message", "request_id"}}` (see `filter_common::error_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matches.
+    NoRoute,
+    /// The request body exceeds `server.max_request_body_bytes`.
+    BodyTooLarge,
+    /// Every endpoint of the cluster is failing its health checks.
+    NoHealthyUpstream,
+    /// The upstream could not be reached.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream broke the connection or answered with invalid HTTP.
+    BadGateway,
+    /// The upstream answered 5xx and the route replaces such bodies (status kept).
+    UpstreamFailed(u16),
+    /// The client sent a malformed request.
+    BadRequest,
+    /// Anything else.
+    Internal,
+}
+
+impl ProxyError {
+    /// HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            ProxyError::NoRoute => 404,
+            ProxyError::BodyTooLarge => 413,
+            ProxyError::NoHealthyUpstream | ProxyError::UpstreamUnavailable => 503,
+            ProxyError::UpstreamTimeout => 504,
+            ProxyError::BadGateway => 502,
+            ProxyError::UpstreamFailed(status) => status,
+            ProxyError::BadRequest => 400,
+            ProxyError::Internal => 500,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge => "request_body_too_large",
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::UpstreamUnavailable => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::BadGateway => "bad_gateway",
+            ProxyError::UpstreamFailed(_) => "upstream_error",
+            ProxyError::BadRequest => "bad_request",
+            ProxyError::Internal => "internal_error",
+        }
+    }
+
+    /// Human-readable message.
+    pub fn message(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no route matches this request",
+            ProxyError::BodyTooLarge => "the request body is too large",
+            ProxyError::NoHealthyUpstream => "no healthy upstream is available",
+            ProxyError::UpstreamUnavailable => "the upstream service is unavailable",
+            ProxyError::UpstreamTimeout => "the upstream service did not answer in time",
+            ProxyError::BadGateway => "the upstream service sent an invalid response",
+            ProxyError::UpstreamFailed(_) => "the upstream service failed",
+            ProxyError::BadRequest => "the request is malformed",
+            ProxyError::Internal => "internal error",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(self, request_id: &str) -> Vec<u8> {
+        filter_common::error_body(self.status(), self.code(), self.message(), Some(request_id))
+    }
+
+    /// The error as a pingora error, so the proxy stops and `fail_to_proxy` renders it.
+    pub fn into_pingora(self) -> Box<pingora::Error> {
+        pingora::Error::explain(pingora::ErrorType::HTTPStatus(self.status()), self.code())
+    }
+}
+
+/// Writes a complete response: status, headers, body and `x-request-id`.
+pub async fn write(
+    session: &mut Session,
+    status: u16,
+    headers: impl IntoIterator<Item = (String, Vec<u8>)>,
+    body: Vec<u8>,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let mut response = ResponseHeader::build(status, Some(4))?;
+    for (name, value) in headers {
+        if name.starts_with(':') || name == "content-length" || name == "transfer-encoding" {
+            continue;
+        }
+        response.append_header(name, value)?;
+    }
+    response.insert_header("content-length", body.len().to_string())?;
+    response.insert_header("x-request-id", request_id)?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(response), body.is_empty() || head_only)
+        .await?;
+    if !body.is_empty() && !head_only {
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Writes a proxy error as JSON.
+pub async fn write_error(
+    session: &mut Session,
+    error: ProxyError,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let headers = [("content-type".to_string(), b"application/json".to_vec())];
+    write(
+        session,
+        error.status(),
+        headers,
+        error.body(request_id),
+        request_id,
+    )
+    .await
+}
+
+/// Writes a filter's local reply.
+pub async fn write_local(
+    session: &mut Session,
+    response: LocalResponse,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let headers: Vec<(String, Vec<u8>)> = response
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+    write(session, response.status, headers, response.body, request_id).await
+}
