@@ -16,10 +16,12 @@ TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server
 
-RUN_LISTEN_PORT   ?= 10000
-RUN_UPSTREAM_PORT ?= 18081
+# Ports of proxy/config/example.yaml (listener, admin, demo upstream).
+RUN_LISTEN_PORT   := 10000
+RUN_ADMIN_PORT    := 9901
+RUN_UPSTREAM_PORT := 18081
 
-.PHONY: help setup deps-apt deps-rust venv filters test test-rust test-e2e run lint fmt
+.PHONY: help setup deps-apt deps-rust venv filters proxy test test-rust test-e2e run bench lint fmt
 
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
@@ -54,6 +56,10 @@ $(VENV)/.installed: tests/requirements.txt
 filters: deps-rust
 	cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS))
 
+# The proxy binary the end-to-end suites start (debug build; dependencies are optimised).
+proxy:
+	cargo build -p gateway --bin proxy
+
 ## --- the two commands ---------------------------------------------------------------------------
 
 test: setup filters test-rust test-e2e
@@ -61,18 +67,20 @@ test: setup filters test-rust test-e2e
 test-rust:
 	cargo nextest run --workspace --no-fail-fast
 
-test-e2e: venv filters
+test-e2e: venv filters proxy
 	$(PYTHON) -m pytest -q tests
 
-# Until the Pingora proxy lands, the gateway is stock Envoy running our filter, in front of a
-# demo upstream that echoes each request (so the forwarded identity header is visible).
-run: setup filters
-	@echo "demo key: curl -H 'x-api-key: demo-key-change-me' http://127.0.0.1:$(RUN_LISTEN_PORT)/"
+# The gateway (proxy/config/example.yaml) with the auth filter in front of a demo upstream that
+# echoes each request, so the identity header the filter adds is visible.
+run: setup filters proxy
+	@if (exec 3<>/dev/tcp/127.0.0.1/$(RUN_UPSTREAM_PORT)) 2>/dev/null; then \
+	  echo "port $(RUN_UPSTREAM_PORT) (demo upstream) is in use; stop what holds it" >&2; exit 1; fi
+	@echo "gateway on http://127.0.0.1:$(RUN_LISTEN_PORT), admin on http://127.0.0.1:$(RUN_ADMIN_PORT)"
+	@echo "try: curl -H 'x-api-key: demo-key-change-me' http://127.0.0.1:$(RUN_LISTEN_PORT)/hello"
+	@echo "     curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
 	@trap 'kill 0' EXIT; \
-	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) & \
-	$(PYTHON) envoy-config/run_envoy.py --foreground \
-	  --wasm $(WASM_DIR)/auth_filter.wasm --plugin-config envoy-config/plugins/auth.json \
-	  --upstream-port $(RUN_UPSTREAM_PORT) --listen-port $(RUN_LISTEN_PORT)
+	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) --name demo & \
+	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/debug/proxy run proxy/config/example.yaml
 
 ## --- hygiene ------------------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "envoy-config"))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from echo_upstream import start_echo_upstream  # noqa: E402
+from echo_upstream import EchoServer, start_echo_upstream  # noqa: E402
+from gateway import Gateway, start_gateway  # noqa: E402
 
 
 def wasm_dir() -> Path:
@@ -47,3 +49,34 @@ def upstream_port() -> Iterator[int]:
     server = start_echo_upstream()
     yield int(server.server_address[1])
     server.shutdown()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Callable[[str], EchoServer]]:
+    """Starts named echo upstreams for one test: `upstreams("a")`; all stop afterwards."""
+    started: list[EchoServer] = []
+
+    def start(name: str = "echo", port: int = 0) -> EchoServer:
+        server = start_echo_upstream(port, name)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Gateway]]:
+    """Starts our proxy with a configuration dict: `gateway({...})`; all stop afterwards."""
+    started: list[Gateway] = []
+
+    def start(config: dict[str, Any]) -> Gateway:
+        proxy = start_gateway(config, tmp_path)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

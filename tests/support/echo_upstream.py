@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
 """A real HTTP upstream for tests and ``make run``: answers every request with what it received, as JSON.
 
-Response body: ``{"method": ..., "path": ..., "headers": {lower-case name: value}, "body": ...}``.
+Response body: ``{"upstream": name, "method": ..., "path": ..., "headers": {lower-case name: value}, "body": ...}``.
+
+Test controls, all optional:
+
+- ``?status=503`` answers with that status (a 5xx body looks like a Python traceback);
+- ``?delay_ms=500`` waits before answering;
+- ``GET /sse?events=5&interval_ms=100`` streams Server-Sent Events, one per interval;
+- ``GET /healthz`` answers 200 (health checks);
+- ``server.stats["streams_cancelled"]`` counts event streams whose client went away.
 """
 
 from __future__ import annotations
@@ -9,40 +17,86 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+TRACEBACK = b'Traceback (most recent call last):\n  File "app.py", line 1, in <module>\nValueError: boom\n'
 
 
 class EchoHandler(BaseHTTPRequestHandler):
     """Echo the request line, headers and body back as JSON."""
 
     protocol_version = "HTTP/1.1"
+    server: EchoServer
 
     def _echo(self) -> None:
+        url = urlsplit(self.path)
+        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        payload = json.dumps(
-            {
-                "method": self.command,
-                "path": self.path,
-                "headers": {name.lower(): value for name, value in self.headers.items()},
-                "body": body.decode("utf-8", errors="replace"),
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
+        if url.path == "/sse":
+            self._stream_events(int(query.get("events", "5")), int(query.get("interval_ms", "100")))
+            return
+        time.sleep(int(query.get("delay_ms", "0")) / 1000)
+        status = int(query.get("status", "200"))
+        if status >= 500:
+            self._send(status, "text/plain", TRACEBACK)
+            return
+        payload = {
+            "upstream": self.server.name,
+            "method": self.command,
+            "path": self.path,
+            "headers": {name.lower(): value for name, value in self.headers.items()},
+            "body": body.decode("utf-8", errors="replace"),
+        }
+        self._send(status, "application/json", json.dumps(payload).encode())
+
+    def _send(self, status: int, content_type: str, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(payload)))
+        self.send_header("x-upstream", self.server.name)
         self.end_headers()
         self.wfile.write(payload)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _echo
+    def _stream_events(self, events: int, interval_ms: int) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        try:
+            for n in range(events):
+                event = f"data: event {n} at {time.monotonic():.6f}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                time.sleep(interval_ms / 1000)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            with self.server.lock:
+                self.server.stats["streams_cancelled"] += 1
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _echo
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature from the base class
         """Keep test output quiet."""
 
 
-def start_echo_upstream(port: int = 0) -> ThreadingHTTPServer:
+class EchoServer(ThreadingHTTPServer):
+    """The echo server, named so responses tell which upstream answered."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, name: str) -> None:
+        super().__init__(("127.0.0.1", port), EchoHandler)
+        self.name = name
+        self.lock = threading.Lock()
+        self.stats = {"streams_cancelled": 0}
+
+
+def start_echo_upstream(port: int = 0, name: str = "echo") -> EchoServer:
     """Serve on 127.0.0.1:``port`` (0 = any free port) in a daemon thread; returns the server."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), EchoHandler)
+    server = EchoServer(port, name)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -51,8 +105,9 @@ def main() -> None:
     """Serve in the foreground."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--name", default="echo")
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), EchoHandler)
+    server = EchoServer(args.port, args.name)
     print(f"echo upstream on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

@@ -123,6 +123,10 @@ impl Cluster {
                     .max_by_key(|e| rendezvous_weight(key, e.address))
                     .expect("candidates is not empty")
             }
+            // A retry does not advance the rotation, so the next request still gets its turn.
+            _ if exclude.is_some() => {
+                candidates[self.next.load(Ordering::Relaxed) % candidates.len()]
+            }
             _ => candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()],
         };
         Some(chosen.clone())

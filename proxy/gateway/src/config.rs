@@ -525,11 +525,11 @@ impl Config {
             let field = e.path().to_string();
             let field = if field == "." { "(file)".into() } else { field };
             let message = e.into_inner().to_string();
-            // The YAML error may already start with the path; say it once.
-            let message = message
-                .strip_prefix(&format!("{field}: "))
-                .map(str::to_string)
-                .unwrap_or(message);
+            // The YAML error may already start with (part of) the path; say it once.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if field.starts_with(head) => rest.to_string(),
+                _ => message,
+            };
             ConfigError::new(field, message)
         })?;
         config.base_dir = base_dir;

@@ -1,0 +1,135 @@
+"""Our proxy running proxy-wasm filter chains: the auth filter, chain order, body phases and
+failure policies. The same `.wasm` files and plugin configuration run in Envoy (see
+test_envoy_auth.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import REPO, built_filter
+from echo_upstream import EchoServer
+from gateway import Gateway, GatewayStartError, start_gateway
+from test_proxy_routing import cluster
+
+AUTH_CONFIG = REPO / "envoy-config" / "plugins" / "auth.json"
+DEMO_KEY = "demo-key-change-me"
+
+
+def auth_filter() -> dict[str, Any]:
+    """The auth filter with the same configuration file Envoy's bootstrap uses."""
+    return {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration_file": str(AUTH_CONFIG)}
+
+
+def probe_filter(mode: str, name: str = "probe") -> dict[str, Any]:
+    """The host's ABI probe filter in one of its modes."""
+    return {"name": name, "wasm": str(built_filter("abi_probe_filter")), "configuration": mode}
+
+
+def with_chain(upstream: EchoServer, *filters: dict[str, Any]) -> dict[str, Any]:
+    """One catch-all route through a chain of `filters` to `upstream`."""
+    return {
+        "filter_chains": [{"name": "chain", "filters": list(filters)}],
+        "routes": [{"name": "all", "cluster": "app", "filter_chain": "chain"}],
+        "clusters": [cluster("app", upstream)],
+    }
+
+
+def test_auth_filter_runs_unchanged_with_envoys_configuration(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    proxy = gateway(with_chain(upstreams("app"), auth_filter()))
+
+    missing = requests.get(proxy.url + "/v1/x", headers={"x-request-id": "r-401"}, timeout=5)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "missing_api_key"
+    assert missing.json()["error"]["request_id"] == "r-401"
+    assert missing.headers["www-authenticate"].startswith("ApiKey")
+
+    forged = {"x-api-key": DEMO_KEY, "x-gateway-identity": "admin"}
+    allowed = requests.get(proxy.url + "/v1/x", headers=forged, timeout=5)
+    assert allowed.status_code == 200
+    seen = allowed.json()["headers"]
+    assert seen["x-gateway-identity"] == "demo-user"
+    assert "x-api-key" not in seen, "hide_credentials strips the key"
+
+    wrong = requests.get(proxy.url + "/v1/x", headers={"x-api-key": "nope"}, timeout=5)
+    assert wrong.status_code == 401
+
+
+def test_filters_run_in_chain_order(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    app = upstreams("app")
+    auth_first = gateway(with_chain(app, auth_filter(), probe_filter("local-reply")))
+    assert requests.get(auth_first.url + "/", timeout=5).status_code == 401
+    with_key = requests.get(auth_first.url + "/", headers={"x-api-key": DEMO_KEY}, timeout=5)
+    # As in Envoy, the local reply passes through the chain's response callbacks ("<…!").
+    assert (with_key.status_code, with_key.text) == (418, "<short and stout!")
+
+    probe_first = gateway(with_chain(app, probe_filter("local-reply"), auth_filter()))
+    assert requests.get(probe_first.url + "/", timeout=5).status_code == 418
+
+
+def test_filters_rewrite_headers_and_buffer_bodies(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    proxy = gateway(with_chain(upstreams("app"), probe_filter("headers")))
+    response = requests.post(proxy.url + "/echo", data=b"quiet words", timeout=5)
+    assert response.status_code == 200
+    # The probe buffers the whole response body, then wraps it in "<" and "!".
+    assert response.text.startswith("<{") and response.text.endswith("}!")
+    echoed = json.loads(response.text[1:-1])
+    assert echoed["path"] == "/probed/echo"
+    assert echoed["headers"]["x-probe"] == "1"
+    assert echoed["headers"]["x-prop-method"] == "POST"
+    assert echoed["body"] == "QUIET WORDS", "the request body was buffered and rewritten"
+    assert response.headers["x-prop-code"] == "200"
+
+
+@pytest.mark.parametrize(
+    ("policy", "panic_status", "after_status"),
+    [("fail_closed", 503, 503), ("fail_open", 200, 200), ("reload", 503, 200)],
+)
+def test_failure_policies(
+    gateway: Callable[[dict[str, Any]], Gateway],
+    upstreams: Callable[..., EchoServer],
+    policy: str,
+    panic_status: int,
+    after_status: int,
+) -> None:
+    misbehaving = {
+        "name": "misbehaving",
+        "wasm": str(built_filter("misbehaving_filter")),
+        "failure_policy": policy,
+    }
+    proxy = gateway(with_chain(upstreams("app"), misbehaving))
+    assert requests.get(proxy.url + "/fine", timeout=5).status_code == 200
+
+    panic = requests.get(proxy.url + "/panic", timeout=5)
+    assert panic.status_code == panic_status
+    if panic_status == 503:
+        assert panic.json()["error"]["code"] == "filter_failed"
+
+    after = requests.get(proxy.url + "/fine", timeout=5)
+    assert after.status_code == after_status, after.text
+    metrics = requests.get(proxy.admin_url + "/metrics", timeout=5).text
+    assert 'wasm_filter_traps_total{plugin="misbehaving"} 1' in metrics
+
+
+def test_a_filter_refusing_its_configuration_stops_the_start(
+    tmp_path: Path, upstreams: Callable[..., EchoServer]
+) -> None:
+    refusing = {
+        "name": "misbehaving",
+        "wasm": str(built_filter("misbehaving_filter")),
+        "configuration": "refuse",
+    }
+    with pytest.raises(GatewayStartError) as refused:
+        start_gateway(with_chain(upstreams("app"), refusing), tmp_path)
+    assert "filter_chains[0].filters[0]" in refused.value.log
+    assert "misbehaving" in refused.value.log

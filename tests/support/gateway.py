@@ -1,0 +1,130 @@
+"""Start our proxy (the `proxy` binary of crate `gateway`) for a test, with a configuration dict.
+
+The dict is written as JSON, which is valid YAML, so tests need no YAML library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proxy_binary() -> Path:
+    """The debug build of the proxy (`make test` builds it)."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    path = target / "debug" / "proxy"
+    assert path.is_file(), f"{path} missing: run `cargo build -p gateway` (make test does)"
+    return path
+
+
+class GatewayStartError(RuntimeError):
+    """The proxy exited or did not become healthy; `log` holds its output."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(f"{message}\n--- proxy log ---\n{log}")
+        self.log = log
+
+
+@dataclass
+class Gateway:
+    """A running proxy."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log_path: Path
+    config_path: Path
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the first listener."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of the admin listener."""
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        """Everything the proxy has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15) -> int:
+        """Signals the proxy and waits for it to exit; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def run_proxy(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs the proxy CLI to completion (e.g. `validate <file>`)."""
+    return subprocess.run([str(proxy_binary()), *args], capture_output=True, text=True, timeout=60)
+
+
+def write_config(config: dict[str, Any], work_dir: Path) -> Path:
+    """Writes a configuration file and returns its path."""
+    path = work_dir / f"gateway-{time.monotonic_ns()}.yaml"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def port_of(address: str, default: int) -> int:
+    """The port of `host:port`, or `default` for an address a test made invalid on purpose."""
+    port = address.rsplit(":", 1)[-1]
+    return int(port) if port.isdigit() else default
+
+
+def start_gateway(config: dict[str, Any], work_dir: Path, timeout: float = 60) -> Gateway:
+    """Starts the proxy with `config`, filling in free ports for the listener and admin when unset.
+
+    Returns once `/healthz` answers; raises `GatewayStartError` with the log if it exits first.
+    """
+    config = json.loads(json.dumps(config))
+    port = free_port()
+    admin_port = free_port()
+    config.setdefault("listeners", [{"name": "public", "address": f"127.0.0.1:{port}"}])
+    config.setdefault("admin", {"address": f"127.0.0.1:{admin_port}"})
+    config.setdefault("logging", {"format": "json", "level": "info"})
+    port = port_of(config["listeners"][0]["address"], port)
+    admin_port = port_of(config["admin"]["address"], admin_port)
+    config_path = write_config(config, work_dir)
+    log_path = config_path.with_suffix(".log")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(proxy_binary()), "run", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    gateway = Gateway(process, port, admin_port, log_path, config_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise GatewayStartError(f"proxy exited with {process.returncode}", gateway.log())
+        try:
+            if requests.get(f"{gateway.admin_url}/healthz", timeout=1).ok:
+                return gateway
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    gateway.stop()
+    raise GatewayStartError("proxy did not become healthy", gateway.log())
