@@ -27,6 +27,7 @@ help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
+	@echo "make bench  our proxy vs Envoy with the same filter (BENCH_ARGS='--runs 5 --duration 10')"
 
 ## --- set-up -------------------------------------------------------------------------------------
 
@@ -82,15 +83,24 @@ run: setup filters proxy
 	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) --name demo & \
 	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/debug/proxy run proxy/config/example.yaml
 
+## --- benchmark (not part of `make test`) ------------------------------------------------------
+
+# Our proxy vs Envoy 1.40 with the same auth filter; figures go to docs/benchmarks.md.
+bench: setup filters
+	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	cargo build --profile proxy -p gateway --bin proxy -p bench-upstream
+	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
+
 ## --- hygiene ------------------------------------------------------------------------------------
 
 lint: deps-rust venv
-	$(VENV)/bin/ruff format --check envoy-config tests
-	$(VENV)/bin/ruff check envoy-config tests
+	$(VENV)/bin/ruff format --check envoy-config tests bench
+	$(VENV)/bin/ruff check envoy-config tests bench
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS)) -- -D warnings
 
 fmt: venv
 	cargo fmt --all
-	$(VENV)/bin/ruff format envoy-config tests
+	$(VENV)/bin/ruff format envoy-config tests bench

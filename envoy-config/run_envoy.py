@@ -100,6 +100,8 @@ def start_envoy(
     work_dir: Path | None = None,
     wait_ready: bool = True,
     timeout: float = 30.0,
+    concurrency: int = 2,
+    log_level: str = "info",
 ) -> EnvoyProcess:
     """Start Envoy with ``template`` rendered for these ports, filter, plugin name and configuration."""
     listen_port = listen_port or free_port()
@@ -129,9 +131,9 @@ def start_envoy(
                 str(bootstrap),
                 "--disable-hot-restart",
                 "--concurrency",
-                "2",
+                str(concurrency),
                 "--log-level",
-                "info",
+                log_level,
                 "--component-log-level",
                 "wasm:debug",
             ],

@@ -133,3 +133,25 @@ def test_a_filter_refusing_its_configuration_stops_the_start(
         start_gateway(with_chain(upstreams("app"), refusing), tmp_path)
     assert "filter_chains[0].filters[0]" in refused.value.log
     assert "misbehaving" in refused.value.log
+
+
+def test_filter_callouts_reach_the_proxys_clusters(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    app, authz = upstreams("app"), upstreams("authz")
+    config = with_chain(app, probe_filter("callout"))
+    config["clusters"].append(cluster("authz", authz))
+    proxy = gateway(config)
+
+    response = requests.get(proxy.url + "/check?user=7", timeout=5)
+    assert response.status_code == 200, response.text
+    # The probe paused the request, called cluster "authz" and put its answer in a header (and
+    # wraps every response body in "<" and "!").
+    echoed = json.loads(response.text[1:-1])
+    callout = json.loads(echoed["headers"]["x-callout"])
+    assert callout["upstream"] == "authz"
+    assert callout["path"] == "/check?user=7"
+
+    unknown = requests.get(proxy.url + "/unknown-cluster", timeout=5)
+    assert unknown.status_code == 500
+    assert unknown.headers["x-dispatch"] == "BadArgument"

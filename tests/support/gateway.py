@@ -29,7 +29,9 @@ def free_port() -> int:
 
 
 def proxy_binary() -> Path:
-    """The debug build of the proxy (`make test` builds it)."""
+    """`$GATEWAY_PROXY_BINARY`, else the debug build of the proxy (`make test` builds it)."""
+    if "GATEWAY_PROXY_BINARY" in os.environ:
+        return Path(os.environ["GATEWAY_PROXY_BINARY"])
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     path = target / "debug" / "proxy"
     assert path.is_file(), f"{path} missing: run `cargo build -p gateway` (make test does)"

@@ -5,6 +5,7 @@
 //! `server` (listeners, admin, health checks). The binary in `src/bin/proxy.rs` is a thin CLI.
 
 pub mod admin;
+pub mod callouts;
 pub mod cluster;
 pub mod config;
 pub mod filter_chain;

@@ -1,6 +1,7 @@
 //! The configuration turned into what the request path uses: compiled routes, clusters and
 //! loaded filter chains, plus the wasm host and metrics they share.
 
+use crate::callouts::ClusterCallouts;
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::filter_chain::FilterChain;
@@ -38,12 +39,18 @@ impl Runtime {
     /// Builds the runtime: starts the wasm host and loads every filter chain (compiling modules
     /// and checking that each filter accepts its configuration).
     pub async fn build(config: &Config) -> Result<Self, ConfigError> {
+        let clusters: HashMap<String, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone()))))
+            .collect();
         let host = Host::new(HostOptions {
             cache_dir: config
                 .server
                 .module_cache_dir
                 .as_ref()
                 .map(|dir| config.resolve(dir)),
+            callouts: Arc::new(ClusterCallouts::new(clusters.clone())),
             ..HostOptions::default()
         })
         .map_err(|e| ConfigError {
@@ -68,11 +75,6 @@ impl Runtime {
                 }))
             })
             .collect::<Result<_, ConfigError>>()?;
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone()))))
-            .collect();
         Ok(Self {
             routes,
             clusters,

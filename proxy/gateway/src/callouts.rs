@@ -1,0 +1,128 @@
+//! `proxy_http_call` from filters to the proxy's clusters (e.g. an auth filter fetching a JWKS),
+//! over Pingora's connector with the cluster's protocol, TLS, timeouts and endpoint selection.
+
+use crate::cluster::Cluster;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use proxy_wasm_host::shared_data::BoxFuture;
+use proxy_wasm_host::{CalloutRequest, CalloutResponse, Headers, HttpCallDispatcher};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Largest callout response body kept; a bigger one fails the call rather than filling memory.
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
+
+/// Sends filters' callouts to the configured clusters.
+pub struct ClusterCallouts {
+    clusters: HashMap<String, Arc<Cluster>>,
+    connector: Arc<Connector>,
+}
+
+impl ClusterCallouts {
+    /// Callouts may go to any of these clusters.
+    pub fn new(clusters: HashMap<String, Arc<Cluster>>) -> Self {
+        Self {
+            clusters,
+            connector: Arc::new(Connector::new(None)),
+        }
+    }
+}
+
+impl HttpCallDispatcher for ClusterCallouts {
+    fn has_cluster(&self, cluster: &str) -> bool {
+        self.clusters.contains_key(cluster)
+    }
+
+    fn call(
+        &self,
+        cluster: &str,
+        request: CalloutRequest,
+    ) -> BoxFuture<'static, Option<CalloutResponse>> {
+        let cluster = self.clusters.get(cluster).cloned();
+        let connector = self.connector.clone();
+        Box::pin(async move {
+            let cluster = cluster?;
+            let timeout = request.timeout;
+            match tokio::time::timeout(timeout, exchange(&connector, &cluster, request)).await {
+                Ok(Ok(response)) => Some(response),
+                Ok(Err(error)) => {
+                    tracing::warn!(cluster = cluster.config.name, %error, "filter callout failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        cluster = cluster.config.name,
+                        ?timeout,
+                        "filter callout timed out"
+                    );
+                    None
+                }
+            }
+        })
+    }
+}
+
+async fn exchange(
+    connector: &Connector,
+    cluster: &Cluster,
+    request: CalloutRequest,
+) -> pingora::Result<CalloutResponse> {
+    let endpoint = cluster.select(None, None).ok_or_else(|| {
+        pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, "no healthy endpoint")
+    })?;
+    let peer = cluster.peer(&endpoint, Some(request.timeout));
+    let header = request_header(&request.headers)?;
+    let (mut session, _reused) = connector.get_http_session(&peer).await?;
+    session.write_request_header(Box::new(header)).await?;
+    if !request.body.is_empty() {
+        session
+            .write_request_body(Bytes::from(request.body), true)
+            .await?;
+    }
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    let head = session.response_header().expect("read above");
+    let status = head.status.as_u16().to_string();
+    let mut headers = Headers::from_pairs([(":status", status.as_bytes())]);
+    for (name, value) in &head.headers {
+        headers.add(name.as_str(), value.as_bytes());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_RESPONSE_BYTES {
+            return pingora::Error::e_explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "callout response body is too large",
+            );
+        }
+    }
+    connector
+        .release_http_session(session, &peer, Some(cluster.config.timeouts.idle))
+        .await;
+    Ok(CalloutResponse {
+        headers,
+        body,
+        trailers: Headers::new(),
+    })
+}
+
+/// The request head from the filter's headers (`:method`, `:path`, `:authority` and the rest).
+fn request_header(headers: &Headers) -> pingora::Result<RequestHeader> {
+    let method = headers.get_str(":method").unwrap_or_else(|| "GET".into());
+    let path = headers.get_str(":path").unwrap_or_else(|| "/".into());
+    let mut header = RequestHeader::build(method.as_str(), path.as_bytes(), None)?;
+    for (name, value) in headers.iter() {
+        match name {
+            ":authority" => {
+                header.insert_header(http::header::HOST, value.to_vec())?;
+            }
+            _ if name.starts_with(':') => {}
+            _ => {
+                header.append_header(name.to_string(), value.to_vec())?;
+            }
+        }
+    }
+    Ok(header)
+}
