@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import requests
 from echo_upstream import EchoServer
-from gateway import Gateway
+from gateway import Gateway, free_port
 
 
 def cluster(name: str, *servers: EchoServer, **extra: object) -> dict[str, Any]:
@@ -151,3 +153,28 @@ def test_body_over_the_limit_is_a_json_413(
     chunked = requests.post(proxy.url + "/", data=chunks(), timeout=5)
     assert chunked.status_code == 413
     assert chunked.json()["error"]["code"] == "request_body_too_large"
+
+
+def test_tls_listener(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    proxy = gateway(
+        {
+            "listeners": [
+                {"name": "tls", "address": f"127.0.0.1:{port}", "tls": {"certificate": str(cert), "key": str(key)}}
+            ],
+            "routes": [{"name": "all", "cluster": "app"}],
+            "clusters": [cluster("app", upstreams("app"))],
+        }
+    )
+    response = requests.get(f"https://127.0.0.1:{proxy.port}/secure", verify=str(cert), timeout=5)
+    assert response.status_code == 200
+    assert response.json()["headers"]["x-forwarded-proto"] == "https"

@@ -212,3 +212,28 @@ def test_client_disconnect_cancels_the_upstream_request(
     while app.stats["streams_cancelled"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert app.stats["streams_cancelled"] == 1, "the upstream stream was not torn down"
+
+
+def test_http2_upstream_over_h2c(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    # The inner proxy accepts prior-knowledge HTTP/2 (as a gRPC backend would); the outer one
+    # speaks HTTP/2 to it, so both directions of h2c are exercised.
+    inner_port = free_port()
+    gateway(
+        {
+            "listeners": [{"name": "h2c", "address": f"127.0.0.1:{inner_port}", "h2c": True}],
+            "routes": [{"name": "all", "cluster": "app"}],
+            "clusters": [cluster("app", upstreams("app"))],
+        }
+    )
+    outer = gateway(
+        {
+            "routes": [{"name": "all", "cluster": "inner"}],
+            "clusters": [{"name": "inner", "endpoints": [f"127.0.0.1:{inner_port}"], "protocol": "http2"}],
+        }
+    )
+    response = requests.post(outer.url + "/v1/rpc", data=b"payload", timeout=5)
+    assert response.status_code == 200, response.text
+    assert response.json()["body"] == "payload"
+    assert response.json()["upstream"] == "app"
