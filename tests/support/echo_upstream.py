@@ -9,7 +9,7 @@ Test controls, all optional:
 - ``?delay_ms=500`` waits before answering;
 - ``GET /sse?events=5&interval_ms=100`` streams Server-Sent Events, one per interval;
 - ``GET /healthz`` answers 200 (health checks);
-- ``server.stats["streams_cancelled"]`` counts event streams whose client went away.
+- ``server.stats`` counts ``events_sent`` and ``streams_cancelled`` (event streams whose client went away).
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class EchoHandler(BaseHTTPRequestHandler):
                 event = f"data: event {n} at {time.monotonic():.6f}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
+                with self.server.lock:
+                    self.server.stats["events_sent"] += 1
                 time.sleep(interval_ms / 1000)
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -91,7 +93,7 @@ class EchoServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), EchoHandler)
         self.name = name
         self.lock = threading.Lock()
-        self.stats = {"streams_cancelled": 0}
+        self.stats = {"streams_cancelled": 0, "events_sent": 0}
 
 
 def start_echo_upstream(port: int = 0, name: str = "echo") -> EchoServer:
