@@ -179,14 +179,8 @@ impl ChainRun {
                 .on_response_headers(headers, end_of_stream)
                 .await;
             self.observe(i, "response_headers", started);
-            match verdict {
-                Verdict::Continue => {}
-                Verdict::Buffer => return ChainVerdict::Buffer,
-                Verdict::Reset => return self.reset(i),
-                Verdict::Respond(response) => {
-                    self.answered(i, response.status);
-                    return ChainVerdict::Respond(response);
-                }
+            if let Some(done) = self.stop(i, verdict) {
+                return done;
             }
         }
         ChainVerdict::Continue
@@ -202,14 +196,8 @@ impl ChainRun {
             let started = Instant::now();
             let verdict = self.streams[i].on_response_body(chunk, end_of_stream).await;
             self.observe(i, "response_body", started);
-            match verdict {
-                Verdict::Continue => {}
-                Verdict::Buffer => return ChainVerdict::Buffer,
-                Verdict::Reset => return self.reset(i),
-                Verdict::Respond(response) => {
-                    self.answered(i, response.status);
-                    return ChainVerdict::Respond(response);
-                }
+            if let Some(done) = self.stop(i, verdict) {
+                return done;
             }
         }
         ChainVerdict::Continue
@@ -222,12 +210,10 @@ impl ChainRun {
         }
     }
 
-    /// A request-phase verdict from filter `i`: `None` to go on to the next filter.
+    /// A request-phase verdict from filter `i`: `None` to go on to the next filter. A local reply
+    /// is first run through the chain's response phases.
     async fn settle(&mut self, i: usize, verdict: Verdict) -> Option<ChainVerdict> {
         match verdict {
-            Verdict::Continue => None,
-            Verdict::Buffer => Some(ChainVerdict::Buffer),
-            Verdict::Reset => Some(self.reset(i)),
             Verdict::Respond(mut response) => {
                 self.answered(i, response.status);
                 // As in Envoy, a local reply passes through the response phases of the chain.
@@ -255,6 +241,20 @@ impl ChainRun {
                     }
                     response.body = body;
                 }
+                Some(ChainVerdict::Respond(response))
+            }
+            other => self.stop(i, other),
+        }
+    }
+
+    /// A response-phase verdict from filter `i`: `None` to go on to the next filter.
+    fn stop(&mut self, i: usize, verdict: Verdict) -> Option<ChainVerdict> {
+        match verdict {
+            Verdict::Continue => None,
+            Verdict::Buffer => Some(ChainVerdict::Buffer),
+            Verdict::Reset => Some(self.reset(i)),
+            Verdict::Respond(response) => {
+                self.answered(i, response.status);
                 Some(ChainVerdict::Respond(response))
             }
         }
