@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: not draining,
-//! and every cluster has a healthy endpoint) and `/metrics` (Prometheus text).
+//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: filters are
+//! loaded and it is not draining; the body lists healthy endpoints per cluster) and `/metrics`
+//! (Prometheus text).
 
 use crate::runtime::Runtime;
 use async_trait::async_trait;
@@ -41,19 +42,18 @@ impl AdminApp {
     fn readiness(&self) -> (u16, serde_json::Value) {
         let draining = self.draining.0.load(Ordering::Acquire);
         let mut clusters = serde_json::Map::new();
-        let mut all_served = true;
         for cluster in self.runtime.clusters() {
             let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
-            all_served &= healthy > 0;
             clusters.insert(
                 cluster.config.name.clone(),
                 serde_json::json!({"healthy": healthy, "endpoints": cluster.endpoints.len()}),
             );
         }
-        let ready = !draining && all_served;
-        let status = if ready { 200 } else { 503 };
+        // One failing backend must not take the whole gateway out of its load balancer, so
+        // upstream health is reported but does not decide readiness (as with Envoy's /ready).
+        let status = if draining { 503 } else { 200 };
         let body = serde_json::json!({
-            "status": if ready { "ready" } else if draining { "draining" } else { "degraded" },
+            "status": if draining { "draining" } else { "ready" },
             "clusters": clusters,
         });
         (status, body)
