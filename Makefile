@@ -89,7 +89,7 @@ run: setup filters proxy
 bench: setup filters
 	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
-	cargo build --profile proxy -p gateway --bin proxy -p bench-upstream
+	cargo build --profile proxy -p gateway -p bench-upstream --bins
 	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
 
 ## --- hygiene ------------------------------------------------------------------------------------
