@@ -51,7 +51,8 @@ pub struct RequestContext {
     chain: Option<ChainRun>,
     /// An error chosen by the proxy; `fail_to_proxy` renders it.
     error: Option<ProxyError>,
-    /// A response was already written (local reply); nothing else must be.
+    /// A response was already written (local reply; 0 when the stream was reset); nothing else
+    /// must be.
     responded: Option<u16>,
     /// Replaces the upstream body (a 5xx turned into JSON, or a response-phase local reply).
     replacement_body: Option<Bytes>,
@@ -141,10 +142,7 @@ impl ProxyHttp for Gateway {
                 ctx.responded = Some(status);
                 Ok(true)
             }
-            ChainVerdict::Reset => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "a filter reset the stream",
-            )),
+            ChainVerdict::Reset => Err(reset(ctx)),
         }
     }
 
@@ -255,10 +253,7 @@ impl ProxyHttp for Gateway {
                     "a filter answered",
                 ))
             }
-            ChainVerdict::Reset => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "a filter reset the stream",
-            )),
+            ChainVerdict::Reset => Err(reset(ctx)),
         }
     }
 
@@ -306,10 +301,7 @@ impl ProxyHttp for Gateway {
                 response.set_status(local.status)?;
                 replace_response(response, ctx, local.body, &content_type)
             }
-            ChainVerdict::Reset => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "a filter reset the stream",
-            )),
+            ChainVerdict::Reset => Err(reset(ctx)),
         }
     }
 
@@ -343,10 +335,7 @@ impl ProxyHttp for Gateway {
             }
             ChainVerdict::Buffer => Ok(None),
             // Headers are already on their way: a body-phase reply can only end the stream.
-            ChainVerdict::Respond(_) | ChainVerdict::Reset => Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "a filter stopped the response body",
-            )),
+            ChainVerdict::Respond(_) | ChainVerdict::Reset => Err(reset(ctx)),
         }
     }
 
@@ -472,6 +461,13 @@ impl Gateway {
         ctx.responded = Some(error.status());
         Ok(true)
     }
+}
+
+/// Ends the stream without a response (a filter reset it, or answered after the headers left):
+/// `fail_to_proxy` sees `responded` and writes nothing.
+fn reset(ctx: &mut RequestContext) -> Box<Error> {
+    ctx.responded = Some(0);
+    Error::explain(ErrorType::ConnectionClosed, "a filter reset the stream")
 }
 
 /// Maps a proxying failure to the error the client sees.
