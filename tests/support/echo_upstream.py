@@ -33,8 +33,7 @@ class EchoHandler(BaseHTTPRequestHandler):
     def _echo(self) -> None:
         url = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
         if url.path == "/sse":
             self._stream_events(int(query.get("events", "5")), int(query.get("interval_ms", "100")))
             return
@@ -51,6 +50,18 @@ class EchoHandler(BaseHTTPRequestHandler):
             "body": body.decode("utf-8", errors="replace"),
         }
         self._send(status, "application/json", json.dumps(payload).encode())
+
+    def _read_body(self) -> bytes:
+        """The request body, by content-length or chunked encoding."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+            return body
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, content_type: str, payload: bytes) -> None:
         self.send_response(status)

@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How far past the body limit a declared body is still read (and dropped) before the 413.
+const DRAIN_LIMIT: u64 = 1 << 20;
+
 /// The proxy logic for one listener.
 pub struct Gateway {
     runtime: Arc<Runtime>,
@@ -106,7 +109,18 @@ impl ProxyHttp for Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared_length.is_some_and(|n| n > self.runtime.max_request_body_bytes) {
+        if let Some(length) = declared_length.filter(|n| *n > self.runtime.max_request_body_bytes) {
+            // Reading a modest body first lets the client see the 413 instead of a reset while
+            // it is still sending; a huge one is refused at once and the connection closed.
+            if length
+                <= self
+                    .runtime
+                    .max_request_body_bytes
+                    .saturating_add(DRAIN_LIMIT)
+            {
+                let drain = session.drain_request_body();
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            }
             return self.refuse(session, ctx, ProxyError::BodyTooLarge).await;
         }
 
