@@ -96,14 +96,13 @@ impl Cluster {
         hash_key: Option<&[u8]>,
         exclude: Option<SocketAddr>,
     ) -> Option<Arc<Endpoint>> {
-        let healthy: Vec<&Arc<Endpoint>> =
+        let mut candidates: Vec<&Arc<Endpoint>> =
             self.endpoints.iter().filter(|e| e.is_healthy()).collect();
-        let candidates: Vec<&Arc<Endpoint>> = match exclude {
-            Some(addr) if healthy.len() > 1 => {
-                healthy.into_iter().filter(|e| e.address != addr).collect()
+        if let Some(addr) = exclude {
+            if candidates.len() > 1 {
+                candidates.retain(|e| e.address != addr);
             }
-            _ => healthy,
-        };
+        }
         if candidates.is_empty() {
             return None;
         }

@@ -618,7 +618,9 @@ impl Config {
                         "must be at least 1",
                     ));
                 }
-                self.plugin_configuration(filter, &field)?;
+                if let Some(file) = &filter.configuration_file {
+                    self.check_file(file, &format!("{field}.configuration_file"))?;
+                }
             }
         }
         if self.routes.is_empty() {
@@ -764,7 +766,7 @@ fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
 }
 
 /// A YAML/JSON value as filter configuration bytes: strings as is, anything else as JSON.
-fn value_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
+pub fn value_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
     match value {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::String(text)) => text.clone().into_bytes(),

@@ -1,7 +1,7 @@
 //! Filter chains: loading a route's proxy-wasm filters through the host, and running one request
 //! through them. Requests pass the filters in order, responses in reverse order (as in Envoy).
 
-use crate::config::{Config, ConfigError, FailurePolicyConfig, FilterChainConfig};
+use crate::config::{value_bytes, Config, ConfigError, FailurePolicyConfig, FilterChainConfig};
 use crate::metrics::GatewayMetrics;
 use proxy_wasm_host::{
     FailurePolicy, Headers, Host, HttpStream, LocalResponse, Plugin, PluginSpec, StreamInfo,
@@ -37,11 +37,7 @@ impl FilterChain {
             let mut spec =
                 PluginSpec::new(&filter.name, config.plugin_configuration(filter, &field)?);
             spec.root_id = filter.root_id.clone();
-            spec.vm_configuration = match &filter.vm_configuration {
-                None => Vec::new(),
-                Some(serde_json::Value::String(text)) => text.clone().into_bytes(),
-                Some(other) => other.to_string().into_bytes(),
-            };
+            spec.vm_configuration = value_bytes(filter.vm_configuration.as_ref());
             spec.failure_policy = match filter.failure_policy {
                 FailurePolicyConfig::FailClosed => FailurePolicy::FailClosed,
                 FailurePolicyConfig::FailOpen => FailurePolicy::FailOpen,

@@ -13,7 +13,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorSource, ErrorType};
-use proxy_wasm_host::{Headers, StreamInfo};
+use proxy_wasm_host::{Headers, LocalResponse, StreamInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,7 +60,6 @@ pub struct RequestContext {
     /// Replaces the upstream body (a 5xx turned into JSON, or a response-phase local reply).
     replacement_body: Option<Bytes>,
     request_body_bytes: u64,
-    filter_outcome: Option<String>,
 }
 
 #[async_trait]
@@ -84,7 +83,6 @@ impl ProxyHttp for Gateway {
             responded: None,
             replacement_body: None,
             request_body_bytes: 0,
-            filter_outcome: None,
         }
     }
 
@@ -93,7 +91,6 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<bool> {
-        ctx.started = Instant::now();
         self.add_forwarding_headers(session, ctx)?;
 
         let Some(route) = self.runtime.route_for(session.req_header()) else {
@@ -151,9 +148,7 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             ChainVerdict::Respond(response) => {
-                let status = response.status;
-                responses::write_local(session, response, &ctx.request_id).await?;
-                ctx.responded = Some(status);
+                answer_locally(session, ctx, response).await?;
                 Ok(true)
             }
             ChainVerdict::Reset => Err(reset(ctx)),
@@ -201,10 +196,8 @@ impl ProxyHttp for Gateway {
         // Nothing was sent, so another endpoint may be tried for any method.
         ctx.failed_endpoint = peer.address().as_inet().copied();
         ctx.in_flight = None;
-        let cluster = ctx.cluster.as_ref().expect("routed");
-        let may_retry = ctx.attempts <= cluster.config.retries.attempts
-            && !session.as_ref().retry_buffer_truncated()
-            && cluster.try_retry();
+        let may_retry =
+            within_retry_limits(session, ctx) && ctx.cluster.as_ref().expect("routed").try_retry();
         e.set_retry(may_retry);
         e
     }
@@ -219,14 +212,10 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("endpoint {}", peer.address()));
         ctx.failed_endpoint = peer.address().as_inet().copied();
-        let cluster = ctx.cluster.as_ref().expect("routed");
         let idempotent = session.req_header().method.is_idempotent();
-        if idempotent
-            && ctx.attempts <= cluster.config.retries.attempts
-            && !session.as_ref().retry_buffer_truncated()
-        {
+        if idempotent && within_retry_limits(session, ctx) {
             e.retry.decide_reuse(client_reused);
-            if e.retry() && !cluster.try_retry() {
+            if e.retry() && !ctx.cluster.as_ref().expect("routed").try_retry() {
                 e.set_retry(false);
             }
         } else {
@@ -251,7 +240,7 @@ impl ProxyHttp for Gateway {
         let Some(run) = ctx.chain.as_mut() else {
             return Ok(());
         };
-        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        let mut chunk = body.take().map(Vec::from).unwrap_or_default();
         match run.request_body(&mut chunk, end_of_stream).await {
             ChainVerdict::Continue => {
                 *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
@@ -260,8 +249,7 @@ impl ProxyHttp for Gateway {
             ChainVerdict::Buffer => Ok(()),
             ChainVerdict::Respond(response) => {
                 let status = response.status;
-                responses::write_local(session, response, &ctx.request_id).await?;
-                ctx.responded = Some(status);
+                answer_locally(session, ctx, response).await?;
                 Err(Error::explain(
                     ErrorType::HTTPStatus(status),
                     "a filter answered",
@@ -335,7 +323,7 @@ impl ProxyHttp for Gateway {
         let Some(mut run) = ctx.chain.take() else {
             return Ok(None);
         };
-        let mut chunk = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        let mut chunk = body.take().map(Vec::from).unwrap_or_default();
         // Pingora 0.9 calls this phase synchronously; see `offload` for how filters still await.
         let (run, chunk, verdict) = offload::block_on(async move {
             let verdict = run.response_body(&mut chunk, end_of_stream).await;
@@ -391,10 +379,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
-        if let Some(run) = ctx.chain.take() {
-            ctx.filter_outcome = Some(run.outcome.to_string());
-            run.finish().await;
-        }
+        let filters = match ctx.chain.take() {
+            Some(run) => {
+                let outcome = run.outcome.to_string();
+                run.finish().await;
+                outcome
+            }
+            None => "none".to_string(),
+        };
         ctx.in_flight = None;
         let status = session
             .response_written()
@@ -427,7 +419,7 @@ impl ProxyHttp for Gateway {
             upstream_ms = ctx.upstream_headers_after.map(|d| d.as_secs_f64() * 1000.0),
             request_bytes = ctx.request_body_bytes,
             response_bytes = session.body_bytes_sent(),
-            filters = ctx.filter_outcome.as_deref().unwrap_or("none"),
+            filters,
             error = e.map(|e| e.to_string()),
             "request"
         );
@@ -477,6 +469,24 @@ impl Gateway {
     }
 }
 
+/// Whether the request has attempts left and its body (if any) can still be replayed.
+fn within_retry_limits(session: &Session, ctx: &RequestContext) -> bool {
+    let cluster = ctx.cluster.as_ref().expect("routed before any attempt");
+    ctx.attempts <= cluster.config.retries.attempts && !session.as_ref().retry_buffer_truncated()
+}
+
+/// Sends a filter's local reply and records that the request is answered.
+async fn answer_locally(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    response: LocalResponse,
+) -> pingora::Result<()> {
+    let status = response.status;
+    responses::write_local(session, response, &ctx.request_id).await?;
+    ctx.responded = Some(status);
+    Ok(())
+}
+
 /// Ends the stream without a response (a filter reset it, or answered after the headers left):
 /// `fail_to_proxy` sees `responded` and writes nothing.
 fn reset(ctx: &mut RequestContext) -> Box<Error> {
@@ -487,7 +497,6 @@ fn reset(ctx: &mut RequestContext) -> Box<Error> {
 /// Maps a proxying failure to the error the client sees.
 fn classify(e: &Error) -> ProxyError {
     match e.etype() {
-        ErrorType::HTTPStatus(413) => ProxyError::BodyTooLarge,
         ErrorType::ConnectTimedout
         | ErrorType::ConnectRefused
         | ErrorType::ConnectNoRoute
