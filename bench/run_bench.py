@@ -20,6 +20,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "envoy-config"))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from gateway import Gateway, free_port, start_gateway  # noqa: E402
+from gateway import Gateway, free_port, start_gateway, target_dir  # noqa: E402
 from run_envoy import EnvoyProcess, start_envoy  # noqa: E402
 
 API_KEY = "demo-key-change-me"
@@ -124,10 +125,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
 
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    target = target_dir()
     auth_wasm = target / "wasm32-wasip1" / "release" / "auth_filter.wasm"
     os.environ.setdefault("GATEWAY_PROXY_BINARY", str(target / "proxy" / "proxy"))
-    work = Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True, check=True).stdout.strip())
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
 
     upstream_port = free_port()
     upstream = subprocess.Popen([str(target / "proxy" / "bench-upstream"), str(upstream_port)])
@@ -145,7 +146,7 @@ def main() -> int:
                 plugin_config=AUTH_CONFIG.read_text(),
                 upstream_port=upstream_port,
                 template=REPO / "envoy-config" / template,
-                work_dir=Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()),
+                work_dir=Path(tempfile.mkdtemp(prefix=f"{name}-")),
                 concurrency=args.threads,
                 log_level="warn",
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,13 +14,12 @@ sys.path.insert(0, str(REPO / "envoy-config"))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from echo_upstream import EchoServer, start_echo_upstream  # noqa: E402
-from gateway import Gateway, start_gateway  # noqa: E402
+from gateway import Gateway, start_gateway, target_dir  # noqa: E402
 
 
 def wasm_dir() -> Path:
     """Where `make filters` puts the release .wasm files."""
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return target / "wasm32-wasip1" / "release"
+    return target_dir() / "wasm32-wasip1" / "release"
 
 
 def built_filter(name: str) -> Path:

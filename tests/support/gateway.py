@@ -15,25 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def target_dir() -> Path:
+    """Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the clone (as in the Makefile)."""
+    return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 
 
 def proxy_binary() -> Path:
     """`$GATEWAY_PROXY_BINARY`, else the debug build of the proxy (`make test` builds it)."""
     if "GATEWAY_PROXY_BINARY" in os.environ:
         return Path(os.environ["GATEWAY_PROXY_BINARY"])
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    path = target / "debug" / "proxy"
+    path = target_dir() / "debug" / "proxy"
     assert path.is_file(), f"{path} missing: run `cargo build -p gateway` (make test does)"
     return path
 
