@@ -4,13 +4,14 @@
 //! and a lookup's timing depends on the digest, not on how many leading characters of a key match.
 
 use crate::config::ApiKeyEntry;
+use crate::jwt::Identity;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// Maps the digest of each valid key to the identity it authenticates.
 #[derive(Debug, Default)]
 pub struct ApiKeyStore {
-    identities: HashMap<[u8; 32], String>,
+    identities: HashMap<[u8; 32], Identity>,
 }
 
 impl ApiKeyStore {
@@ -29,15 +30,21 @@ impl ApiKeyStore {
                     }
                     (None, None) => unreachable!("validated: one of key or sha256 is set"),
                 };
-                (digest, entry.identity.clone())
+                let identity = Identity {
+                    subject: entry.identity.clone(),
+                    scopes: entry.scopes.clone(),
+                    tenant: entry.tenant.clone(),
+                    claim_headers: Vec::new(),
+                };
+                (digest, identity)
             })
             .collect();
         Self { identities }
     }
 
     /// The identity authenticated by `key`, if it is valid.
-    pub fn identify(&self, key: &[u8]) -> Option<&str> {
-        self.identities.get(&digest(key)).map(String::as_str)
+    pub fn identify(&self, key: &[u8]) -> Option<&Identity> {
+        self.identities.get(&digest(key))
     }
 }
 
@@ -54,6 +61,8 @@ mod tests {
             identity: identity.into(),
             key: key.map(Into::into),
             sha256: sha256.map(Into::into),
+            scopes: vec!["read".into()],
+            tenant: None,
         }
     }
 
@@ -65,8 +74,10 @@ mod tests {
             entry("alice", Some("secret-a"), None),
             entry("bob", None, Some(&hashed)),
         ]);
-        assert_eq!(store.identify(b"secret-a"), Some("alice"));
-        assert_eq!(store.identify(b"secret-b"), Some("bob"));
+        let subject = |key: &[u8]| store.identify(key).map(|i| i.subject.as_str());
+        assert_eq!(subject(b"secret-a"), Some("alice"));
+        assert_eq!(subject(b"secret-b"), Some("bob"));
+        assert_eq!(store.identify(b"secret-a").unwrap().scopes, ["read"]);
         assert_eq!(store.identify(b"secret-c"), None);
         assert_eq!(store.identify(b""), None);
     }

@@ -1,32 +1,38 @@
 //! The authentication decision for one request, independent of proxy-wasm.
 
 use crate::api_key::ApiKeyStore;
-use crate::config::AuthConfig;
-use filter_common::{query_param, remove_query_param};
+use crate::config::{AuthConfig, Rule};
+use crate::credentials::{find_api_key, find_token, Found, Location, RequestView};
+use crate::jwks_cache::JwksCache;
+use crate::jwt::{Identity, Provider, TokenError, TokenHeader};
+use filter_common::{remove_query_param, ConfigError};
 
-/// A configured authenticator: configuration plus the key store built from it.
-#[derive(Debug)]
+/// A configured authenticator: configuration, key store and token providers.
 pub struct Authenticator {
     config: AuthConfig,
     keys: ApiKeyStore,
+    providers: Vec<Provider>,
 }
 
 /// What the filter does with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Let the request through with `identity` forwarded upstream.
+    /// Let the request through with these changes.
     Allow(Allow),
     /// Answer locally.
     Deny(Denial),
+    /// Wait for provider `n`'s remote JWKS, then decide again.
+    NeedKeys(usize),
 }
 
-/// Changes to make to an authenticated request before it goes upstream.
-#[derive(Debug, PartialEq, Eq)]
+/// Changes to make to an admitted request before it goes upstream. Client-sent copies of the
+/// identity headers are removed whatever the decision.
+#[derive(Debug, PartialEq, Eq, Default)]
 pub struct Allow {
-    /// The authenticated identity.
-    pub identity: String,
-    /// Remove this header (the credential) from the request.
-    pub remove_header: Option<String>,
+    /// Headers to set (identity, scopes, tenant, claims).
+    pub set_headers: Vec<(String, String)>,
+    /// Headers to remove (the credential).
+    pub remove_headers: Vec<String>,
     /// Replace `:path` with this (the credential removed from the query).
     pub rewritten_path: Option<String>,
 }
@@ -34,21 +40,43 @@ pub struct Allow {
 /// A rejected request: status, stable reason code, message and challenge.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Denial {
-    /// HTTP status (401).
+    /// HTTP status: 401, or 403 for missing scopes.
     pub status: u16,
     /// Stable machine-readable reason.
     pub code: &'static str,
     /// Human-readable explanation; never echoes the presented credential.
-    pub message: &'static str,
-    /// Value of the `WWW-Authenticate` header.
+    pub message: String,
+    /// Value of the `WWW-Authenticate` header (RFC 6750 for bearer tokens).
     pub www_authenticate: String,
 }
 
+enum Credential {
+    ApiKey(Found),
+    Token(Found),
+}
+
 impl Authenticator {
-    /// Builds an authenticator from validated configuration.
-    pub fn new(config: AuthConfig) -> Self {
-        let keys = ApiKeyStore::new(&config.api_key.keys);
-        Self { config, keys }
+    /// Builds an authenticator from validated configuration, parsing keys (errors name the field).
+    pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
+        let keys = config
+            .api_key
+            .as_ref()
+            .map(|api_key| ApiKeyStore::new(&api_key.keys))
+            .unwrap_or_default();
+        let providers = match &config.jwt {
+            None => Vec::new(),
+            Some(jwt) => jwt
+                .providers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Provider::new(p, &format!("jwt.providers[{i}]")))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            config,
+            keys,
+            providers,
+        })
     }
 
     /// The configuration this authenticator was built from.
@@ -56,40 +84,186 @@ impl Authenticator {
         &self.config
     }
 
-    /// Decides on a request given the value of the configured key header (if sent) and its path.
-    pub fn authenticate(&self, key_header: Option<&[u8]>, path: &str) -> Decision {
-        let api_key = &self.config.api_key;
-        let from_query = || {
-            api_key
-                .query_parameter
-                .as_deref()
-                .and_then(|param| query_param(path, param))
-        };
-        let (key, location) = match key_header {
-            Some(value) => (value.to_vec(), KeyLocation::Header),
-            None => match from_query() {
-                Some(value) => (value.into_bytes(), KeyLocation::Query),
+    /// The providers, in configuration order.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// Decides on a request at time `now` (Unix seconds). `jwks` holds remote providers' keys.
+    pub fn authenticate(&self, request: &dyn RequestView, now: u64, jwks: &JwksCache) -> Decision {
+        let path = request.path();
+        let rule = self.rule_for(&request.method(), &path);
+        let credential = self
+            .config
+            .api_key
+            .as_ref()
+            .and_then(|c| find_api_key(c, request))
+            .map(Credential::ApiKey)
+            .or_else(|| {
+                let jwt = self.config.jwt.as_ref()?;
+                find_token(&jwt.from, request).map(Credential::Token)
+            });
+        let (identity, found) = match credential {
+            None if rule.is_some_and(|r| r.allow_anonymous) => {
+                return Decision::Allow(Allow::default())
+            }
+            None => return Decision::Deny(self.missing()),
+            Some(Credential::ApiKey(found)) => match self.keys.identify(found.value.as_bytes()) {
+                Some(identity) => (identity.clone(), found),
                 None => {
-                    return Decision::Deny(self.deny("missing_api_key", "an API key is required"))
+                    return Decision::Deny(
+                        self.deny_api_key("invalid_api_key", "the API key is not valid".into()),
+                    )
+                }
+            },
+            Some(Credential::Token(found)) => match self.verify_token(&found.value, now, jwks) {
+                Ok(identity) => (identity, found),
+                Err(TokenVerdict::NeedKeys(provider)) => return Decision::NeedKeys(provider),
+                Err(TokenVerdict::Invalid(error)) => {
+                    return Decision::Deny(self.deny_token(&error))
                 }
             },
         };
-        let Some(identity) = self.keys.identify(&key) else {
-            return Decision::Deny(self.deny("invalid_api_key", "the API key is not valid"));
-        };
-        let hide = api_key.hide_credentials;
-        Decision::Allow(Allow {
-            identity: identity.to_string(),
-            remove_header: (hide && location == KeyLocation::Header)
-                .then(|| api_key.header.clone()),
-            rewritten_path: match (&api_key.query_parameter, location) {
-                (Some(param), KeyLocation::Query) if hide => Some(remove_query_param(path, param)),
-                _ => None,
-            },
+        let required = rule.map_or(&[][..], |r| &r.scopes[..]);
+        if let Some(missing) = required.iter().find(|s| !identity.scopes.contains(s)) {
+            return Decision::Deny(self.insufficient_scope(required, missing));
+        }
+        Decision::Allow(self.admit(identity, &found, &path))
+    }
+
+    fn rule_for(&self, method: &str, path: &str) -> Option<&Rule> {
+        let path = path.split('?').next().unwrap_or_default();
+        self.config.rules.iter().find(|rule| {
+            path.starts_with(&rule.path_prefix)
+                && (rule.methods.is_empty()
+                    || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
         })
     }
 
-    fn deny(&self, code: &'static str, message: &'static str) -> Denial {
+    fn verify_token(
+        &self,
+        token: &str,
+        now: u64,
+        jwks: &JwksCache,
+    ) -> Result<Identity, TokenVerdict> {
+        let jwt = self
+            .config
+            .jwt
+            .as_ref()
+            .expect("tokens are looked for only with jwt");
+        if token.len() > jwt.max_token_bytes {
+            return Err(TokenVerdict::Invalid(TokenError::TooLarge));
+        }
+        let header = TokenHeader::parse(token).map_err(TokenVerdict::Invalid)?;
+        let (index, provider) = self
+            .providers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.trusts(header.issuer.as_deref()))
+            .ok_or(TokenVerdict::Invalid(TokenError::UnknownIssuer))?;
+        let skew = jwt.clock_skew_seconds;
+        if let Some(keys) = &provider.static_keys {
+            return provider
+                .verify(token, &header, keys, now, skew)
+                .map_err(TokenVerdict::Invalid);
+        }
+        let Some(keys) = jwks.keys(index) else {
+            return Err(if jwks.may_wait(index, now) {
+                TokenVerdict::NeedKeys(index)
+            } else {
+                TokenVerdict::Invalid(TokenError::KeysUnavailable)
+            });
+        };
+        match provider.verify(token, &header, &keys, now, skew) {
+            // A key rotated in at the issuer: fetch the set again, unless that was just done.
+            Err(TokenError::UnknownKey) if jwks.may_wait(index, now) => {
+                Err(TokenVerdict::NeedKeys(index))
+            }
+            other => other.map_err(TokenVerdict::Invalid),
+        }
+    }
+
+    fn admit(&self, identity: Identity, found: &Found, path: &str) -> Allow {
+        let config = &self.config;
+        let mut allow = Allow::default();
+        allow
+            .set_headers
+            .push((config.identity_header.clone(), identity.subject));
+        if !identity.scopes.is_empty() {
+            allow
+                .set_headers
+                .push((config.scopes_header.clone(), identity.scopes.join(" ")));
+        }
+        if let Some(tenant) = identity.tenant {
+            allow
+                .set_headers
+                .push((config.tenant_header.clone(), tenant));
+        }
+        allow.set_headers.extend(identity.claim_headers);
+        let strip = match &found.location {
+            Location::Header(name)
+                if config.api_key.as_ref().is_some_and(|k| &k.header == name) =>
+            {
+                config.api_key.as_ref().is_some_and(|k| k.hide_credentials)
+            }
+            Location::Query(name)
+                if config
+                    .api_key
+                    .as_ref()
+                    .is_some_and(|k| k.query_parameter.as_ref() == Some(name)) =>
+            {
+                config.api_key.as_ref().is_some_and(|k| k.hide_credentials)
+            }
+            _ => config.jwt.as_ref().is_some_and(|j| !j.forward_token),
+        };
+        if strip {
+            match &found.location {
+                Location::Header(name) => allow.remove_headers.push(name.clone()),
+                Location::Query(name) => {
+                    allow.rewritten_path = Some(remove_query_param(path, name))
+                }
+                Location::Cookie => {}
+            }
+        }
+        allow
+    }
+
+    fn challenge(&self, error: Option<(&str, &str)>, scope: Option<&str>) -> String {
+        let realm = &self.config.realm;
+        let mut bearer = format!("Bearer realm=\"{realm}\"");
+        if let Some((code, description)) = error {
+            bearer.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{description}\""
+            ));
+        }
+        if let Some(scope) = scope {
+            bearer.push_str(&format!(", scope=\"{scope}\""));
+        }
+        match (self.config.jwt.is_some(), self.config.api_key.is_some()) {
+            (true, true) if error.is_none() => format!("{bearer}, ApiKey realm=\"{realm}\""),
+            (true, _) => bearer,
+            (false, _) => format!("ApiKey realm=\"{realm}\""),
+        }
+    }
+
+    fn missing(&self) -> Denial {
+        let (code, message) = match (self.config.api_key.is_some(), self.config.jwt.is_some()) {
+            (true, false) => ("missing_api_key", "an API key is required"),
+            (false, true) => ("missing_token", "a bearer token is required"),
+            _ => (
+                "missing_credentials",
+                "an API key or a bearer token is required",
+            ),
+        };
+        Denial {
+            status: 401,
+            code,
+            message: message.into(),
+            www_authenticate: self.challenge(None, None),
+        }
+    }
+
+    fn deny_api_key(&self, code: &'static str, message: String) -> Denial {
         Denial {
             status: 401,
             code,
@@ -97,96 +271,32 @@ impl Authenticator {
             www_authenticate: format!("ApiKey realm=\"{}\"", self.config.realm),
         }
     }
+
+    fn deny_token(&self, error: &TokenError) -> Denial {
+        let message = error.message();
+        Denial {
+            status: 401,
+            code: error.code(),
+            www_authenticate: self.challenge(Some(("invalid_token", &message)), None),
+            message,
+        }
+    }
+
+    fn insufficient_scope(&self, required: &[String], missing: &str) -> Denial {
+        let scope = required.join(" ");
+        Denial {
+            status: 403,
+            code: "insufficient_scope",
+            message: format!("the {missing:?} scope is required"),
+            www_authenticate: self.challenge(
+                Some(("insufficient_scope", "the request requires more privileges")),
+                Some(&scope),
+            ),
+        }
+    }
 }
 
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum KeyLocation {
-    Header,
-    Query,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn authenticator(extra: &str) -> Authenticator {
-        let json = format!(
-            r#"{{"api_key": {{"query_parameter": "api_key", {extra} "keys": [{{"identity": "alice", "key": "k-alice"}}]}}}}"#
-        );
-        Authenticator::new(AuthConfig::from_json(json.as_bytes()).unwrap())
-    }
-
-    #[test]
-    fn valid_header_key_is_allowed_and_hidden() {
-        let decision = authenticator("").authenticate(Some(b"k-alice"), "/v1/x");
-        assert_eq!(
-            decision,
-            Decision::Allow(Allow {
-                identity: "alice".into(),
-                remove_header: Some("x-api-key".into()),
-                rewritten_path: None,
-            })
-        );
-    }
-
-    #[test]
-    fn valid_query_key_is_allowed_and_removed_from_path() {
-        let decision = authenticator("").authenticate(None, "/v1/x?a=1&api_key=k-alice");
-        assert_eq!(
-            decision,
-            Decision::Allow(Allow {
-                identity: "alice".into(),
-                remove_header: None,
-                rewritten_path: Some("/v1/x?a=1".into()),
-            })
-        );
-    }
-
-    #[test]
-    fn credentials_kept_when_not_hidden() {
-        let decision =
-            authenticator(r#""hide_credentials": false,"#).authenticate(None, "/?api_key=k-alice");
-        let Decision::Allow(allow) = decision else {
-            panic!("expected allow")
-        };
-        assert_eq!(allow.rewritten_path, None);
-        assert_eq!(allow.remove_header, None);
-    }
-
-    #[test]
-    fn header_wins_over_query() {
-        let decision = authenticator("").authenticate(Some(b"wrong"), "/?api_key=k-alice");
-        assert!(matches!(
-            decision,
-            Decision::Deny(Denial {
-                code: "invalid_api_key",
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn missing_and_wrong_keys_are_denied_with_challenge() {
-        let auth = authenticator("");
-        let Decision::Deny(missing) = auth.authenticate(None, "/v1/x") else {
-            panic!()
-        };
-        assert_eq!(missing.status, 401);
-        assert_eq!(missing.code, "missing_api_key");
-        assert_eq!(missing.www_authenticate, "ApiKey realm=\"gateway\"");
-        let Decision::Deny(wrong) = auth.authenticate(Some(b"k-bob"), "/v1/x") else {
-            panic!()
-        };
-        assert_eq!(wrong.code, "invalid_api_key");
-    }
-
-    #[test]
-    fn query_key_ignored_when_not_configured() {
-        let json = r#"{"api_key": {"keys": [{"identity": "alice", "key": "k-alice"}]}}"#;
-        let auth = Authenticator::new(AuthConfig::from_json(json.as_bytes()).unwrap());
-        assert!(matches!(
-            auth.authenticate(None, "/?api_key=k-alice"),
-            Decision::Deny(_)
-        ));
-    }
+enum TokenVerdict {
+    NeedKeys(usize),
+    Invalid(TokenError),
 }

@@ -1,11 +1,16 @@
-//! The gateway's authentication filter.
+//! The gateway's authentication filter: API keys and JWTs, per-path scope rules.
 //!
-//! Decision logic lives in plain Rust ([`config`], [`api_key`], [`decision`]) and unit-tests natively;
-//! `filter` is the thin proxy-wasm shell compiled only for wasm.
+//! Decision logic lives in plain Rust and unit-tests natively with an injected clock:
+//! [`config`], [`api_key`], [`keys`], [`jwt`], [`credentials`], [`jwks_cache`] and [`decision`].
+//! `filter` is the thin proxy-wasm shell, compiled only for wasm.
 
 pub mod api_key;
 pub mod config;
+pub mod credentials;
 pub mod decision;
+pub mod jwks_cache;
+pub mod jwt;
+pub mod keys;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
