@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR
 VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
 WASM_DIR    := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
-FILTERS     := auth-filter
+FILTERS     := auth-filter rate-limit-filter cache-filter
 TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server
