@@ -12,13 +12,14 @@ use crate::decision::{Authenticator, Decision};
 use crate::jwks_cache::JwksCache;
 use crate::keys::KeySet;
 use filter_common::error_body;
+use filter_common::host::{now, request_header};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -275,9 +276,7 @@ struct CurrentRequest;
 
 impl RequestView for CurrentRequest {
     fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        request_header(name)
     }
     fn path(&self) -> String {
         self.header(":path").unwrap_or_default()
@@ -292,8 +291,5 @@ fn set_header(name: &str, value: Option<&str>) {
 }
 
 fn now_seconds() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+    now().as_secs()
 }

@@ -3,6 +3,10 @@
 //! Everything here is plain Rust so it unit-tests natively; the filters' thin
 //! wasm shells call into it.
 
+#[cfg(target_arch = "wasm32")]
+pub mod host;
+pub mod testing;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -83,6 +87,16 @@ pub fn error_body(status: u16, code: &str, message: &str, request_id: Option<&st
         },
     })
     .expect("serialising plain strings cannot fail")
+}
+
+/// Shared data as filters use it: values with a compare-and-swap version. The host implements it
+/// in `host::HostSharedData`; tests use an in-memory map.
+pub trait SharedStore {
+    /// The value of `key` and its version, if set. A deleted key may read as an empty value.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` if the version still is `cas` (0: unconditionally); an empty value deletes.
+    /// Returns false on a version mismatch or a refused write.
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool;
 }
 
 /// Returns the value of query parameter `name` in a request path such as `/a?b=1&c=2`.

@@ -5,15 +5,16 @@
 //! shared data holds only callers seen recently.
 
 use crate::config::RateLimitConfig;
-use crate::limiter::{expire, Limiter, Report, RequestFacts, SharedStore};
+use crate::limiter::{expire, Limiter, Report, RequestFacts};
 use filter_common::error_body;
+use filter_common::host::{now, property, request_header, HostSharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How often the root context looks for refilled buckets to delete.
 const SWEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -76,7 +77,7 @@ impl RootContext for RateLimitRoot {
         state
             .touched
             .borrow_mut()
-            .retain(|key| !expire(&HostStore, key, now));
+            .retain(|key| !expire(&HostSharedData, key, now));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -104,7 +105,7 @@ impl HttpContext for RateLimitRequest {
         let verdict = self
             .state
             .limiter
-            .check(&CurrentRequest, &HostStore, now_ns());
+            .check(&CurrentRequest, &HostSharedData, now_ns());
         {
             let mut touched = self.state.touched.borrow_mut();
             for key in verdict.touched {
@@ -189,34 +190,12 @@ fn increment(metric: Option<u32>) {
     }
 }
 
-/// Shared data through host calls.
-struct HostStore;
-
-impl SharedStore for HostStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
-    }
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
-        let cas = (cas != 0).then_some(cas);
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => true,
-            Err(Status::CasMismatch) => false,
-            Err(status) => {
-                log::warn!("rate-limit: shared data refused a write: {status:?}");
-                false
-            }
-        }
-    }
-}
-
 /// The request of the current context.
 struct CurrentRequest;
 
 impl RequestFacts for CurrentRequest {
     fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        request_header(name)
     }
     fn client_address(&self) -> Option<String> {
         property(&["source", "address"])
@@ -229,14 +208,6 @@ impl RequestFacts for CurrentRequest {
     }
 }
 
-fn property(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
-    String::from_utf8(bytes).ok()
-}
-
 fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    u64::try_from(now().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -3,6 +3,7 @@
 
 use crate::bucket::{decode, encode, BucketShape, Take};
 use crate::config::{KeyConfig, LimitConfig, RateLimitConfig};
+use filter_common::SharedStore;
 use sha2::{Digest, Sha256};
 
 /// Attempts at a compare-and-swap before giving up on a contended bucket (and letting the
@@ -14,14 +15,6 @@ const MAX_KEY_VALUE_BYTES: usize = 128;
 
 /// Prefix of every bucket key in shared data.
 pub const KEY_PREFIX: &str = "ratelimit|";
-
-/// Shared data as the limiter needs it: values with a CAS version.
-pub trait SharedStore {
-    /// The value of `key` and its version, if set.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Stores `value` if the version still is `cas` (0: unconditionally). False on a mismatch.
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool;
-}
 
 /// What the limiter reads from a request.
 pub trait RequestFacts {
@@ -220,41 +213,10 @@ fn client_ip(address: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
+    use filter_common::testing::MemoryStore as Store;
     use std::collections::HashMap;
 
     const SECOND: u64 = 1_000_000_000;
-
-    /// Shared data with versions, like the hosts' (Envoy's and ours).
-    #[derive(Default)]
-    struct Store {
-        data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-        next: RefCell<u32>,
-        /// Writes to fail with a mismatch before succeeding, to exercise the retry loop.
-        conflicts: RefCell<usize>,
-    }
-
-    impl SharedStore for Store {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.data.borrow().get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-        fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
-            if *self.conflicts.borrow() > 0 {
-                *self.conflicts.borrow_mut() -= 1;
-                return false;
-            }
-            let mut data = self.data.borrow_mut();
-            if cas != 0 && data.get(key).is_some_and(|(_, c)| *c != cas) {
-                return false;
-            }
-            *self.next.borrow_mut() += 1;
-            data.insert(key.into(), (value.to_vec(), *self.next.borrow()));
-            true
-        }
-    }
 
     struct Facts(HashMap<&'static str, &'static str>, &'static str);
 
@@ -341,7 +303,7 @@ mod tests {
         );
         let store = Store::default();
         let facts = Facts(HashMap::new(), "/");
-        *store.conflicts.borrow_mut() = 5;
+        store.fail_next_writes(5);
         assert_eq!(
             limiter
                 .check(&facts, &store, SECOND)
@@ -359,7 +321,7 @@ mod tests {
             0
         );
         assert!(limiter.check(&facts, &store, SECOND).refused_by.is_some());
-        assert!(store.data.borrow().contains_key("ratelimit|ip|10.0.0.7"));
+        assert!(store.contains("ratelimit|ip|10.0.0.7"));
     }
 
     #[test]
@@ -372,7 +334,7 @@ mod tests {
         let key = &verdict.touched[0];
         assert!(!expire(&store, key, SECOND));
         assert!(expire(&store, key, 2 * SECOND));
-        assert_eq!(store.get(key).0.as_deref(), Some(&b""[..]));
+        assert!(store.is_empty());
     }
 
     #[test]

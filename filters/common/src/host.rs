@@ -1,0 +1,49 @@
+//! Host access shared by the filters' wasm shells: the clock, request headers, properties and
+//! shared data, all acting on the current (effective) context.
+
+use crate::SharedStore;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{MapType, Status};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The host's wall clock since the Unix epoch.
+pub fn now() -> Duration {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or_default()
+}
+
+/// A request header of the current context.
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// A property such as `source.address`, as text.
+pub fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The host's shared data (process-wide per `vm_id`, or cluster-wide with a Redis backend).
+pub struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        let cas = (cas != 0).then_some(cas);
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => true,
+            Err(Status::CasMismatch) => false,
+            Err(status) => {
+                log::warn!("shared data refused a write: {status:?}");
+                false
+            }
+        }
+    }
+}
