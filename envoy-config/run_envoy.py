@@ -104,24 +104,43 @@ def start_envoy(
     log_level: str = "info",
 ) -> EnvoyProcess:
     """Start Envoy with ``template`` rendered for these ports, filter, plugin name and configuration."""
+    return start_envoy_bootstrap(
+        template,
+        {
+            "UPSTREAM_PORT": str(upstream_port),
+            "WASM_PATH": json.dumps(str(Path(wasm).resolve())),
+            "PLUGIN_CONFIG": json.dumps(plugin_config),
+            "PLUGIN_NAME": json.dumps(plugin_name),
+        },
+        listen_port=listen_port,
+        work_dir=work_dir,
+        wait_ready=wait_ready,
+        timeout=timeout,
+        concurrency=concurrency,
+        log_level=log_level,
+    )
+
+
+def start_envoy_bootstrap(
+    template: Path,
+    values: dict[str, str],
+    *,
+    listen_port: int | None = None,
+    work_dir: Path | None = None,
+    wait_ready: bool = True,
+    timeout: float = 30.0,
+    concurrency: int = 2,
+    log_level: str = "info",
+) -> EnvoyProcess:
+    """Start Envoy with ``template`` rendered with ``values`` plus ``LISTEN_PORT`` and ``ADMIN_PORT``.
+
+    Values are inserted verbatim: quote strings with ``json.dumps`` (valid YAML double-quoted scalars).
+    """
     listen_port = listen_port or free_port()
     admin_port = free_port()
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="envoy-"))
     bootstrap = work_dir / "envoy.yaml"
-    # JSON string quoting is valid YAML double-quoted scalar syntax.
-    bootstrap.write_text(
-        render(
-            template,
-            {
-                "ADMIN_PORT": str(admin_port),
-                "LISTEN_PORT": str(listen_port),
-                "UPSTREAM_PORT": str(upstream_port),
-                "WASM_PATH": json.dumps(str(Path(wasm).resolve())),
-                "PLUGIN_CONFIG": json.dumps(plugin_config),
-                "PLUGIN_NAME": json.dumps(plugin_name),
-            },
-        )
-    )
+    bootstrap.write_text(render(template, {"ADMIN_PORT": str(admin_port), "LISTEN_PORT": str(listen_port), **values}))
     log_path = work_dir / "envoy.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """A real HTTP upstream for tests and ``make run``: answers every request with what it received, as JSON.
 
-Response body: ``{"upstream": name, "method": ..., "path": ..., "headers": {lower-case name: value}, "body": ...}``.
+Response body: ``{"upstream": name, "method": ..., "path": ..., "headers": {lower-case name: value}, "body": ...,
+"count": n}`` where ``n`` numbers the requests this server answered (so a cached answer shows an old count).
 
 Test controls, all optional:
 
 - ``?status=503`` answers with that status (a 5xx body looks like a Python traceback);
 - ``?delay_ms=500`` waits before answering;
+- ``?cache_control=max-age=5`` sets the response's ``Cache-Control``;
+- ``server.fail_with = 503`` answers every request with that status until reset to ``None``;
 - ``GET /sse?events=5&interval_ms=100`` streams Server-Sent Events, one per interval;
 - ``GET /healthz`` answers 200 (health checks);
-- ``server.stats`` counts ``events_sent`` and ``streams_cancelled`` (event streams whose client went away).
+- ``server.stats`` counts ``requests``, ``events_sent`` and ``streams_cancelled`` (event streams whose
+  client went away).
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ class EchoHandler(BaseHTTPRequestHandler):
             self._stream_events(int(query.get("events", "5")), int(query.get("interval_ms", "100")))
             return
         time.sleep(int(query.get("delay_ms", "0")) / 1000)
-        status = int(query.get("status", "200"))
+        with self.server.lock:
+            self.server.stats["requests"] += 1
+            count = self.server.stats["requests"]
+        status = self.server.fail_with or int(query.get("status", "200"))
         if status >= 500:
             self._send(status, "text/plain", TRACEBACK)
             return
@@ -48,8 +55,10 @@ class EchoHandler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {name.lower(): value for name, value in self.headers.items()},
             "body": body.decode("utf-8", errors="replace"),
+            "count": count,
         }
-        self._send(status, "application/json", json.dumps(payload).encode())
+        extra = {"cache-control": query["cache_control"]} if "cache_control" in query else {}
+        self._send(status, "application/json", json.dumps(payload).encode(), extra)
 
     def _read_body(self) -> bytes:
         """The request body, by content-length or chunked encoding."""
@@ -63,9 +72,11 @@ class EchoHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, content_type: str, payload: bytes) -> None:
+    def _send(self, status: int, content_type: str, payload: bytes, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(payload)))
         self.send_header("x-upstream", self.server.name)
         self.end_headers()
@@ -104,7 +115,9 @@ class EchoServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), EchoHandler)
         self.name = name
         self.lock = threading.Lock()
-        self.stats = {"streams_cancelled": 0, "events_sent": 0}
+        self.stats = {"streams_cancelled": 0, "events_sent": 0, "requests": 0}
+        # When set, every request is answered with this status (a failing service).
+        self.fail_with: int | None = None
 
 
 def start_echo_upstream(port: int = 0, name: str = "echo") -> EchoServer:

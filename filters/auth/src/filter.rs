@@ -1,9 +1,11 @@
 //! proxy-wasm shell of the auth filter: reads the request, asks [`Authenticator`], applies the
 //! decision, and fetches remote JWKS for requests that wait on them.
 //!
-//! Fetches are dispatched from the root context, so their answer arrives even if the request
-//! that caused them is gone; the root then decides for every request waiting on that provider
-//! (through `set_effective_context`) and resumes or answers it.
+//! Fetches are dispatched from the root context (on its tick, which a waiting request shortens
+//! to a millisecond), so their answer arrives even if the request that caused them is gone. The
+//! root then decides for every request waiting on that provider (through
+//! `set_effective_context`) and resumes or answers it. The SDK routes a callout's answer to the
+//! context that was active when it was dispatched, hence the tick rather than a direct call.
 
 use crate::config::RemoteJwks;
 use crate::config::{AuthConfig, KeySource};
@@ -17,7 +19,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,14 +32,20 @@ proxy_wasm::main! {{
 
 /// Per-VM state shared by the root context and the requests.
 struct FilterState {
-    root_context_id: u32,
     authenticator: Authenticator,
     jwks: RefCell<JwksCache>,
     /// Requests paused until provider `n`'s keys arrive.
     waiting: RefCell<HashMap<usize, Vec<u32>>>,
     /// Running fetches: callout token → provider.
     fetches: RefCell<HashMap<u32, usize>>,
+    /// Providers whose keys requests are waiting for, to fetch on the next tick.
+    wanted: RefCell<BTreeSet<usize>>,
 }
+
+/// Tick period while remote keys exist: how often lifetimes are checked for a refresh.
+const KEY_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// Tick period right after a request asked for keys.
+const FETCH_SOON: Duration = Duration::from_millis(1);
 
 struct AuthRoot {
     context_id: u32,
@@ -91,6 +99,18 @@ impl Context for AuthRoot {
     }
 }
 
+impl AuthRoot {
+    fn has_remote_keys(&self) -> bool {
+        self.state.as_ref().is_some_and(|state| {
+            state
+                .authenticator
+                .providers()
+                .iter()
+                .any(|p| p.static_keys.is_none())
+        })
+    }
+}
+
 impl RootContext for AuthRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
@@ -118,13 +138,32 @@ impl RootContext for AuthRoot {
             config.rules.len()
         );
         self.state = Some(Rc::new(FilterState {
-            root_context_id: self.context_id,
             authenticator,
             jwks: RefCell::new(jwks),
             waiting: RefCell::default(),
             fetches: RefCell::default(),
+            wanted: RefCell::default(),
         }));
+        if self.has_remote_keys() {
+            self.set_tick_period(KEY_CHECK_PERIOD);
+        }
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let now = now_seconds();
+        let mut due = std::mem::take(&mut *state.wanted.borrow_mut());
+        due.extend(
+            (0..state.authenticator.providers().len())
+                .filter(|&i| state.jwks.borrow().is_stale(i, now)),
+        );
+        for provider in due {
+            self.fetch_keys(&state, provider, now);
+        }
+        self.set_tick_period(KEY_CHECK_PERIOD);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -157,18 +196,10 @@ impl HttpContext for AuthRequest {
 /// Decides on the request of the effective context and applies the decision. Returns `Pause`
 /// when the request was answered or waits for keys.
 fn decide(state: &FilterState, context_id: u32) -> Action {
-    let now = now_seconds();
-    let decision = state
-        .authenticator
-        .authenticate(&CurrentRequest, now, &state.jwks.borrow());
-    let action = apply(state, context_id, decision, now);
-    // Fetches are dispatched from the root context; switch back to the request afterwards.
-    refresh_stale_keys(state, now);
-    let _ = hostcalls::set_effective_context(context_id);
-    action
-}
-
-fn apply(state: &FilterState, context_id: u32, decision: Decision, now: u64) -> Action {
+    let decision =
+        state
+            .authenticator
+            .authenticate(&CurrentRequest, now_seconds(), &state.jwks.borrow());
     match decision {
         Decision::Allow(allow) => {
             for header in &allow.remove_headers {
@@ -207,32 +238,22 @@ fn apply(state: &FilterState, context_id: u32, decision: Decision, now: u64) -> 
                 .entry(provider)
                 .or_default()
                 .push(context_id);
-            fetch_keys(state, provider, now);
+            state.wanted.borrow_mut().insert(provider);
+            let _ = hostcalls::set_tick_period(FETCH_SOON);
             Action::Pause
         }
     }
 }
 
-/// Starts a background refresh of every remote key set past its lifetime.
-fn refresh_stale_keys(state: &FilterState, now: u64) {
-    let stale: Vec<usize> = (0..state.authenticator.providers().len())
-        .filter(|&i| state.jwks.borrow().is_stale(i, now))
-        .collect();
-    for provider in stale {
-        fetch_keys(state, provider, now);
-    }
-}
-
-/// Dispatches a JWKS fetch for `provider` from the root context, unless one is running.
-/// May leave the root context effective; callers switch back.
-fn fetch_keys(state: &FilterState, provider: usize, now: u64) {
-    let remote = remote_jwks(state, provider);
-    if !state.jwks.borrow_mut().start_fetch(provider, now) {
-        return;
-    }
-    let authority = remote.authority.as_deref().unwrap_or(&remote.cluster);
-    let dispatched = hostcalls::set_effective_context(state.root_context_id).and_then(|()| {
-        hostcalls::dispatch_http_call(
+impl AuthRoot {
+    /// Dispatches a JWKS fetch for `provider`, unless one is running.
+    fn fetch_keys(&self, state: &FilterState, provider: usize, now: u64) {
+        if !state.jwks.borrow_mut().start_fetch(provider, now) {
+            return;
+        }
+        let remote = remote_jwks(state, provider);
+        let authority = remote.authority.as_deref().unwrap_or(&remote.cluster);
+        let dispatched = self.dispatch_http_call(
             &remote.cluster,
             vec![
                 (":method", "GET"),
@@ -243,23 +264,42 @@ fn fetch_keys(state: &FilterState, provider: usize, now: u64) {
             None,
             vec![],
             Duration::from_millis(remote.timeout_ms),
-        )
-    });
-    match dispatched {
-        Ok(token) => {
-            state.fetches.borrow_mut().insert(token, provider);
+        );
+        match dispatched {
+            Ok(token) => {
+                state.fetches.borrow_mut().insert(token, provider);
+            }
+            Err(status) => {
+                let name = &state.authenticator.providers()[provider].name;
+                log::warn!(
+                    "auth-filter: provider {name:?}: cannot call cluster {:?}: {status:?}",
+                    remote.cluster
+                );
+                state
+                    .jwks
+                    .borrow_mut()
+                    .finish_fetch(provider, Err("dispatch failed".into()), now);
+                self.answer_waiting(state, provider);
+            }
         }
-        Err(status) => {
-            let name = &state.authenticator.providers()[provider].name;
-            log::warn!(
-                "auth-filter: provider {name:?}: cannot call cluster {:?}: {status:?}",
-                remote.cluster
-            );
-            state
-                .jwks
-                .borrow_mut()
-                .finish_fetch(provider, Err("dispatch failed".into()), now);
+    }
+
+    /// Decides again for every request waiting on `provider`'s keys.
+    fn answer_waiting(&self, state: &FilterState, provider: usize) {
+        let waiting = state
+            .waiting
+            .borrow_mut()
+            .remove(&provider)
+            .unwrap_or_default();
+        for context_id in waiting {
+            // A request that ended meanwhile is no longer a valid context.
+            if hostcalls::set_effective_context(context_id).is_ok()
+                && decide(state, context_id) == Action::Continue
+            {
+                let _ = hostcalls::resume_http_request();
+            }
         }
+        let _ = hostcalls::set_effective_context(self.context_id);
     }
 }
 

@@ -130,7 +130,10 @@ impl HttpContext for CacheRequest {
                 self.response = Response::Label("BYPASS");
                 Action::Continue
             }
-            Plan::Use(plan) if plan.needs_body && !end_of_stream => Action::Pause,
+            // The key needs the body. Pausing the headers would stop the body too (Envoy turns a
+            // headers pause into StopAllIteration); the body phase buffers instead, and a hit
+            // then replaces the request that has started upstream.
+            Plan::Use(plan) if plan.needs_body && !end_of_stream => Action::Continue,
             Plan::Use(_) => self.resolve(None),
         }
     }

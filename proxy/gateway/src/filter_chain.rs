@@ -210,37 +210,40 @@ impl ChainRun {
     /// is first run through the chain's response phases.
     async fn settle(&mut self, i: usize, verdict: Verdict) -> Option<ChainVerdict> {
         match verdict {
-            Verdict::Respond(mut response) => {
+            Verdict::Respond(response) => {
                 self.answered(i, response.status);
-                // As in Envoy, a local reply passes through the response phases of the chain.
-                let mut headers = response.headers.clone();
-                headers.replace(":status", response.status.to_string().as_bytes());
-                match self
-                    .response_headers(&mut headers, response.body.is_empty())
-                    .await
-                {
-                    ChainVerdict::Respond(replacement) => {
-                        return Some(ChainVerdict::Respond(replacement))
-                    }
-                    ChainVerdict::Reset => return Some(ChainVerdict::Reset),
-                    ChainVerdict::Continue | ChainVerdict::Buffer => {}
-                }
-                if let Some(status) = headers.get_str(":status").and_then(|s| s.parse().ok()) {
-                    response.status = status;
-                }
-                headers.remove(":status");
-                response.headers = headers;
-                if !response.body.is_empty() {
-                    let mut body = std::mem::take(&mut response.body);
-                    if let ChainVerdict::Reset = self.response_body(&mut body, true).await {
-                        return Some(ChainVerdict::Reset);
-                    }
-                    response.body = body;
-                }
-                Some(ChainVerdict::Respond(response))
+                Some(self.through_response_phases(response).await)
             }
             other => self.stop(i, other),
         }
+    }
+
+    /// Runs a response the proxy or a filter made up (a local reply, a gateway error) through
+    /// the response phases, as Envoy does, so filters can label, count or replace it.
+    pub async fn through_response_phases(&mut self, mut response: LocalResponse) -> ChainVerdict {
+        let mut headers = response.headers.clone();
+        headers.replace(":status", response.status.to_string().as_bytes());
+        match self
+            .response_headers(&mut headers, response.body.is_empty())
+            .await
+        {
+            ChainVerdict::Respond(replacement) => return ChainVerdict::Respond(replacement),
+            ChainVerdict::Reset => return ChainVerdict::Reset,
+            ChainVerdict::Continue | ChainVerdict::Buffer => {}
+        }
+        if let Some(status) = headers.get_str(":status").and_then(|s| s.parse().ok()) {
+            response.status = status;
+        }
+        headers.remove(":status");
+        response.headers = headers;
+        if !response.body.is_empty() {
+            let mut body = std::mem::take(&mut response.body);
+            if let ChainVerdict::Reset = self.response_body(&mut body, true).await {
+                return ChainVerdict::Reset;
+            }
+            response.body = body;
+        }
+        ChainVerdict::Respond(response)
     }
 
     /// A response-phase verdict from filter `i`: `None` to go on to the next filter.

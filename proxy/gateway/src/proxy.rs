@@ -366,8 +366,20 @@ impl ProxyHttp for Gateway {
             };
         }
         if session.response_written().is_none() {
-            if let Err(write_error) = responses::write_error(session, error, &ctx.request_id).await
-            {
+            let written = match ctx.chain.as_mut() {
+                // Filters see the error like any response (a cache may answer stale instead).
+                Some(run) => match run
+                    .through_response_phases(error.local_response(&ctx.request_id))
+                    .await
+                {
+                    ChainVerdict::Respond(response) => {
+                        responses::write_local(session, response, &ctx.request_id).await
+                    }
+                    _ => Ok(()),
+                },
+                None => responses::write_error(session, error, &ctx.request_id).await,
+            };
+            if let Err(write_error) = written {
                 tracing::debug!(%write_error, "could not send the error response");
             }
         }

@@ -79,6 +79,16 @@ impl ProxyError {
         filter_common::error_body(self.status(), self.code(), self.message(), Some(request_id))
     }
 
+    /// The error as a response filters can see and change.
+    pub fn local_response(self, request_id: &str) -> LocalResponse {
+        LocalResponse {
+            status: self.status(),
+            headers: proxy_wasm_host::Headers::from_pairs([("content-type", "application/json")]),
+            body: self.body(request_id),
+            details: self.code().to_string(),
+        }
+    }
+
     /// The error as a pingora error, so the proxy stops and `fail_to_proxy` renders it.
     pub fn into_pingora(self) -> Box<pingora::Error> {
         pingora::Error::explain(pingora::ErrorType::HTTPStatus(self.status()), self.code())
@@ -120,15 +130,7 @@ pub async fn write_error(
     error: ProxyError,
     request_id: &str,
 ) -> pingora::Result<()> {
-    let headers = [("content-type".to_string(), b"application/json".to_vec())];
-    write(
-        session,
-        error.status(),
-        headers,
-        error.body(request_id),
-        request_id,
-    )
-    .await
+    write_local(session, error.local_response(request_id), request_id).await
 }
 
 /// Writes a filter's local reply.

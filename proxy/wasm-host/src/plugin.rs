@@ -197,7 +197,7 @@ impl Plugin {
             request_id: None,
         };
         if let Some(cell) = vm.filter(|cell| !cell.broken.load(Ordering::Acquire)) {
-            let created = cell.vm.lock().await.create_stream(info).await;
+            let created = cell.lock().await.create_stream(info).await;
             if let Ok(id) = created {
                 stream.id = id;
                 stream.vm = Some(cell);

@@ -113,7 +113,7 @@ impl HttpStream {
     /// Ends the stream: the filter's `on_done`, `on_log` and `on_delete` run.
     pub async fn finish(mut self) {
         if let Some(cell) = self.vm.take() {
-            cell.vm.lock().await.finish_stream(self.id).await;
+            cell.lock().await.finish_stream(self.id).await;
         }
     }
 
@@ -127,7 +127,7 @@ impl HttpStream {
             return self.failure_verdict();
         };
         let action = {
-            let mut vm = cell.vm.lock().await;
+            let mut vm = cell.lock().await;
             let Some(stream) = vm.stream(self.id) else {
                 return self.failure_verdict();
             };
@@ -138,7 +138,7 @@ impl HttpStream {
         };
         let verdict = self.settle(&cell, phase, action).await;
         // Copied after settling: a paused filter may still edit the headers (from a callout).
-        if let Some(stream) = cell.vm.lock().await.stream(self.id) {
+        if let Some(stream) = cell.lock().await.stream(self.id) {
             *headers = slot(stream, phase).clone();
         }
         verdict
@@ -154,7 +154,7 @@ impl HttpStream {
             return self.failure_verdict();
         };
         let action = {
-            let mut vm = cell.vm.lock().await;
+            let mut vm = cell.lock().await;
             let Some(stream) = vm.stream(self.id) else {
                 return self.failure_verdict();
             };
@@ -174,7 +174,7 @@ impl HttpStream {
         };
         let verdict = self.settle(&cell, phase, action).await;
         if verdict == Verdict::Continue {
-            let mut vm = cell.vm.lock().await;
+            let mut vm = cell.lock().await;
             if let Some(stream) = vm.stream(self.id) {
                 *chunk = std::mem::take(body(stream, phase));
             }
@@ -196,7 +196,7 @@ impl HttpStream {
         let mut paused = action == Action::Pause;
         loop {
             let wake = {
-                let mut vm = cell.vm.lock().await;
+                let mut vm = cell.lock().await;
                 if cell.broken.load(Ordering::Acquire) {
                     drop(vm);
                     return self.failure_verdict();
@@ -273,7 +273,7 @@ impl Drop for HttpStream {
         if let Some(cell) = self.vm.take() {
             let id = self.id;
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { cell.vm.lock().await.finish_stream(id).await });
+                runtime.spawn(async move { cell.lock().await.finish_stream(id).await });
             }
         }
     }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
 /// The context id of every VM's root context (stream contexts count up from it).
@@ -21,7 +21,26 @@ pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
 pub(crate) struct VmCell {
     /// Set once the VM trapped; a broken VM never runs guest code again.
     pub(crate) broken: AtomicBool,
-    pub(crate) vm: Mutex<PluginVm>,
+    vm: Mutex<PluginVm>,
+}
+
+impl VmCell {
+    /// Locks the VM without queueing for it.
+    ///
+    /// A queued waiter of tokio's fair mutex is handed the lock when it is released, and must
+    /// then be polled to use it. The gateway blocks a worker thread in Pingora's synchronous
+    /// response-body hook while another thread runs the filter; had a task of that blocked
+    /// thread been queued, the lock would pass to it and nobody could take it again. Polling
+    /// with `try_lock` and yielding leaves no such claim behind. Callbacks are short (bounded
+    /// by their deadline), so the wait is short too.
+    pub(crate) async fn lock(&self) -> MutexGuard<'_, PluginVm> {
+        loop {
+            if let Ok(guard) = self.vm.try_lock() {
+                return guard;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 pub(crate) type SharedVm = Arc<VmCell>;
@@ -177,7 +196,7 @@ impl PluginVm {
             }),
         });
         {
-            let mut vm = cell.vm.lock().await;
+            let mut vm = cell.lock().await;
             vm.start_root().await?;
         }
         spawn_background(Arc::downgrade(&cell), tick_changed, queue_rx);
@@ -318,7 +337,7 @@ impl PluginVm {
                     .ok()
                     .flatten();
                 let Some(cell) = cell.upgrade() else { return };
-                let mut vm = cell.vm.lock().await;
+                let mut vm = cell.lock().await;
                 vm.deliver_callout(callout.context_id, callout.token, response)
                     .await;
             });
@@ -467,7 +486,7 @@ fn spawn_background(
                 if vm.broken.load(Ordering::Acquire) {
                     return;
                 }
-                let guard = vm.vm.lock().await;
+                let guard = vm.lock().await;
                 guard.store.data().tick_period
             };
             let tick = async {
@@ -479,12 +498,12 @@ fn spawn_background(
             tokio::select! {
                 () = tick => {
                     let Some(vm) = cell.upgrade() else { return };
-                    vm.vm.lock().await.on_tick().await;
+                    vm.lock().await.on_tick().await;
                 }
                 queue = queue_rx.recv() => {
                     let Some(queue_id) = queue else { return };
                     let Some(vm) = cell.upgrade() else { return };
-                    vm.vm.lock().await.on_queue_ready(queue_id).await;
+                    vm.lock().await.on_queue_ready(queue_id).await;
                 }
                 () = tick_changed.notified() => {}
             }
