@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -194,9 +193,15 @@ def stack(
         server.server_close()
 
 
-def token(key: rsa.RSAPrivateKey, kid: str = KID, **overrides: Any) -> str:
+def token(key: rsa.RSAPrivateKey, kid: str = KID, **overrides: str | int | list[str] | None) -> str:
     """A token from the test identity provider, valid for ten minutes unless overridden."""
-    claims = {"iss": ISSUER, "aud": "gateway", "sub": "alice", "tenant": "acme", "exp": int(time.time()) + 600}
+    claims: dict[str, str | int | list[str] | None] = {
+        "iss": ISSUER,
+        "aud": "gateway",
+        "sub": "alice",
+        "tenant": "acme",
+        "exp": int(time.time()) + 600,
+    }
     claims.update(overrides)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="RS256", headers={"kid": kid})
 
