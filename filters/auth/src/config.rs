@@ -581,6 +581,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let example = include_str!("../../../envoy-config/plugins/auth.json");
+        AuthConfig::from_json(example.as_bytes()).expect("envoy-config/plugins/auth.json");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let provider = r#""name": "p", "algorithms": ["HS256"], "keys": {"secret": "s"}"#;
         let cases = [

@@ -225,6 +225,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let example = include_str!("../../../envoy-config/plugins/cache.json");
+        CacheConfig::from_json(example.as_bytes()).expect("envoy-config/plugins/cache.json");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("", "empty"),
