@@ -71,7 +71,7 @@ test-rust:
 test-e2e: venv filters proxy
 	$(PYTHON) -m pytest -q tests
 
-# The gateway (proxy/config/example.yaml) with the auth filter in front of a demo upstream that
+# The gateway (proxy/config/example.yaml) with the three filters in front of a demo upstream that
 # echoes each request, so the identity header the filter adds is visible.
 run: setup filters proxy
 	@if (exec 3<>/dev/tcp/127.0.0.1/$(RUN_UPSTREAM_PORT)) 2>/dev/null; then \
