@@ -89,19 +89,19 @@ fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::collections::HashMap;
 
     /// A request made of a method, a path and headers.
-    pub struct TestRequest {
-        pub method: &'static str,
-        pub path: String,
-        pub headers: HashMap<String, String>,
+    struct TestRequest {
+        method: &'static str,
+        path: String,
+        headers: HashMap<String, String>,
     }
 
     impl TestRequest {
-        pub fn get(path: &str, headers: &[(&str, &str)]) -> Self {
+        fn get(path: &str, headers: &[(&str, &str)]) -> Self {
             Self {
                 method: "GET",
                 path: path.into(),

@@ -12,6 +12,7 @@ pub struct Authenticator {
     config: AuthConfig,
     keys: ApiKeyStore,
     providers: Vec<Provider>,
+    identity_headers: Vec<String>,
 }
 
 /// What the filter does with a request.
@@ -72,11 +73,22 @@ impl Authenticator {
                 .map(|(i, p)| Provider::new(p, &format!("jwt.providers[{i}]")))
                 .collect::<Result<_, _>>()?,
         };
+        let identity_headers = config
+            .identity_headers()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         Ok(Self {
             config,
             keys,
             providers,
+            identity_headers,
         })
+    }
+
+    /// Every header this filter sets upstream (computed once; removed from each request first).
+    pub fn identity_headers(&self) -> &[String] {
+        &self.identity_headers
     }
 
     /// The configuration this authenticator was built from.

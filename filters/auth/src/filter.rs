@@ -82,20 +82,7 @@ impl Context for AuthRoot {
             .jwks
             .borrow_mut()
             .finish_fetch(provider, result, now_seconds());
-        let waiting = state
-            .waiting
-            .borrow_mut()
-            .remove(&provider)
-            .unwrap_or_default();
-        for context_id in waiting {
-            // A request that ended meanwhile is no longer a valid context.
-            if hostcalls::set_effective_context(context_id).is_ok()
-                && decide(&state, context_id) == Action::Continue
-            {
-                let _ = hostcalls::resume_http_request();
-            }
-        }
-        let _ = hostcalls::set_effective_context(self.context_id);
+        self.answer_waiting(&state, provider);
     }
 }
 
@@ -186,7 +173,7 @@ impl Context for AuthRequest {}
 impl HttpContext for AuthRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // A client must never be able to choose its own identity.
-        for header in self.state.authenticator.config().identity_headers() {
+        for header in self.state.authenticator.identity_headers() {
             self.set_http_request_header(header, None);
         }
         decide(&self.state, self.context_id)

@@ -185,7 +185,8 @@ mod tests {
     #[test]
     fn the_shipped_example_is_valid() {
         let example = include_str!("../../../envoy-config/plugins/rate-limit.json");
-        RateLimitConfig::from_json(example.as_bytes()).expect("envoy-config/plugins/rate-limit.json");
+        RateLimitConfig::from_json(example.as_bytes())
+            .expect("envoy-config/plugins/rate-limit.json");
     }
 
     #[test]
