@@ -1,0 +1,1 @@
+"""RAG and embeddings services the gateway fronts."""

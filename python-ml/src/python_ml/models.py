@@ -1,0 +1,159 @@
+"""Request and response bodies. The embeddings ones follow OpenAI's shapes so its clients work."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .embedding import MODEL_NAME
+
+MetadataFilterValue = str | int | bool
+
+
+class EmbeddingRequest(BaseModel):
+    """`POST /v1/embeddings`, as OpenAI's API takes it (text inputs only)."""
+
+    input: str | list[str] = Field(
+        description="A text or a list of texts. Texts longer than 256 word pieces are truncated."
+    )
+    model: str = MODEL_NAME
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="Only 384, the model's size, is accepted.")
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts_only(cls, value: object) -> object:
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ValueError("must be a string or a list of strings (token ids are not accepted)")
+        return value
+
+
+class EmbeddingItem(BaseModel):
+    """One input's vector: a list of floats, or little-endian float32 bytes in base64."""
+
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    """Word pieces read, special tokens included."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    """The vectors, in input order."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: Usage
+
+
+class Document(BaseModel):
+    """A document to index. Its id is the caller's; sending it again replaces the earlier version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Chunking(BaseModel):
+    """Chunk size and overlap in characters for this request, instead of the service's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(ge=50, le=20_000)
+    overlap: int = Field(ge=0)
+
+
+class IngestRequest(BaseModel):
+    """`POST /v1/rag/documents`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[Document] = Field(min_length=1)
+    chunking: Chunking | None = None
+
+
+class IngestedDocument(BaseModel):
+    """What happened to one document: chunks stored, of which how many needed a new embedding."""
+
+    id: str
+    chunks: int
+    embedded: int
+    reused: int
+
+
+class IngestResponse(BaseModel):
+    """`POST /v1/rag/documents` result."""
+
+    documents: list[IngestedDocument]
+    chunks: int
+    embedded: int
+    reused: int
+    duration_ms: float
+
+
+class QueryRequest(BaseModel):
+    """`POST /v1/rag/query`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=4000)
+    top_k: int | None = Field(None, ge=1, le=50)
+    filters: dict[str, MetadataFilterValue | list[MetadataFilterValue]] | None = Field(
+        None, description="Metadata key → value (or list of accepted values); every entry must match."
+    )
+    stream: bool = False
+
+
+class Source(BaseModel):
+    """A retrieved chunk, cited in the answer as [number]."""
+
+    number: int
+    document_id: str
+    chunk_index: int
+    text: str
+    start: int
+    end: int
+    metadata: dict[str, Any]
+    score: float
+
+
+class Timing(BaseModel):
+    """Where a query's time went, in milliseconds."""
+
+    retrieval_ms: float
+    generation_ms: float
+    total_ms: float
+
+
+class QueryResponse(BaseModel):
+    """`POST /v1/rag/query` result (when not streamed)."""
+
+    answer: str
+    generator: str
+    sources: list[Source]
+    timing: Timing
+
+
+class ErrorDetail(BaseModel):
+    """The error itself; `code` is stable, `message` is for people."""
+
+    status: int
+    code: str
+    message: str
+    request_id: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: the same shape the gateway's filters answer with."""
+
+    error: ErrorDetail

