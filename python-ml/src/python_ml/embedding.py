@@ -35,7 +35,7 @@ def _erf(x: Array) -> Array:
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
+    return np.asarray(sign * (1.0 - poly * np.exp(-a * a)))
 
 
 def _gelu(x: Array) -> Array:
@@ -46,7 +46,7 @@ def _gelu(x: Array) -> Array:
 def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    return np.asarray((x - mean) / np.sqrt(var + eps) * weight + bias)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class _Linear:
     bias: Array
 
     def __call__(self, x: Array) -> Array:
-        return x @ self.weight_t + self.bias
+        return np.asarray(x @ self.weight_t + self.bias)
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class Embedder:
         summed = (x * mask[:, :, None]).sum(axis=1)
         pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return pooled / np.maximum(norms, 1e-12)
+        return np.asarray(pooled / np.maximum(norms, 1e-12))
 
     def _layer(self, layer: _Layer, x: Array, attention_bias: Array) -> Array:
         batch, length, hidden = x.shape
