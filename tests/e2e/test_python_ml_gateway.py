@@ -1,0 +1,132 @@
+"""python-ml behind our proxy, as it is deployed: the auth and rate-limit filters in front, the
+service (a real uvicorn process with the real model) behind. The service has no auth of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import requests
+from conftest import REPO, built_filter
+from gateway import Gateway
+from run_envoy import free_port
+from test_proxy_filters import DEMO_KEY, auth_filter
+
+KEY = {"x-api-key": DEMO_KEY}
+
+
+@pytest.fixture(scope="module")
+def python_ml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """`python -m python_ml` on a free port with an in-memory store and the offline generator."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("python-ml") / "service.log"
+    env = {
+        **os.environ,
+        "PYML_PORT": str(port),
+        "PYML_QDRANT_PATH": ":memory:",
+        "PYML_GENERATOR": "extractive",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "python_ml"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port, process, log)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"python-ml exited:\n{log.read_text()}"
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"python-ml not ready:\n{log.read_text()}")
+
+
+@pytest.fixture
+def ml_gateway(gateway: Callable[[dict[str, Any]], Gateway], python_ml: int) -> Gateway:
+    rate_limit = {
+        "name": "rate-limit",
+        "wasm": str(built_filter("rate_limit_filter")),
+        "configuration": json.dumps(
+            {"limits": [{"name": "per-identity", "key": "identity", "requests": 50, "per": "second"}]}
+        ),
+    }
+    return gateway(
+        {
+            "filter_chains": [{"name": "ml", "filters": [auth_filter(), rate_limit]}],
+            "routes": [{"name": "ml", "match": {"path": {"prefix": "/v1/"}}, "cluster": "ml", "filter_chain": "ml"}],
+            "clusters": [{"name": "ml", "endpoints": [f"127.0.0.1:{python_ml}"]}],
+        }
+    )
+
+
+def test_the_gateway_authenticates_before_the_model_is_reached(ml_gateway: Gateway) -> None:
+    refused = requests.post(ml_gateway.url + "/v1/embeddings", json={"input": "hi"}, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+
+    client = openai.OpenAI(base_url=ml_gateway.url + "/v1", api_key="unused", default_headers=KEY, max_retries=0)
+    response = client.embeddings.create(model="all-MiniLM-L6-v2", input=["through the gateway", "second"])
+    assert [len(item.embedding) for item in response.data] == [384, 384]
+
+
+def test_ingest_and_query_through_the_gateway(ml_gateway: Gateway) -> None:
+    documents = [
+        {
+            "id": "espresso",
+            "text": (REPO / "python-ml" / "corpus" / "espresso.md").read_text(),
+            "metadata": {"k": "food"},
+        },
+        {"id": "tcp", "text": (REPO / "python-ml" / "corpus" / "tcp.md").read_text(), "metadata": {"k": "net"}},
+    ]
+    ingested = requests.post(
+        ml_gateway.url + "/v1/rag/documents", json={"documents": documents}, headers=KEY, timeout=30
+    )
+    assert ingested.status_code == 200, ingested.text
+    assert ingested.json()["chunks"] >= 4
+
+    answer = requests.post(
+        ml_gateway.url + "/v1/rag/query", json={"question": "Why is my espresso sour?"}, headers=KEY, timeout=30
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["sources"][0]["document_id"] == "espresso" and "[1]" in body["answer"]
+    assert answer.headers["x-ratelimit-limit"] == "50"
+
+    # The service's errors carry the request id the gateway assigned.
+    bad = requests.post(
+        ml_gateway.url + "/v1/rag/query", json={"top_k": 0}, headers={**KEY, "x-request-id": "e2e-ml-1"}, timeout=10
+    )
+    assert bad.status_code == 422
+    error = bad.json()["error"]
+    assert (error["code"], error["request_id"]) == ("invalid_request", "e2e-ml-1")
+
+
+def test_streamed_answers_pass_through_the_gateway(ml_gateway: Gateway) -> None:
+    documents = [{"id": "tcp", "text": (REPO / "python-ml" / "corpus" / "tcp.md").read_text()}]
+    requests.post(ml_gateway.url + "/v1/rag/documents", json={"documents": documents}, headers=KEY, timeout=30)
+    with requests.post(
+        ml_gateway.url + "/v1/rag/query",
+        json={"question": "How does a TCP connection begin?", "stream": True},
+        headers=KEY,
+        stream=True,
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        names = [line[6:].strip() for line in response.iter_lines(decode_unicode=True) if line.startswith("event:")]
+    assert names[0] == "token" and names[-2:] == ["sources", "done"]
