@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MODEL_ALIASES = frozenset({MODEL_NAME, f"sentence-transformers/{MODEL_NAME}"})
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (409, 413, 422, 502, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 409, 413, 422, 502, 503)}
 
 
 @dataclass
@@ -60,7 +60,6 @@ class ServiceState:
     model_slots: asyncio.Semaphore
     rag: Rag | None = None
     load_error: str | None = None
-    started: float = field(default_factory=time.monotonic)
 
 
 def _load(settings: Settings) -> Rag:
