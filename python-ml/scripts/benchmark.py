@@ -18,7 +18,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,10 @@ from python_ml.embedding import Embedder, bundled_model_dir
 from python_ml.evaluation import load_corpus, load_questions
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+
+from python_ml_service import start_python_ml  # noqa: E402 - the e2e suite's launcher, on the path above
+
 REPORT = REPO / "docs" / "python-ml-benchmarks.md"
 
 
@@ -63,22 +66,6 @@ def embeddings_per_second(embedder: Embedder, texts: list[str], runs: int) -> tu
     return statistics.median(rates), tokens
 
 
-def start_service(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYML_PORT": str(port), "PYML_QDRANT_PATH": ":memory:", "PYML_GENERATOR": "extractive"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "python_ml"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("service did not become ready")
-
-
 def timed_post(client: httpx.Client, path: str, body: dict[str, object]) -> float:
     started = time.perf_counter()
     client.post(path, json=body).raise_for_status()
@@ -101,7 +88,7 @@ def main() -> int:
     passages = synthetic_chunks(args.chunks, 900)
     long_rate, long_tokens = embeddings_per_second(embedder, passages[:128], args.runs)
 
-    service = start_service(args.port)
+    service = start_python_ml(args.port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=300) as client:
             single = [timed_post(client, "/v1/embeddings", {"input": q}) for q in questions * 4]

@@ -15,7 +15,8 @@ import pytest
 from python_ml.chunking import split_text
 from python_ml.embedding import Embedder
 from python_ml.evaluation import LabelledQuestion, load_corpus, load_questions, score_retrieval
-from python_ml.rag import ChunkingPolicy, Rag
+from python_ml.models import Chunking
+from python_ml.rag import Rag
 from python_ml.settings import Settings
 from python_ml.store import Hit, VectorStore
 
@@ -26,7 +27,7 @@ NDCG_AT_10_MIN = 0.80
 @pytest.fixture(scope="module")
 def rag(embedder: Embedder) -> Rag:
     store = VectorStore(Settings(_env_file=None, qdrant_path=":memory:"), embedder.dimensions)
-    rag = Rag(embedder, store, ChunkingPolicy(1000, 200))
+    rag = Rag(embedder, store, Chunking(size=1000, overlap=200))
     for document in load_corpus():
         rag.ingest(document)
     return rag

@@ -4,12 +4,7 @@ service (a real uvicorn process with the real model) behind. The service has no 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -17,6 +12,7 @@ import pytest
 import requests
 from conftest import REPO, built_filter
 from gateway import Gateway
+from python_ml_service import start_python_ml
 from run_envoy import free_port
 from test_proxy_filters import DEMO_KEY, auth_filter
 
@@ -25,36 +21,12 @@ KEY = {"x-api-key": DEMO_KEY}
 
 @pytest.fixture(scope="module")
 def python_ml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """`python -m python_ml` on a free port with an in-memory store and the offline generator."""
+    """python-ml on a free port, with an in-memory store and the offline generator."""
     port = free_port()
-    log = tmp_path_factory.mktemp("python-ml") / "service.log"
-    env = {
-        **os.environ,
-        "PYML_PORT": str(port),
-        "PYML_QDRANT_PATH": ":memory:",
-        "PYML_GENERATOR": "extractive",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "python_ml"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(port, process, log)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-
-
-def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"python-ml exited:\n{log.read_text()}"
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"python-ml not ready:\n{log.read_text()}")
+    process = start_python_ml(port, tmp_path_factory.mktemp("python-ml") / "service.log")
+    yield port
+    process.terminate()
+    process.wait(timeout=15)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from .embedding import MODEL_NAME, Embedder, bundled_model_dir
 from .errors import ApiError, RequestIdMiddleware, error_body, install_error_handlers, request_id_of
 from .generation import AnswerGenerator, GenerationError, build_generator
 from .models import (
+    Chunking,
     EmbeddingItem,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -39,7 +40,7 @@ from .models import (
     Timing,
     Usage,
 )
-from .rag import ChunkingPolicy, EmptyCorpusError, Rag
+from .rag import EmptyCorpusError, Rag
 from .settings import Settings
 from .store import Hit, VectorStore
 
@@ -65,7 +66,7 @@ class ServiceState:
 def _load(settings: Settings) -> Rag:
     embedder = Embedder(settings.model_dir or bundled_model_dir(), settings.embedding_batch_size)
     store = VectorStore(settings, embedder.dimensions)
-    return Rag(embedder, store, ChunkingPolicy(settings.chunk_size, settings.chunk_overlap))
+    return Rag(embedder, store, Chunking(size=settings.chunk_size, overlap=settings.chunk_overlap))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

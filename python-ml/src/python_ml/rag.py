@@ -4,7 +4,6 @@ question. Synchronous and CPU-bound; the web layer runs these calls in worker th
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,14 +17,6 @@ class EmptyCorpusError(Exception):
     """A query arrived before any document was ingested."""
 
 
-@dataclass(frozen=True)
-class ChunkingPolicy:
-    """Chunk size and overlap, in characters."""
-
-    size: int
-    overlap: int
-
-
 def content_hash(text: str) -> str:
     """The key under which a chunk's embedding is reused: same text, same vector."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -34,14 +25,14 @@ def content_hash(text: str) -> str:
 class Rag:
     """Ingest and retrieval over one embedder and one store."""
 
-    def __init__(self, embedder: Embedder, store: VectorStore, chunking: ChunkingPolicy) -> None:
+    def __init__(self, embedder: Embedder, store: VectorStore, chunking: Chunking) -> None:
         self.embedder = embedder
         self.store = store
         self._chunking = chunking
 
     def ingest(self, document: Document, chunking: Chunking | None = None) -> IngestedDocument:
         """Chunks, embeds (only text not already stored) and stores one document."""
-        policy = ChunkingPolicy(chunking.size, chunking.overlap) if chunking else self._chunking
+        policy = chunking or self._chunking
         pieces = split_text(document.text, policy.size, policy.overlap)
         chunks = [
             StoredChunk(
@@ -68,7 +59,9 @@ class Rag:
 
     def retrieve(self, question: str, top_k: int, filters: MetadataFilter | None) -> list[Hit]:
         """The `top_k` chunks most similar to the question that match the filters."""
-        if self.store.count() == 0:
-            raise EmptyCorpusError
         vector = self.embedder.embed([question]).vectors[0]
-        return self.store.search(vector, top_k, filters)
+        hits = self.store.search(vector, top_k, filters)
+        # Counting is a scan in the embedded store: only an empty answer pays for it.
+        if not hits and self.store.count() == 0:
+            raise EmptyCorpusError
+        return hits

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     qdrant_api_key: SecretStr | None = None
     collection: str = "documents"
 
-    chunk_size: int = Field(1000, ge=50)
+    chunk_size: int = Field(1000, ge=50, le=20_000)
     chunk_overlap: int = Field(200, ge=0)
     max_documents_per_request: int = Field(100, ge=1)
     max_document_chars: int = Field(1_000_000, ge=1)
