@@ -28,5 +28,7 @@ pub use engine::{Host, HostOptions, EPOCH_TICK};
 pub use headers::Headers;
 pub use memory::{decode_map, encode_map};
 pub use plugin::{FailurePolicy, LoadError, Plugin, PluginSpec, VmLimits};
-pub use shared_data::{MemoryLimits, MemorySharedData, SharedDataBackend, SharedValue};
+pub use shared_data::{
+    BoxFuture, MemoryLimits, MemorySharedData, SharedDataBackend, SharedValue, Unavailable,
+};
 pub use stream::{HttpStream, LocalResponse, StreamInfo, Verdict};

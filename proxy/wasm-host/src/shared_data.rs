@@ -1,8 +1,8 @@
 //! Process-wide shared data with compare-and-swap, shared by every VM of a `vm_id`.
 //!
 //! The store is behind [`SharedDataBackend`], whose calls are asynchronous so a networked backend
-//! (Redis, a later addition) never blocks a worker. [`MemorySharedData`] is the default: bounded by
-//! entry count and bytes, evicting the least recently used keys.
+//! (the `shared-data-redis` crate) never blocks a worker. [`MemorySharedData`] is the default:
+//! bounded by entry count and bytes, evicting the least recently used keys.
 
 use crate::abi::Status;
 use lru::LruCache;
@@ -22,19 +22,29 @@ pub struct SharedValue {
     pub cas: u32,
 }
 
+/// The backend cannot answer (a remote store is unreachable or too slow) and its policy is to
+/// refuse rather than fall back: the host fails the request that needed the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shared data is unavailable")]
+pub struct Unavailable;
+
 /// Where shared data lives. Keys are namespaced by `vm_id`, as in Envoy.
 pub trait SharedDataBackend: Send + Sync {
     /// The value of `key`, or `None`.
-    fn get<'a>(&'a self, vm_id: &'a str, key: &'a [u8]) -> BoxFuture<'a, Option<SharedValue>>;
-    /// Stores `value` if `cas` is 0 or matches the current version; an empty value deletes the key.
-    /// Returns `Status::Ok` or `Status::CasMismatch`.
+    fn get<'a>(
+        &'a self,
+        vm_id: &'a str,
+        key: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<SharedValue>, Unavailable>>;
+    /// Stores `value` if `cas` is 0, matches the current version, or the key is absent; an empty
+    /// value deletes the key. Returns `Status::Ok` or `Status::CasMismatch`.
     fn set<'a>(
         &'a self,
         vm_id: &'a str,
         key: &'a [u8],
         value: &'a [u8],
         cas: u32,
-    ) -> BoxFuture<'a, Status>;
+    ) -> BoxFuture<'a, Result<Status, Unavailable>>;
 }
 
 /// Limits of the in-memory backend.
@@ -90,7 +100,8 @@ impl MemorySharedData {
         self.len() == 0
     }
 
-    fn get_now(&self, vm_id: &str, key: &[u8]) -> Option<SharedValue> {
+    /// [`SharedDataBackend::get`], answered at once.
+    pub fn get_now(&self, vm_id: &str, key: &[u8]) -> Option<SharedValue> {
         let mut inner = self.inner.lock().expect("shared data lock");
         inner
             .entries
@@ -98,7 +109,8 @@ impl MemorySharedData {
             .cloned()
     }
 
-    fn set_now(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Status {
+    /// [`SharedDataBackend::set`], answered at once.
+    pub fn set_now(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Status {
         let mut inner = self.inner.lock().expect("shared data lock");
         let map_key = (vm_id.to_string(), key.to_vec());
         if let Some(current) = inner.entries.peek(&map_key) {
@@ -137,9 +149,13 @@ fn entry_size(key: &(String, Vec<u8>), value: &[u8]) -> usize {
 }
 
 impl SharedDataBackend for MemorySharedData {
-    fn get<'a>(&'a self, vm_id: &'a str, key: &'a [u8]) -> BoxFuture<'a, Option<SharedValue>> {
+    fn get<'a>(
+        &'a self,
+        vm_id: &'a str,
+        key: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<SharedValue>, Unavailable>> {
         let value = self.get_now(vm_id, key);
-        Box::pin(std::future::ready(value))
+        Box::pin(std::future::ready(Ok(value)))
     }
 
     fn set<'a>(
@@ -148,9 +164,9 @@ impl SharedDataBackend for MemorySharedData {
         key: &'a [u8],
         value: &'a [u8],
         cas: u32,
-    ) -> BoxFuture<'a, Status> {
+    ) -> BoxFuture<'a, Result<Status, Unavailable>> {
         let status = self.set_now(vm_id, key, value, cas);
-        Box::pin(std::future::ready(status))
+        Box::pin(std::future::ready(Ok(status)))
     }
 }
 

@@ -62,6 +62,8 @@ pub(crate) struct StreamState {
     pub(crate) resume_response: bool,
     /// `proxy_close_stream` was called.
     pub(crate) close: bool,
+    /// Shared data was unavailable under a fail-closed backend: the request is answered 503.
+    pub(crate) shared_data_unavailable: bool,
     /// Wakes a paused phase when a callout completes or the guest resumes the stream.
     pub(crate) wake: Arc<Notify>,
 }
@@ -81,6 +83,7 @@ impl StreamState {
             resume_request: false,
             resume_response: false,
             close: false,
+            shared_data_unavailable: false,
             wake: Arc::new(Notify::new()),
         }
     }

@@ -166,7 +166,7 @@ impl HttpStream {
             // A pause before the end of the body buffers, unless the filter answered or reset.
             let answered = vm
                 .stream(self.id)
-                .is_none_or(|s| s.local_response.is_some() || s.close);
+                .is_none_or(|s| s.local_response.is_some() || s.close || s.shared_data_unavailable);
             if matches!(action, Ok(Action::Pause)) && !end_of_stream && !answered {
                 return Verdict::Buffer;
             }
@@ -204,6 +204,12 @@ impl HttpStream {
                 let Some(stream) = vm.stream(self.id) else {
                     return self.failure_verdict();
                 };
+                if stream.shared_data_unavailable {
+                    return Verdict::Respond(self.error_response(
+                        "shared_data_unavailable",
+                        "the gateway's shared state is unavailable",
+                    ));
+                }
                 if let Some(response) = stream.local_response.take() {
                     return Verdict::Respond(response);
                 }
@@ -257,12 +263,19 @@ impl HttpStream {
                 self.bypass = true;
                 Verdict::Continue
             }
-            FailurePolicy::FailClosed | FailurePolicy::Reload => Verdict::Respond(LocalResponse {
-                status: 503,
-                headers: Headers::from_pairs([("content-type", "application/json")]),
-                body: filter_common::error_body(503, code, message, self.request_id.as_deref()),
-                details: format!("{code}: {}", self.plugin.shared.spec.name),
-            }),
+            FailurePolicy::FailClosed | FailurePolicy::Reload => {
+                Verdict::Respond(self.error_response(code, message))
+            }
+        }
+    }
+
+    /// A 503 JSON error in the gateway's shape, naming this filter in the access log.
+    fn error_response(&self, code: &str, message: &str) -> LocalResponse {
+        LocalResponse {
+            status: 503,
+            headers: Headers::from_pairs([("content-type", "application/json")]),
+            body: filter_common::error_body(503, code, message, self.request_id.as_deref()),
+            details: format!("{code}: {}", self.plugin.shared.spec.name),
         }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct VmCell {
     /// Set once the VM trapped; a broken VM never runs guest code again.
     pub(crate) broken: AtomicBool,
     vm: Mutex<PluginVm>,
+    /// Signalled whenever the VM is unlocked.
+    released: Notify,
 }
 
 impl VmCell {
@@ -30,16 +32,49 @@ impl VmCell {
     /// A queued waiter of tokio's fair mutex is handed the lock when it is released, and must
     /// then be polled to use it. The gateway blocks a worker thread in Pingora's synchronous
     /// response-body hook while another thread runs the filter; had a task of that blocked
-    /// thread been queued, the lock would pass to it and nobody could take it again. Polling
-    /// with `try_lock` and yielding leaves no such claim behind. Callbacks are short (bounded
-    /// by their deadline), so the wait is short too.
-    pub(crate) async fn lock(&self) -> MutexGuard<'_, PluginVm> {
+    /// thread been queued, the lock would pass to it and nobody could take it again. Here waiters
+    /// are only woken on release and then race with `try_lock`, so no claim is left behind, and a
+    /// callback waiting on a remote shared-data backend does not keep its waiters spinning.
+    pub(crate) async fn lock(&self) -> VmGuard<'_> {
         loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before trying, so a release between the try and the wait is not missed.
+            released.as_mut().enable();
             if let Ok(guard) = self.vm.try_lock() {
-                return guard;
+                return VmGuard {
+                    guard: Some(guard),
+                    released: &self.released,
+                };
             }
-            tokio::task::yield_now().await;
+            released.await;
         }
+    }
+}
+
+/// The locked VM; unlocking wakes every task waiting for it.
+pub(crate) struct VmGuard<'a> {
+    guard: Option<MutexGuard<'a, PluginVm>>,
+    released: &'a Notify,
+}
+
+impl std::ops::Deref for VmGuard<'_> {
+    type Target = PluginVm;
+    fn deref(&self) -> &PluginVm {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for VmGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PluginVm {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for VmGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.released.notify_waiters();
     }
 }
 
@@ -187,6 +222,7 @@ impl PluginVm {
         }
         let cell = Arc::new_cyclic(|self_ref| VmCell {
             broken: AtomicBool::new(false),
+            released: Notify::new(),
             vm: Mutex::new(PluginVm {
                 store,
                 callbacks,

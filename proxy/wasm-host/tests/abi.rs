@@ -225,8 +225,7 @@ async fn shared_data_cas_queues_and_ticks_across_threads() {
         let store = store.clone();
         async move {
             store
-                .get("probe", key.as_bytes())
-                .await
+                .get_now("probe", key.as_bytes())
                 .map(|v| String::from_utf8(v.value).unwrap())
         }
     };

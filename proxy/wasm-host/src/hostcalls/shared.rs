@@ -1,6 +1,8 @@
 //! Shared data (`proxy_get/set_shared_data`, with compare-and-swap) and shared queues.
 //! Shared-data calls are asynchronous: the backend may be remote, and the guest waits while the
-//! worker thread serves other requests.
+//! worker thread serves other requests. When the backend refuses (unavailable under a fail-closed
+//! policy), the guest sees an absent key or a CAS conflict, the only statuses the SDK accepts, and
+//! the host answers the request 503 once the callback returns.
 
 use crate::abi::Status;
 use crate::memory::{finish, read, read_string, return_bytes, write_u32, Failure, HostResult};
@@ -41,10 +43,10 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                         }
                         let plugin = caller.data().plugin.clone();
                         let backend = &plugin.services.shared_data;
-                        match backend
+                        let stored = backend
                             .set(&plugin.spec.vm_id, &key, &value, cas as u32)
-                            .await
-                        {
+                            .await;
+                        match stored.unwrap_or_else(|_| refuse(&mut caller, Status::CasMismatch)) {
                             Status::Ok => Ok(()),
                             status => Err(status.into()),
                         }
@@ -156,7 +158,18 @@ async fn get_shared_data(
         .shared_data
         .get(&plugin.spec.vm_id, &key)
         .await;
-    let value = found.ok_or(Status::NotFound)?;
+    let value = match found {
+        Ok(found) => found.ok_or(Status::NotFound)?,
+        Err(_) => return Err(refuse(caller, Status::NotFound).into()),
+    };
     write_u32(caller, cas_ptr, value.cas)?;
     return_bytes(caller, &value.value, data_ptr, size_ptr).await
+}
+
+/// Marks the current stream as failed by unavailable shared data; returns the status the guest sees.
+fn refuse(caller: &mut Caller<'_, HostState>, status: Status) -> Status {
+    if let Some(stream) = caller.data_mut().stream() {
+        stream.shared_data_unavailable = true;
+    }
+    status
 }
