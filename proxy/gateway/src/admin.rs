@@ -73,6 +73,7 @@ impl ServeHttp for AdminApp {
             "/metrics" => {
                 let mut text = self.runtime.metrics.render();
                 text.push_str(&self.runtime.host.metrics().render_prometheus());
+                text.push_str(&self.runtime.shared_data.render_prometheus());
                 (200, "text/plain; version=0.0.4", text.into_bytes())
             }
             _ => (

@@ -18,4 +18,5 @@ pub mod responses;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod shared_data;
 pub mod telemetry;

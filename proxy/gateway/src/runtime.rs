@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError, RouteConfig};
 use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
 use crate::routing::{RequestFacts, RouteMatcher};
+use crate::shared_data::SharedData;
 use pingora::http::RequestHeader;
 use proxy_wasm_host::{Host, HostOptions};
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub struct Runtime {
     pub metrics: Arc<GatewayMetrics>,
     /// The wasm host running the filters.
     pub host: Host,
+    /// Where the filters' shared data lives.
+    pub shared_data: SharedData,
     /// `server.max_request_body_bytes`.
     pub max_request_body_bytes: u64,
     /// Whether to write access-log lines.
@@ -44,6 +47,7 @@ impl Runtime {
             .iter()
             .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone()))))
             .collect();
+        let shared_data = SharedData::from_config(&config.shared_data)?;
         let host = Host::new(HostOptions {
             cache_dir: config
                 .server
@@ -51,7 +55,7 @@ impl Runtime {
                 .as_ref()
                 .map(|dir| config.resolve(dir)),
             callouts: Arc::new(ClusterCallouts::new(clusters.clone())),
-            ..HostOptions::default()
+            shared_data: shared_data.backend(),
         })
         .map_err(|e| ConfigError {
             field: "server".into(),
@@ -80,6 +84,7 @@ impl Runtime {
             clusters,
             metrics: Arc::new(GatewayMetrics::new()),
             host,
+            shared_data,
             max_request_body_bytes: config.server.max_request_body_bytes,
             access_log: config.logging.access_log,
         })

@@ -29,6 +29,7 @@ pub fn load(config: &Config) -> Result<Runtime, ConfigError> {
 
 /// Builds the server. Run it with [`Server::run_forever`].
 pub fn build(config: &Config, runtime: Runtime) -> Result<Server, ConfigError> {
+    runtime.shared_data.start();
     let runtime = Arc::new(runtime);
     let grace = config.server.shutdown_grace_period;
     let conf = ServerConf {

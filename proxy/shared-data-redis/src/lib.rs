@@ -48,6 +48,11 @@ impl RedisSharedData {
         self.link.connect().await
     }
 
+    /// Starts connecting without waiting (at start-up).
+    pub fn connect_in_background(&self) {
+        self.link.connect_in_background();
+    }
+
     /// The backend's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()

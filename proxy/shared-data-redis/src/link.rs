@@ -166,7 +166,13 @@ impl Link {
 
     /// Connects now and waits for the outcome (at most the connect timeout).
     pub(crate) async fn connect(&self) -> bool {
-        self.connection().await.is_ok()
+        self.shared.connection(self.io()).await.is_ok()
+    }
+
+    /// Starts connecting without waiting, so the first requests find a connection.
+    pub(crate) fn connect_in_background(&self) {
+        let (shared, io) = (self.shared.clone(), self.io().clone());
+        self.io().spawn(async move { shared.connection(&io).await });
     }
 
     /// Runs `op` on a connection within the operation timeout.
@@ -177,7 +183,7 @@ impl Link {
         T: Send + 'static,
     {
         let deadline = Instant::now() + self.shared.operation_timeout;
-        let conn = tokio::time::timeout_at(deadline, self.connection())
+        let conn = tokio::time::timeout_at(deadline, self.shared.connection(self.io()))
             .await
             .map_err(|_| LinkError::Timeout)??;
         Stats::count(&self.shared.stats.operations);
@@ -206,11 +212,13 @@ impl Link {
             }
         }
     }
+}
 
+impl Shared {
     /// The live connection, or a fresh one when the backoff allows.
-    async fn connection(&self) -> Result<Conn, LinkError> {
+    async fn connection(self: &Arc<Self>, io: &tokio::runtime::Handle) -> Result<Conn, LinkError> {
         let attempt = {
-            let mut state = self.shared.state.lock().expect("link state lock");
+            let mut state = self.state.lock().expect("link state lock");
             if let Some(conn) = &state.conn {
                 return Ok(conn.clone());
             }
@@ -220,14 +228,12 @@ impl Link {
             }
             state.connecting = true;
             // The attempt finishes (and records its outcome) even if this caller gives up.
-            let shared = self.shared.clone();
-            self.io().spawn(async move { shared.connect().await })
+            let shared = self.clone();
+            io.spawn(async move { shared.connect().await })
         };
         attempt.await.ok().flatten().ok_or(LinkError::Down)
     }
-}
 
-impl Shared {
     async fn connect(&self) -> Option<Conn> {
         let attempt = async {
             match &self.target {

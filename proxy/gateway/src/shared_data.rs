@@ -1,0 +1,193 @@
+//! The shared-data backend the configuration asks for (memory or Redis), and its metrics.
+
+use crate::config::{ConfigError, SharedDataBackendKind, SharedDataSettings, UnavailableConfig};
+use proxy_wasm_host::{MemoryLimits, MemorySharedData, SharedDataBackend};
+use shared_data_redis::{ExpiryRules, RedisSettings, RedisSharedData, Topology, UnavailablePolicy};
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// The configured backend.
+pub enum SharedData {
+    /// Per process.
+    Memory(Arc<MemorySharedData>),
+    /// Redis, shared by every proxy pointing at it.
+    Redis(Arc<RedisSharedData>),
+}
+
+impl SharedData {
+    /// Builds the backend. Redis need not be up: the link connects in the background and calls
+    /// follow `on_unavailable` until it does.
+    pub fn from_config(settings: &SharedDataSettings) -> Result<Self, ConfigError> {
+        let memory = MemoryLimits {
+            max_entries: settings.memory.max_entries,
+            max_bytes: settings.memory.max_bytes,
+        };
+        if memory.max_entries == 0 || memory.max_bytes == 0 {
+            return Err(ConfigError::new(
+                "shared_data.memory",
+                "max_entries and max_bytes must be at least 1",
+            ));
+        }
+        match settings.backend {
+            SharedDataBackendKind::Memory => {
+                Ok(Self::Memory(Arc::new(MemorySharedData::new(memory))))
+            }
+            SharedDataBackendKind::Redis => {
+                let redis = redis_settings(settings, memory)?;
+                let backend = RedisSharedData::new(redis)
+                    .map_err(|e| ConfigError::new("shared_data.redis", e.to_string()))?;
+                Ok(Self::Redis(Arc::new(backend)))
+            }
+        }
+    }
+
+    /// The backend for the wasm host.
+    pub fn backend(&self) -> Arc<dyn SharedDataBackend> {
+        match self {
+            Self::Memory(memory) => memory.clone(),
+            Self::Redis(redis) => redis.clone(),
+        }
+    }
+
+    /// Starts connecting to Redis, if that is the backend.
+    pub fn start(&self) {
+        if let Self::Redis(redis) = self {
+            redis.connect_in_background();
+        }
+    }
+
+    /// Prometheus text for the backend.
+    pub fn render_prometheus(&self) -> String {
+        let Self::Redis(redis) = self else {
+            return String::new();
+        };
+        let stats = redis.stats();
+        let mut out = String::new();
+        let metrics: [(&str, &str, &str, u64); 8] = [
+            (
+                "shared_data_redis_connected",
+                "gauge",
+                "1 while a Redis connection is up",
+                u64::from(stats.connected),
+            ),
+            (
+                "shared_data_redis_operations_total",
+                "counter",
+                "Shared-data calls sent to Redis",
+                stats.operations,
+            ),
+            (
+                "shared_data_redis_timeouts_total",
+                "counter",
+                "Calls Redis did not answer within the operation timeout",
+                stats.timeouts,
+            ),
+            (
+                "shared_data_redis_connection_errors_total",
+                "counter",
+                "Failed connection attempts and dropped connections",
+                stats.connection_errors,
+            ),
+            (
+                "shared_data_redis_server_errors_total",
+                "counter",
+                "Errors Redis answered",
+                stats.server_errors,
+            ),
+            (
+                "shared_data_redis_reconnects_total",
+                "counter",
+                "Connections made again after a failure",
+                stats.reconnects,
+            ),
+            (
+                "shared_data_fallback_operations_total",
+                "counter",
+                "Calls answered from process-local state while Redis was unavailable",
+                stats.fallback_operations,
+            ),
+            (
+                "shared_data_refused_operations_total",
+                "counter",
+                "Calls refused while Redis was unavailable (fail_closed)",
+                stats.refused_operations,
+            ),
+        ];
+        for (name, kind, help, value) in metrics {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+fn redis_settings(
+    settings: &SharedDataSettings,
+    fallback_limits: MemoryLimits,
+) -> Result<RedisSettings, ConfigError> {
+    let config = &settings.redis;
+    let field = |name: &str| format!("shared_data.redis.{name}");
+    let topology = if config.cluster_nodes.is_empty() {
+        Topology::Single(config.url.clone())
+    } else {
+        Topology::Cluster(config.cluster_nodes.clone())
+    };
+    let password = match &config.password_env {
+        None => None,
+        Some(name) => Some(std::env::var(name).map_err(|_| {
+            ConfigError::new(
+                field("password_env"),
+                format!("environment variable {name} is not set"),
+            )
+        })?),
+    };
+    for (name, value) in [
+        ("operation_timeout", config.operation_timeout),
+        ("connect_timeout", config.connect_timeout),
+        ("min_reconnect_backoff", config.min_reconnect_backoff),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::new(field(name), "must be more than 0"));
+        }
+    }
+    if config.max_reconnect_backoff < config.min_reconnect_backoff {
+        return Err(ConfigError::new(
+            field("max_reconnect_backoff"),
+            "must be at least min_reconnect_backoff",
+        ));
+    }
+    for (i, rule) in config.expiry.prefixes.iter().enumerate() {
+        if rule.prefix.is_empty() {
+            return Err(ConfigError::new(
+                field(&format!("expiry.prefixes[{i}].prefix")),
+                "must not be empty (use expiry.default for every key)",
+            ));
+        }
+    }
+    Ok(RedisSettings {
+        topology,
+        username: config.username.clone(),
+        password,
+        key_prefix: config.key_prefix.clone(),
+        operation_timeout: config.operation_timeout,
+        connect_timeout: config.connect_timeout,
+        min_backoff: config.min_reconnect_backoff,
+        max_backoff: config.max_reconnect_backoff,
+        expiry: ExpiryRules {
+            prefixes: config
+                .expiry
+                .prefixes
+                .iter()
+                .map(|rule| (rule.prefix.as_bytes().to_vec(), rule.ttl))
+                .collect(),
+            default: config.expiry.default,
+        },
+        on_unavailable: match config.on_unavailable {
+            UnavailableConfig::FailOpen => UnavailablePolicy::FailOpen,
+            UnavailableConfig::FailClosed => UnavailablePolicy::FailClosed,
+        },
+        fallback_limits,
+    })
+}
