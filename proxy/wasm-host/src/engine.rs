@@ -7,12 +7,11 @@ use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec};
 use crate::queues::SharedQueues;
 use crate::shared_data::{MemoryLimits, MemorySharedData, SharedDataBackend};
 use crate::vm::PluginVm;
-use sha2::{Digest, Sha256};
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use wasm_engine_common::{epoch_ticks, EpochTicker, ModuleCache};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
 };
@@ -22,7 +21,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Epoch ticks for a deadline (at least one full tick, plus one for the partial tick in progress).
 pub(crate) fn ticks_for(deadline: Duration) -> u64 {
-    (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    epoch_ticks(EPOCH_TICK, deadline)
 }
 
 /// Options for [`Host::new`].
@@ -70,9 +69,9 @@ impl HostServices {
 pub struct Host {
     engine: Engine,
     services: Arc<HostServices>,
-    cache_dir: Option<PathBuf>,
+    modules: ModuleCache,
     next_plugin_id: AtomicU64,
-    ticker_stop: Arc<AtomicBool>,
+    _ticker: EpochTicker,
 }
 
 /// VM slots for the whole process: one VM per plugin per worker thread, plus reloads.
@@ -101,22 +100,8 @@ impl Host {
         // instead of an mmap/munmap per call (about a tenth of a filtered request's CPU).
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
         let engine = Engine::new(&config)?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (tick_engine, stop) = (engine.weak(), ticker_stop.clone());
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match tick_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })?;
-        if let Some(dir) = &options.cache_dir {
-            std::fs::create_dir_all(dir)?;
-        }
+        let ticker = EpochTicker::start(&engine, EPOCH_TICK)?;
+        let modules = ModuleCache::new(options.cache_dir)?;
         Ok(Self {
             engine,
             services: Arc::new(HostServices {
@@ -125,9 +110,9 @@ impl Host {
                 metrics: MetricsRegistry::default(),
                 callouts: options.callouts,
             }),
-            cache_dir: options.cache_dir,
+            modules,
             next_plugin_id: AtomicU64::new(1),
-            ticker_stop,
+            _ticker: ticker,
         })
     }
 
@@ -174,49 +159,8 @@ impl Host {
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Module, LoadError> {
-        let compile =
-            || Module::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")));
-        let Some(dir) = &self.cache_dir else {
-            return compile();
-        };
-        let path = self.cache_path(dir, wasm);
-        // Read, not mapped: a mapped artifact truncated by someone else would crash the process.
-        if let Ok(bytes) = std::fs::read(&path) {
-            // SAFETY: the cache directory holds only artifacts this host serialised; wasmtime checks
-            // the header and engine compatibility and errs on a mismatch, so we recompile.
-            match unsafe { Module::deserialize(&self.engine, &bytes) } {
-                Ok(module) => return Ok(module),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "ignoring unusable cached module")
-                }
-            }
-        }
-        let module = compile()?;
-        if let Err(error) = write_cache(&path, &module) {
-            tracing::warn!(path = %path.display(), %error, "cannot cache compiled module");
-        }
-        Ok(module)
-    }
-
-    fn cache_path(&self, dir: &Path, wasm: &[u8]) -> PathBuf {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        let digest = hex::encode(Sha256::digest(wasm));
-        dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
-    }
-}
-
-fn write_cache(path: &Path, module: &Module) -> wasmtime::Result<()> {
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&temporary, module.serialize()?)?;
-    std::fs::rename(&temporary, path)?;
-    Ok(())
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.modules
+            .compile(&self.engine, wasm)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))
     }
 }

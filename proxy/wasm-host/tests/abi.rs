@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use proxy_wasm_host::{
     CalloutResponse, Headers, Host, HostOptions, MemoryLimits, MemorySharedData, PluginSpec,
-    SharedDataBackend, Verdict,
+    Verdict,
 };
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,17 @@
+//! sandbox-host: runs untrusted, LLM-generated Python, JavaScript and WebAssembly on wasmtime with
+//! strict limits, behind the gateway. Guide: `docs/sandbox.md`; security model: `docs/sandbox-security.md`.
+
+pub mod admission;
+pub mod api;
+pub mod capabilities;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod output;
+pub mod runtimes;
+pub mod sandbox;
+pub mod server;
+
+pub use config::Settings;
+pub use sandbox::{Outcome, Program, Report, Sandbox};
+pub use server::Service;

@@ -1,0 +1,118 @@
+//! Languages and their interpreters: WASI command modules from pinned registry packages, checked
+//! against their SHA-256 before they are compiled.
+
+use crate::config::RuntimeSettings;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// What a request's `code` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Python source, run by CPython for WASI.
+    Python,
+    /// JavaScript source, run by QuickJS-NG for WASI.
+    Javascript,
+    /// A WebAssembly module (base64 in `code`), run as a WASI command (`_start`).
+    Wasm,
+    /// A WebAssembly module in text format, run as a WASI command (`_start`).
+    Wat,
+}
+
+impl Language {
+    /// The languages that need an interpreter, by their configuration name.
+    pub fn interpreted(name: &str) -> Option<Self> {
+        match name {
+            "python" => Some(Self::Python),
+            "javascript" => Some(Self::Javascript),
+            _ => None,
+        }
+    }
+
+    /// The name requests and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::Javascript => "javascript",
+            Self::Wasm => "wasm",
+            Self::Wat => "wat",
+        }
+    }
+
+    /// The guest's `argv` for running `code` with `args` (for modules, a program name and `args`).
+    pub fn interpreter_argv(self, code: &str, args: &[String]) -> Vec<String> {
+        let mut argv: Vec<String> = match self {
+            // -I: no environment, no user site, no script directory on sys.path; -S: no `site`
+            // import (no packages to find; it is a third of the start-up).
+            Self::Python => vec![
+                "python".into(),
+                "-I".into(),
+                "-S".into(),
+                "-c".into(),
+                code.into(),
+            ],
+            // --std: the std and os modules as globals, as QuickJS scripts expect.
+            Self::Javascript => vec!["qjs".into(), "--std".into(), "-e".into(), code.into()],
+            Self::Wasm | Self::Wat => vec!["main".into()],
+        };
+        argv.extend(args.iter().cloned());
+        argv
+    }
+}
+
+/// An interpreter module that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The file is missing or unreadable.
+    #[error("{language}: cannot read {path}: {source}")]
+    Read {
+        /// The language.
+        language: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not the pinned build.
+    #[error("{language}: {path} has SHA-256 {actual}, expected {expected}")]
+    Checksum {
+        /// The language.
+        language: String,
+        /// The file.
+        path: PathBuf,
+        /// What the configuration pins.
+        expected: String,
+        /// What the file has.
+        actual: String,
+    },
+    /// Compiling failed.
+    #[error("{language}: cannot compile {path}: {message}")]
+    Compile {
+        /// The language.
+        language: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Reads an interpreter module and checks it against its pinned digest.
+pub fn read_verified(language: &str, settings: &RuntimeSettings) -> Result<Vec<u8>, RuntimeError> {
+    let bytes = std::fs::read(&settings.module).map_err(|source| RuntimeError::Read {
+        language: language.into(),
+        path: settings.module.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(&settings.sha256) {
+        return Err(RuntimeError::Checksum {
+            language: language.into(),
+            path: settings.module.clone(),
+            expected: settings.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,494 @@
+//! [`Sandbox`]: the wasmtime engine, the interpreters, and one execution from program to report.
+//!
+//! Each execution gets a fresh store in a pooled instance slot (memory reset copy-on-write from
+//! the module's image), a WASI preview 1 context with only what the request was granted, fuel, an
+//! epoch deadline, memory and table caps, and capped output. It runs on its own thread with a
+//! large native stack, so guest recursion ends in a stack-overflow trap, never a host abort.
+
+use crate::capabilities::Mount;
+use crate::config::{GuestSettings, Settings};
+use crate::limits::{LimitSettings, Limits};
+use crate::output::CappedOutput;
+use crate::runtimes::{read_verified, Language, RuntimeError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasm_engine_common::{EpochTicker, ModuleCache};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// How often the epoch advances; wall-clock deadlines are whole multiples of it.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A program to run.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// What `code` is.
+    pub language: Language,
+    /// Source text, WAT text, or a module's bytes (`Language::Wasm`).
+    pub code: Vec<u8>,
+    /// The guest's stdin.
+    pub stdin: Vec<u8>,
+    /// Arguments after the program.
+    pub args: Vec<String>,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exited with status 0 (or returned from `_start`).
+    Ok,
+    /// Exited with a non-zero status (an uncaught exception, `sys.exit(1)`).
+    Error,
+    /// Ran past its wall-clock deadline or its fuel budget.
+    Timeout,
+    /// Tried to grow its memory past the cap.
+    MemoryLimit,
+    /// Wrote more than its stdout or stderr cap.
+    OutputLimit,
+    /// Any other trap: unreachable, stack overflow, out-of-bounds access.
+    Trap,
+}
+
+/// The result of one execution.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Captured stdout (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Captured stderr (invalid UTF-8 replaced).
+    pub stderr: String,
+    /// The exit status, when the guest exited rather than trapped.
+    pub exit_code: Option<i32>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, for everything but `ok` and `error` (which limit, which trap).
+    pub detail: Option<String>,
+    /// Whether stdout was cut at its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at its cap.
+    pub stderr_truncated: bool,
+    /// Wall-clock time from start of instantiation to the end, in milliseconds.
+    pub duration_ms: f64,
+    /// Fuel consumed.
+    pub fuel_used: u64,
+    /// The limits it ran under.
+    pub limits: Limits,
+}
+
+/// Why an execution could not start (the guest never ran).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    /// The module is malformed, imports what WASI does not provide, or has no `_start`.
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// No interpreter is configured (or ready) for the language.
+    #[error("no runtime is configured for {0}")]
+    NoRuntime(&'static str),
+    /// A granted mount could not be opened.
+    #[error("cannot mount {guest}: {message}")]
+    Mount {
+        /// Guest path.
+        guest: String,
+        /// Why.
+        message: String,
+    },
+    /// The service failed (a guest thread could not start, the pool is exhausted).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a sandbox could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An interpreter module is missing, altered, or does not compile.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The module cache directory or the epoch thread could not be set up.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// wasmtime refused the engine settings or the WASI linker.
+    #[error("wasmtime: {0}")]
+    Engine(String),
+}
+
+fn engine_error(error: wasmtime::Error) -> StartError {
+    StartError::Engine(format!("{error:#}"))
+}
+
+/// An interpreter, compiled and linked once.
+struct Interpreter {
+    version: String,
+    pre: InstancePre<GuestState>,
+}
+
+/// What the store holds for one execution.
+struct GuestState {
+    wasi: WasiP1Ctx,
+    limiter: GuestLimiter,
+}
+
+/// Memory and table caps, remembering whether the memory cap was hit.
+struct GuestLimiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    memory_exceeded: bool,
+}
+
+/// The error a guest traps with when it grows memory past its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {0} bytes exceeded")]
+struct MemoryLimitExceeded(usize);
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _: usize,
+        desired: usize,
+        _: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_exceeded = true;
+            return Err(MemoryLimitExceeded(self.memory_bytes).into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _: usize,
+        desired: usize,
+        _: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+}
+
+/// The execution engine. Create one per process and share it.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    interpreters: BTreeMap<Language, Interpreter>,
+    limits: LimitSettings,
+    guest: GuestSettings,
+    ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// Builds the engine for `settings` and compiles (or loads from the cache) every configured
+    /// interpreter, after checking its SHA-256. Slow the first time: CPython is 26 MB of wasm.
+    pub fn new(settings: &Settings) -> Result<Self, StartError> {
+        let engine = Engine::new(&engine_config(settings)).map_err(engine_error)?;
+        let ticker = EpochTicker::start(&engine, EPOCH_TICK)?;
+        let modules = ModuleCache::new(settings.cache_dir.clone())?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut GuestState| {
+            &mut state.wasi
+        })
+        .map_err(engine_error)?;
+        let mut interpreters = BTreeMap::new();
+        for (name, runtime) in &settings.runtimes {
+            let language = Language::interpreted(name).expect("validated language");
+            let bytes = read_verified(name, runtime)?;
+            let started = Instant::now();
+            let module = modules
+                .compile(&engine, &bytes)
+                .map_err(|e| RuntimeError::Compile {
+                    language: name.clone(),
+                    path: runtime.module.clone(),
+                    message: format!("{e:#}"),
+                })?;
+            let pre = linker.instantiate_pre(&module).map_err(engine_error)?;
+            tracing::info!(
+                language = name,
+                version = runtime.version,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "runtime ready"
+            );
+            interpreters.insert(
+                language,
+                Interpreter {
+                    version: runtime.version.clone(),
+                    pre,
+                },
+            );
+        }
+        Ok(Self {
+            engine,
+            linker,
+            interpreters,
+            limits: settings.limits.clone(),
+            guest: settings.guest.clone(),
+            ticker,
+        })
+    }
+
+    /// Languages and versions this sandbox runs.
+    pub fn runtimes(&self) -> Vec<(Language, String)> {
+        let mut list: Vec<(Language, String)> = self
+            .interpreters
+            .iter()
+            .map(|(language, interpreter)| (*language, interpreter.version.clone()))
+            .collect();
+        let modules = "WebAssembly 2.0, WASI preview 1 command".to_string();
+        list.push((Language::Wasm, modules.clone()));
+        list.push((Language::Wat, modules));
+        list
+    }
+
+    /// The server's limit defaults and maxima.
+    pub fn limit_settings(&self) -> &LimitSettings {
+        &self.limits
+    }
+
+    /// Runs `program` on a new guest thread and waits for its report without blocking the caller's
+    /// runtime.
+    pub async fn execute(
+        self: &Arc<Self>,
+        program: Program,
+        limits: Limits,
+        mounts: Vec<Mount>,
+    ) -> Result<Report, ExecutionError> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.spawn_guest(program, limits, mounts, move |result| {
+            let _ = sender.send(result);
+        })?;
+        receiver.await.map_err(|_| thread_lost())?
+    }
+
+    /// Runs `program` on a new guest thread and blocks until its report (for tools and tests).
+    pub fn execute_blocking(
+        self: &Arc<Self>,
+        program: Program,
+        limits: Limits,
+        mounts: Vec<Mount>,
+    ) -> Result<Report, ExecutionError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        self.spawn_guest(program, limits, mounts, move |result| {
+            let _ = sender.send(result);
+        })?;
+        receiver.recv().map_err(|_| thread_lost())?
+    }
+
+    /// Starts a guest thread with the configured native stack; `reply` gets the result.
+    fn spawn_guest(
+        self: &Arc<Self>,
+        program: Program,
+        limits: Limits,
+        mounts: Vec<Mount>,
+        reply: impl FnOnce(Result<Report, ExecutionError>) + Send + 'static,
+    ) -> Result<(), ExecutionError> {
+        let sandbox = self.clone();
+        std::thread::Builder::new()
+            .name("sandbox-guest".into())
+            .stack_size(self.guest.thread_stack_bytes)
+            .spawn(move || reply(sandbox.run(&program, limits, &mounts)))
+            .map(drop)
+            .map_err(|e| ExecutionError::Internal(format!("cannot start a guest thread: {e}")))
+    }
+
+    /// Runs `program` on this thread, which must be a guest thread: wasm stack frames need the
+    /// room `guest.thread_stack_bytes` gives them.
+    fn run(
+        &self,
+        program: &Program,
+        limits: Limits,
+        mounts: &[Mount],
+    ) -> Result<Report, ExecutionError> {
+        let (pre, argv) = self.prepare(program)?;
+        let stdout = CappedOutput::new(limits.stdout_bytes);
+        let stderr = CappedOutput::new(limits.stderr_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&argv)
+            .stdin(MemoryInputPipe::new(program.stdin.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
+        for mount in mounts {
+            let perms = if mount.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&mount.host, &mount.guest, perms)
+                .map_err(|e| ExecutionError::Mount {
+                    guest: mount.guest.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        let state = GuestState {
+            wasi: wasi.build_p1(),
+            limiter: GuestLimiter {
+                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                table_elements: self.limits.max_table_elements,
+                memory_exceeded: false,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| ExecutionError::Internal(e.to_string()))?;
+        store.set_epoch_deadline(
+            self.ticker
+                .ticks_for(Duration::from_millis(limits.timeout_ms)),
+        );
+        store.epoch_deadline_trap();
+
+        let started = Instant::now();
+        let result = pre.instantiate(&mut store).and_then(|instance| {
+            instance
+                .get_typed_func::<(), ()>(&mut store, "_start")?
+                .call(&mut store, ())
+        });
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+        let (stdout, stdout_truncated) = stdout.finish();
+        let (stderr, stderr_truncated) = stderr.finish();
+        if let Err(error) = &result {
+            if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+                return Err(ExecutionError::Internal("no free instance slot".into()));
+            }
+        }
+        let memory_exceeded = store.data().limiter.memory_exceeded;
+        let (outcome, exit_code, detail) = classify(
+            result,
+            &limits,
+            memory_exceeded,
+            stdout_truncated || stderr_truncated,
+        );
+        Ok(Report {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            exit_code,
+            outcome,
+            detail,
+            stdout_truncated,
+            stderr_truncated,
+            duration_ms,
+            fuel_used,
+            limits,
+        })
+    }
+
+    /// The linked module and argv for a program: an interpreter's, or the caller's own module.
+    fn prepare(
+        &self,
+        program: &Program,
+    ) -> Result<(InstancePre<GuestState>, Vec<String>), ExecutionError> {
+        let code = String::from_utf8_lossy(&program.code);
+        let argv = program.language.interpreter_argv(&code, &program.args);
+        match program.language {
+            Language::Python | Language::Javascript => {
+                let interpreter = self
+                    .interpreters
+                    .get(&program.language)
+                    .ok_or(ExecutionError::NoRuntime(program.language.as_str()))?;
+                Ok((interpreter.pre.clone(), argv))
+            }
+            Language::Wasm | Language::Wat => {
+                // Caller modules are compiled per request, not cached: a disk cache keyed by
+                // untrusted input would let callers fill the disk.
+                let module = Module::new(&self.engine, &program.code)
+                    .map_err(|e| ExecutionError::InvalidModule(format!("{e:#}")))?;
+                let has_start = module
+                    .exports()
+                    .any(|e| e.name() == "_start" && e.ty().func().is_some());
+                if !has_start {
+                    return Err(ExecutionError::InvalidModule(
+                        "no exported `_start` function (a WASI command module is expected)".into(),
+                    ));
+                }
+                let pre = self
+                    .linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| ExecutionError::InvalidModule(format!("{e:#}")))?;
+                Ok((pre, argv))
+            }
+        }
+    }
+}
+
+/// Engine settings: fuel and epochs for CPU, pooled slots with copy-on-write memory images sized
+/// by the server's maximum memory, one slot per concurrently running execution.
+fn thread_lost() -> ExecutionError {
+    ExecutionError::Internal("the guest thread ended without a report".into())
+}
+
+fn engine_config(settings: &Settings) -> Config {
+    let slots = settings.concurrency.max_running;
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .total_stacks(slots)
+        .max_memory_size(usize::try_from(settings.limits.memory_bytes.max).unwrap_or(usize::MAX))
+        .table_elements(settings.limits.max_table_elements)
+        .max_core_instance_size(4 << 20);
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(settings.guest.max_wasm_stack_bytes)
+        // Guests run synchronously on their own threads, but wasmtime (built with async support
+        // for the proxy) checks the wasm stack against the fiber stack size all the same.
+        .async_stack_size(settings.guest.max_wasm_stack_bytes + (1 << 20))
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    config
+}
+
+fn classify(
+    result: wasmtime::Result<()>,
+    limits: &Limits,
+    memory_exceeded: bool,
+    output_exceeded: bool,
+) -> (Outcome, Option<i32>, Option<String>) {
+    if output_exceeded {
+        let detail = format!(
+            "output limit reached (stdout {} bytes, stderr {} bytes)",
+            limits.stdout_bytes, limits.stderr_bytes
+        );
+        return (Outcome::OutputLimit, None, Some(detail));
+    }
+    if memory_exceeded {
+        let detail = format!("memory limit of {} bytes reached", limits.memory_bytes);
+        return (Outcome::MemoryLimit, None, Some(detail));
+    }
+    let error = match result {
+        Ok(()) => return (Outcome::Ok, Some(0), None),
+        Err(error) => error,
+    };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        let outcome = if exit.0 == 0 {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        return (outcome, Some(exit.0), None);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => (
+            Outcome::Timeout,
+            None,
+            Some(format!(
+                "wall-clock deadline of {} ms reached",
+                limits.timeout_ms
+            )),
+        ),
+        Some(Trap::OutOfFuel) => (
+            Outcome::Timeout,
+            None,
+            Some(format!("fuel budget of {} exhausted", limits.fuel)),
+        ),
+        Some(trap) => (Outcome::Trap, None, Some(trap.to_string())),
+        None => (Outcome::Trap, None, Some(error.root_cause().to_string())),
+    }
+}

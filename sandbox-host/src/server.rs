@@ -1,0 +1,365 @@
+//! The HTTP service: `POST /v1/executions`, `GET /v1/runtimes`, `/healthz`, `/readyz`, `/metrics`.
+
+use crate::admission::{Admission, Rejection};
+use crate::api::{ApiError, ExecutionRequest};
+use crate::capabilities::{grant, Caller, Mount, Refusal};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::runtimes::Language;
+use crate::sandbox::{ExecutionError, Program, Report, Sandbox};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+
+/// The service's shared state.
+pub struct Service {
+    settings: Settings,
+    sandbox: OnceLock<Arc<Sandbox>>,
+    admission: Admission,
+    metrics: Metrics,
+    draining: AtomicBool,
+}
+
+/// `POST /v1/executions`'s answer: the report, with the request id and language.
+#[derive(Serialize)]
+struct ExecutionResponse<'a> {
+    request_id: &'a str,
+    language: Language,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+impl Service {
+    /// A service that is not ready until [`Service::load`] has built its sandbox.
+    pub fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            admission: Admission::new(&settings.concurrency),
+            settings,
+            sandbox: OnceLock::new(),
+            metrics: Metrics::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Builds the sandbox (compiling interpreters: slow on a cold cache) on a blocking thread.
+    pub async fn load(self: &Arc<Self>) -> anyhow::Result<()> {
+        let service = self.clone();
+        let sandbox =
+            tokio::task::spawn_blocking(move || Sandbox::new(&service.settings)).await??;
+        let _ = self.sandbox.set(Arc::new(sandbox));
+        Ok(())
+    }
+
+    /// The router over this service.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/executions", post(execute))
+            .route("/v1/runtimes", get(runtimes))
+            .route(
+                "/healthz",
+                get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .fallback(not_found)
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops accepting, fails `/readyz`, and
+    /// lets in-flight executions finish.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = self.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                service.draining.store(true, Ordering::Release);
+                tracing::info!("draining: finishing in-flight executions");
+            })
+            .await
+    }
+}
+
+async fn execute(State(service): State<Arc<Service>>, headers: HeaderMap, body: Body) -> Response {
+    let request_id = request_id(&headers);
+    match run_execution(&service, &headers, body, &request_id).await {
+        Ok(response) => response,
+        Err(error) => {
+            service.metrics.reject(error.code);
+            error.into_response()
+        }
+    }
+}
+
+async fn run_execution(
+    service: &Service,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let fail = |status, code, message: String| ApiError::new(status, code, message, request_id);
+    let sandbox = service.sandbox.get().ok_or_else(|| {
+        fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "runtimes are still loading".into(),
+        )
+    })?;
+    let bytes = axum::body::to_bytes(body, service.settings.max_request_bytes)
+        .await
+        .map_err(|_| {
+            fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!(
+                    "the request body exceeds {} bytes",
+                    service.settings.max_request_bytes
+                ),
+            )
+        })?;
+    let request: ExecutionRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+            .map_err(|e| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("{}: {}", e.path(), e.inner()),
+                )
+            })?;
+    let code = match request.language {
+        Language::Wasm => base64::engine::general_purpose::STANDARD
+            .decode(request.code.trim())
+            .map_err(|e| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("code: not base64 ({e})"),
+                )
+            })?,
+        _ => request.code.into_bytes(),
+    };
+    let max_code = sandbox.limit_settings().max_code_bytes;
+    if code.len() > max_code {
+        return Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "code_too_large",
+            format!(
+                "code is {} bytes; the server accepts at most {max_code}",
+                code.len()
+            ),
+        ));
+    }
+    let limits = sandbox
+        .limit_settings()
+        .resolve(&request.limits)
+        .map_err(|e| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                "limit_exceeds_maximum",
+                e.to_string(),
+            )
+        })?;
+    let caller = caller(headers);
+    let mut mounts = grant(
+        &request.capabilities,
+        &caller,
+        &service.settings.datasets,
+        &service.settings.approval_token_sha256,
+    )
+    .map_err(|refusal| {
+        let (status, code) = match refusal {
+            Refusal::UnknownDataset(_) => (StatusCode::BAD_REQUEST, "unknown_dataset"),
+            Refusal::MissingScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Refusal::ApprovalRequired(_) => (StatusCode::FORBIDDEN, "approval_required"),
+        };
+        fail(status, code, refusal.to_string())
+    })?;
+    // Held until the execution ends; dropping it deletes the directory and all it holds.
+    let scratch = if request.capabilities.scratch {
+        let dir = tempfile::Builder::new()
+            .prefix("sandbox-scratch-")
+            .tempdir()
+            .map_err(|e| {
+                fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    format!("cannot create scratch: {e}"),
+                )
+            })?;
+        mounts.push(Mount {
+            host: dir.path().to_owned(),
+            guest: "/scratch".into(),
+            writable: true,
+        });
+        Some(dir)
+    } else {
+        None
+    };
+
+    let _slot = service
+        .admission
+        .admit()
+        .await
+        .map_err(|rejection| match rejection {
+            Rejection::QueueFull => fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_executions",
+                rejection.to_string(),
+            ),
+            Rejection::QueueTimeout => fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_timeout",
+                rejection.to_string(),
+            ),
+        })?;
+    let language = request.language;
+    let program = Program {
+        language,
+        code,
+        stdin: request.stdin.into_bytes(),
+        args: request.args,
+    };
+    let report = sandbox
+        .execute(program, limits, mounts)
+        .await
+        .map_err(|error| {
+            let (status, code) = match &error {
+                ExecutionError::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
+                ExecutionError::NoRuntime(_) => (StatusCode::BAD_REQUEST, "unsupported_language"),
+                ExecutionError::Mount { .. } | ExecutionError::Internal(_) => {
+                    tracing::error!(request_id, %error, "execution failed to start");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+                }
+            };
+            fail(status, code, error.to_string())
+        })?;
+    drop(scratch);
+    service.metrics.record(language, &report);
+    tracing::info!(
+        request_id,
+        identity = caller.identity.as_deref().unwrap_or("-"),
+        language = language.as_str(),
+        outcome = ?report.outcome,
+        duration_ms = report.duration_ms,
+        fuel_used = report.fuel_used,
+        "execution"
+    );
+    let body = ExecutionResponse {
+        request_id,
+        language,
+        report: &report,
+    };
+    Ok((
+        [(
+            header::HeaderName::from_static("x-request-id"),
+            request_id.to_string(),
+        )],
+        Json(body),
+    )
+        .into_response())
+}
+
+async fn runtimes(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
+    let Some(sandbox) = service.sandbox.get() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "runtimes are still loading",
+            &request_id(&headers),
+        )
+        .into_response();
+    };
+    let limits = sandbox.limit_settings();
+    let runtimes: Vec<_> = sandbox
+        .runtimes()
+        .into_iter()
+        .map(|(language, version)| serde_json::json!({"language": language, "version": version}))
+        .collect();
+    Json(serde_json::json!({
+        "runtimes": runtimes,
+        "limits": {
+            "default": {
+                "timeout_ms": limits.timeout_ms.default, "fuel": limits.fuel.default,
+                "memory_bytes": limits.memory_bytes.default, "stdout_bytes": limits.stdout_bytes.default,
+                "stderr_bytes": limits.stderr_bytes.default,
+            },
+            "max": {
+                "timeout_ms": limits.timeout_ms.max, "fuel": limits.fuel.max,
+                "memory_bytes": limits.memory_bytes.max, "stdout_bytes": limits.stdout_bytes.max,
+                "stderr_bytes": limits.stderr_bytes.max, "code_bytes": limits.max_code_bytes,
+            },
+        },
+        "concurrency": {
+            "max_running": service.settings.concurrency.max_running,
+            "max_queued": service.settings.concurrency.max_queued,
+        },
+    }))
+    .into_response()
+}
+
+async fn readyz(State(service): State<Arc<Service>>) -> Response {
+    let (status, state) = if service.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if service.sandbox.get().is_none() {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    (status, Json(serde_json::json!({"status": state}))).into_response()
+}
+
+async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    let text = service
+        .metrics
+        .render(service.admission.running(), service.admission.waiting());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn not_found(headers: HeaderMap) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+        &request_id(&headers),
+    )
+    .into_response()
+}
+
+/// The gateway's request id when it sent a sane one, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The caller as the gateway's auth filter forwarded it.
+fn caller(headers: &HeaderMap) -> Caller {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Caller {
+        identity: text("x-gateway-identity"),
+        scopes: text("x-gateway-scopes")
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        approval_token: text("x-sandbox-approval"),
+    }
+}

@@ -1,0 +1,212 @@
+"""sandbox-host's HTTP API on a real socket, with the real interpreters (issue 8).
+
+The execution engine's hostile-input cases are in `sandbox-host/tests/hostile.rs`; this suite
+covers what only the service does: the JSON contract, limits against server maxima, capabilities
+from the caller's forwarded scopes, the admission queue, and the service staying up under a
+concurrent hostile load.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sandbox_host import SandboxHost, start_sandbox
+
+HELLO_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hi from wasm\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 13))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHost]:
+    """One service for the module's tests: an approval token for destructive capabilities, and a
+    queue deep enough that a burst of 51 is all admitted."""
+    overrides = {
+        "approval_token_sha256": [hashlib.sha256(b"approve-e2e").hexdigest()],
+        "concurrency": {"max_running": 4, "max_queued": 64, "queue_timeout_ms": 60000},
+    }
+    host = start_sandbox(tmp_path_factory.mktemp("sandbox"), overrides)
+    yield host
+    host.stop()
+
+
+@pytest.fixture
+def small_sandbox(tmp_path: Path) -> Iterator[Callable[..., SandboxHost]]:
+    """A service with a custom queue, for admission tests."""
+    started: list[SandboxHost] = []
+
+    def start(**concurrency: int) -> SandboxHost:
+        started.append(start_sandbox(tmp_path, {"concurrency": concurrency}))
+        return started[-1]
+
+    yield start
+    for host in started:
+        host.stop()
+
+
+def error_of(response: requests.Response) -> dict[str, Any]:
+    """The `error` object of a JSON error response, checking its stable shape."""
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"status", "code", "message", "request_id"}
+    assert body["error"]["status"] == response.status_code
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
+    return dict(body["error"])
+
+
+def test_every_language_runs(sandbox: SandboxHost) -> None:
+    cases = [
+        ({"language": "python", "code": "print(1 + 1)"}, "2\n"),
+        ({"language": "javascript", "code": "console.log([1, 2].map(x => x * 2).join(','))"}, "2,4\n"),
+        ({"language": "wat", "code": HELLO_WAT}, "hi from wasm\n"),
+    ]
+    for body, stdout in cases:
+        response = sandbox.execute(body)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert (result["outcome"], result["stdout"], result["exit_code"]) == ("ok", stdout, 0)
+        assert result["fuel_used"] > 0 and result["duration_ms"] > 0
+        assert result["language"] == body["language"]
+
+
+def test_a_binary_module_is_accepted_as_base64(sandbox: SandboxHost) -> None:
+    # The smallest WASI command: (module (func (export "_start"))).
+    module = bytes.fromhex("0061736d0100000001040160000003020100070a01065f737461727400000a040102000b")
+    response = sandbox.execute({"language": "wasm", "code": base64.b64encode(module).decode()})
+    assert response.json()["outcome"] == "ok"
+
+
+def test_stdin_args_and_the_callers_request_id(sandbox: SandboxHost) -> None:
+    body = {
+        "language": "python",
+        "code": "import sys; print(sys.argv[1], sys.stdin.read())",
+        "stdin": "in",
+        "args": ["x"],
+    }
+    response = sandbox.execute(body, headers={"x-request-id": "req-42"})
+    assert response.json()["stdout"] == "x in\n"
+    assert response.json()["request_id"] == response.headers["x-request-id"] == "req-42"
+
+
+def test_runtimes_lists_languages_versions_and_limits(sandbox: SandboxHost) -> None:
+    listing = requests.get(f"{sandbox.url}/v1/runtimes", timeout=10).json()
+    versions = {r["language"]: r["version"] for r in listing["runtimes"]}
+    assert set(versions) == {"python", "javascript", "wasm", "wat"}
+    assert "3.12" in versions["python"] and "QuickJS" in versions["javascript"]
+    assert listing["limits"]["max"]["timeout_ms"] >= listing["limits"]["default"]["timeout_ms"]
+
+
+def test_limits_apply_and_cannot_exceed_the_server_maximum(sandbox: SandboxHost) -> None:
+    result = sandbox.execute({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 300}}).json()
+    assert result["outcome"] == "timeout"
+    assert result["limits"]["timeout_ms"] == 300
+    refused = sandbox.execute({"language": "python", "code": "1", "limits": {"memory_bytes": 1 << 40}})
+    assert refused.status_code == 400
+    assert error_of(refused)["code"] == "limit_exceeds_maximum"
+
+
+def test_bad_requests_get_json_errors(sandbox: SandboxHost) -> None:
+    cases = [
+        ({"language": "cobol", "code": "x"}, 400, "invalid_request"),
+        ({"language": "python"}, 400, "invalid_request"),
+        ({"language": "python", "code": "1", "limitz": {}}, 400, "invalid_request"),
+        ({"language": "wasm", "code": "not base64!"}, 400, "invalid_request"),
+        ({"language": "wasm", "code": base64.b64encode(b"\0asm garbage").decode()}, 400, "invalid_module"),
+        (
+            {"language": "wat", "code": '(module (import "env" "f" (func)) (func (export "_start")))'},
+            400,
+            "invalid_module",
+        ),
+        ({"language": "python", "code": "#" * (2 << 20)}, 413, "code_too_large"),
+        ({"language": "python", "code": "#" * (5 << 20)}, 413, "request_too_large"),
+    ]
+    for body, status, code in cases:
+        response = sandbox.execute(body)
+        assert response.status_code == status, (body, response.text)
+        assert error_of(response)["code"] == code
+    assert error_of(requests.get(f"{sandbox.url}/nowhere", timeout=10))["code"] == "not_found"
+
+
+def test_a_dataset_needs_the_scope_the_gateway_forwarded(sandbox: SandboxHost) -> None:
+    body = {
+        "language": "python",
+        "code": "print(open('/data/demo/cities.csv').read().splitlines()[1])",
+        "capabilities": {"datasets": [{"name": "demo"}]},
+    }
+    refused = sandbox.execute(body, headers={"x-gateway-identity": "bob", "x-gateway-scopes": "other"})
+    assert refused.status_code == 403
+    assert error_of(refused)["code"] == "insufficient_scope"
+    granted = sandbox.execute(body, headers={"x-gateway-identity": "alice", "x-gateway-scopes": "sandbox:dataset:demo"})
+    assert granted.json()["stdout"] == "Lisbon,545000\n"
+
+
+def test_writing_a_dataset_is_destructive_and_needs_approval(sandbox: SandboxHost) -> None:
+    body = {"language": "python", "code": "print(1)", "capabilities": {"datasets": [{"name": "demo", "write": True}]}}
+    headers = {"x-gateway-scopes": "sandbox:dataset:demo"}
+    refused = sandbox.execute(body, headers=headers)
+    assert (refused.status_code, error_of(refused)["code"]) == (403, "approval_required")
+    approved = sandbox.execute(body, headers={**headers, "x-sandbox-approval": "approve-e2e"})
+    assert approved.json()["outcome"] == "ok"
+
+
+def test_scratch_is_writable_and_discarded(sandbox: SandboxHost) -> None:
+    write = "import os; open('/scratch/f', 'w').write('x'); print(os.listdir('/scratch'))"
+    body = {"language": "python", "code": write, "capabilities": {"scratch": True}}
+    assert sandbox.execute(body).json()["stdout"] == "['f']\n"
+    look = {"language": "python", "code": "import os; print(os.listdir('/scratch'))", "capabilities": {"scratch": True}}
+    assert sandbox.execute(look).json()["stdout"] == "[]\n", "a fresh scratch directory each time"
+
+
+def test_a_full_queue_answers_429_and_a_long_wait_503(small_sandbox: Callable[..., SandboxHost]) -> None:
+    host = small_sandbox(max_running=1, max_queued=1, queue_timeout_ms=500)
+    slow = {
+        "language": "wat",
+        "code": '(module (func (export "_start") (loop (br 0))))',
+        "limits": {"timeout_ms": 2000},
+    }
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        responses = list(pool.map(lambda _: host.execute(slow), range(3)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 429, 503], [r.text for r in responses]
+    for response in responses:
+        if response.status_code != 200:
+            assert error_of(response)["code"] in {"too_many_executions", "queue_timeout"}
+            assert response.headers["retry-after"] == "1"
+
+
+def test_fifty_concurrent_hostile_executions_and_a_benign_one(sandbox: SandboxHost) -> None:
+    hostile = [
+        {"language": "python", "code": "while True: pass"},
+        {"language": "python", "code": "x = bytearray(1 << 30)"},
+        {"language": "python", "code": "while True: print('x' * 1000)"},
+        {"language": "wat", "code": '(module (func $f (export "_start") (call $f)))'},
+        {"language": "javascript", "code": "while (true) {}"},
+    ]
+    expected = {"timeout", "memory_limit", "output_limit", "trap"}
+
+    def run(i: int) -> requests.Response:
+        body = {**hostile[i % len(hostile)], "limits": {"timeout_ms": 300, "memory_bytes": 32 << 20}}
+        return sandbox.execute(body, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=51) as pool:
+        attacks = [pool.submit(run, i) for i in range(50)]
+        benign = pool.submit(sandbox.execute, {"language": "python", "code": "print(sum(range(10)))"}, timeout=120)
+        assert benign.result().json()["stdout"] == "45\n"
+        results = [a.result() for a in attacks]
+    for response in results:
+        assert response.status_code == 200, response.text
+        assert response.json()["outcome"] in expected, response.text
+    metrics = requests.get(f"{sandbox.url}/metrics", timeout=10).text
+    assert 'sandbox_executions_total{language="python",outcome="timeout"}' in metrics
+    assert requests.get(f"{sandbox.url}/readyz", timeout=10).status_code == 200

@@ -1,0 +1,112 @@
+"""Start sandbox-host (crate `sandbox-host`) for a test, from its shipped configuration plus overrides.
+
+The harness starts from the shipped `sandbox-host/config/default.yaml` (its runtimes, pins and
+datasets, with paths made absolute), applies the test's overrides, and gives it a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+from gateway import REPO, target_dir
+from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
+
+DEFAULT_CONFIG = REPO / "sandbox-host" / "config" / "default.yaml"
+
+
+def sandbox_binary() -> Path:
+    """`$SANDBOX_HOST_BINARY`, else the debug build (`make test` builds it)."""
+    if "SANDBOX_HOST_BINARY" in os.environ:
+        return Path(os.environ["SANDBOX_HOST_BINARY"])
+    path = target_dir() / "debug" / "sandbox-host"
+    assert path.is_file(), f"{path} missing: run `cargo build -p sandbox-host` (make test does)"
+    return path
+
+
+def base_config() -> dict[str, Any]:
+    """The shipped configuration, with its relative paths resolved."""
+    config: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    base = DEFAULT_CONFIG.parent
+    for runtime in config["runtimes"].values():
+        runtime["module"] = str((base / runtime["module"]).resolve())
+        assert Path(runtime["module"]).is_file(), f"{runtime['module']} missing: run `make sandbox-runtimes`"
+    for dataset in config["datasets"]:
+        dataset["path"] = str((base / dataset["path"]).resolve())
+    return config
+
+
+@dataclass
+class SandboxHost:
+    """A running sandbox-host."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """Everything the service has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def execute(
+        self, body: dict[str, Any], headers: dict[str, str] | None = None, timeout: float = 60
+    ) -> requests.Response:
+        """`POST /v1/executions`."""
+        return requests.post(f"{self.url}/v1/executions", json=body, headers=headers, timeout=timeout)
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, then waits for the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_sandbox(work_dir: Path, overrides: dict[str, Any] | None = None, timeout: float = 300) -> SandboxHost:
+    """Starts the service and waits for `/readyz` (the first start compiles CPython: up to minutes)."""
+    config = {**base_config(), **(overrides or {})}
+    port = free_port()
+    config_path = work_dir / f"sandbox-{port}.yaml"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = config_path.with_suffix(".log")
+    cache_dir = os.environ.get("SANDBOX_CACHE_DIR", str(target_dir() / "sandbox-cache"))
+    command = [
+        str(sandbox_binary()),
+        "--config",
+        str(config_path),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--cache-dir",
+        cache_dir,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    host = SandboxHost(process, port, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sandbox-host exited with {process.returncode}:\n{host.log()}")
+        try:
+            if requests.get(f"{host.url}/readyz", timeout=1).ok:
+                return host
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    host.stop()
+    raise RuntimeError(f"sandbox-host did not become ready:\n{host.log()}")
