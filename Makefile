@@ -26,7 +26,7 @@ RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
 RUN_SANDBOX_PORT  := 8090
 
-.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters proxy sandbox test test-rust test-python-ml test-e2e run bench bench-shared-data bench-sandbox bench-ml lint fmt
+.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build proxy sandbox test test-rust test-python-ml test-e2e run bench bench-shared-data bench-sandbox bench-ml lint fmt
 
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
@@ -76,19 +76,20 @@ $(SANDBOX_RUNTIMES)/.installed: sandbox-host/runtimes.txt sandbox-host/install_r
 filters: deps-rust
 	cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS))
 
-# The proxy binary the end-to-end suites start (debug build; dependencies are optimised).
-proxy:
-	cargo build -p gateway --bin proxy
+# Every crate and target in one debug build (dependencies are optimised): the binaries the
+# end-to-end suites and `make run` start, and the tests, share one feature resolution. Separate
+# `-p` builds resolve features differently and would compile wasmtime again.
+build:
+	cargo build --workspace --all-targets
 
-# The sandbox service the end-to-end suites and `make run` start.
-sandbox:
-	cargo build -p sandbox-host --bin sandbox-host
+# The proxy binary and the sandbox service.
+proxy sandbox: build
 
 ## --- the two commands ---------------------------------------------------------------------------
 
 test: setup filters test-rust test-python-ml test-e2e
 
-test-rust: sandbox-runtimes
+test-rust: sandbox-runtimes build
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) cargo nextest run --workspace --no-fail-fast
 
 test-python-ml: venv

@@ -27,7 +27,8 @@ RATE_LIMIT = {
     "limits": [{"name": "global", "key": "identity", "requests": 100, "per": "hour", "path_prefix": "/limited"}]
 }
 CACHE = {"rules": [{"path_prefix": "/cached", "ttl_seconds": 60}]}
-HEADERS = {"x-api-key": API_KEY}
+# Replicas sit behind one name: the cache key includes the authority, so every request carries it.
+HEADERS = {"x-api-key": API_KEY, "host": "api.example.com"}
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ def test_fail_open_keeps_serving_through_a_redis_outage_and_resumes(
     proxies: Callable[..., list[Gateway]], redis_server: RedisServer
 ) -> None:
     both = proxies(2, on_unavailable="fail_open")
-    load = Load(both, "/v1/data")
+    load = Load(both, "/cached/live")  # cache lookups read shared data on every request
     time.sleep(0.5)
     redis_server.kill()
     time.sleep(1.5)
@@ -196,9 +197,9 @@ def test_fail_closed_answers_503_during_a_redis_outage_and_recovers(
     proxies: Callable[..., list[Gateway]], redis_server: RedisServer
 ) -> None:
     (proxy,) = proxies(1, on_unavailable="fail_closed")
-    assert requests.get(f"{proxy.url}/v1/data", headers=HEADERS, timeout=10).status_code == 200
+    assert requests.get(f"{proxy.url}/cached/fc", headers=HEADERS, timeout=10).status_code == 200
     redis_server.kill()
-    refused = requests.get(f"{proxy.url}/v1/data", headers={**HEADERS, "x-request-id": "outage-1"}, timeout=10)
+    refused = requests.get(f"{proxy.url}/cached/fc", headers={**HEADERS, "x-request-id": "outage-1"}, timeout=10)
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "shared_data_unavailable"
     assert refused.json()["error"]["request_id"] == "outage-1"
@@ -206,6 +207,6 @@ def test_fail_closed_answers_503_during_a_redis_outage_and_recovers(
     redis_server.start()
     wait_for_metric(proxy, "shared_data_redis_connected", 1)
     deadline = time.monotonic() + 10
-    while requests.get(f"{proxy.url}/v1/data", headers=HEADERS, timeout=10).status_code != 200:
+    while requests.get(f"{proxy.url}/cached/fc", headers=HEADERS, timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "never recovered after Redis returned"
         time.sleep(0.05)

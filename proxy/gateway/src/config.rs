@@ -290,6 +290,10 @@ pub struct ListenerTls {
     pub certificate: PathBuf,
     /// Private key.
     pub key: PathBuf,
+    /// Mutual TLS: clients must present a certificate that this CA bundle verifies; its names
+    /// reach filters as `source.principal` and `connection.*_peer_certificate`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A named, ordered list of filters.
@@ -394,6 +398,10 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
+    /// Listener names; the request must have arrived on one of them (e.g. a sidecar's inbound
+    /// or outbound listener).
+    #[serde(default)]
+    pub listeners: Vec<String>,
     /// Path condition.
     #[serde(default)]
     pub path: Option<PathMatch>,
@@ -728,6 +736,9 @@ impl Config {
             if let Some(tls) = &listener.tls {
                 self.check_file(&tls.certificate, &format!("{field}.tls.certificate"))?;
                 self.check_file(&tls.key, &format!("{field}.tls.key"))?;
+                if let Some(ca) = &tls.client_ca {
+                    self.check_file(ca, &format!("{field}.tls.client_ca"))?;
+                }
             }
         }
         unique_names(self.clusters.iter().map(|c| &c.name), "clusters")?;
@@ -780,6 +791,17 @@ impl Config {
                         format!("no filter chain is named {chain:?}"),
                     ));
                 }
+            }
+            if let Some(unknown) = route
+                .matcher
+                .listeners
+                .iter()
+                .find(|name| !self.listeners.iter().any(|l| &&l.name == name))
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.match.listeners"),
+                    format!("no listener is named {unknown:?}"),
+                ));
             }
             crate::routing::RouteMatcher::compile(&route.matcher, &format!("{field}.match"))?;
         }

@@ -13,6 +13,7 @@ pub mod forwarding;
 pub mod health;
 pub mod metrics;
 mod offload;
+pub mod peer_identity;
 pub mod proxy;
 pub mod responses;
 pub mod routing;

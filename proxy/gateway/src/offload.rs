@@ -5,6 +5,12 @@
 //! in-memory shared data answers at once. Only a callback that waits (a filter pausing the
 //! response body for an `http_call`) is moved to a small offload runtime, so the worker thread
 //! blocks on it instead of deadlocking on its own reactor.
+//!
+//! With shared data in Redis, every callback may wait, holding its VM's lock. Were such a
+//! callback polled by a worker thread, and that thread blocked in the response-body hook on a
+//! callback needing the same VM, neither could proceed. So with a remote backend every filter
+//! phase runs on the offload runtime ([`filter_phase`]): whatever holds a VM lock is always polled
+//! by a thread that never blocks.
 
 use futures::FutureExt;
 use std::future::Future;
@@ -32,11 +38,27 @@ pub fn block_on<T: Send + 'static>(future: impl Future<Output = T> + Send + 'sta
         .expect("the offload runtime runs every task to completion")
 }
 
+/// Runs a filter phase: inline, or on the offload runtime when `offloaded` (callbacks may wait on
+/// a remote shared-data backend). A panic in the phase resumes here.
+pub async fn filter_phase<T: Send + 'static>(
+    offloaded: bool,
+    future: impl Future<Output = T> + Send + 'static,
+) -> T {
+    if !offloaded {
+        return future.await;
+    }
+    match offload_runtime().spawn(future).await {
+        Ok(output) => output,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
 fn offload_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(threads)
             .thread_name("filter-offload")
             .enable_all()
             .build()

@@ -93,7 +93,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         self.add_forwarding_headers(session, ctx)?;
 
-        let Some(route) = self.runtime.route_for(session.req_header()) else {
+        let Some(route) = self.runtime.route_for(session.req_header(), &self.listener) else {
             return self.refuse(session, ctx, ProxyError::NoRoute).await;
         };
         let cluster = self.runtime.cluster(&route.config.cluster);
@@ -135,12 +135,18 @@ impl ProxyHttp for Gateway {
             .into(),
             route_name: Some(route.config.name.clone()),
             cluster_name: Some(cluster.config.name.clone()),
-            peer_principal: None,
+            peer_certificate: crate::peer_identity::verified_peer(session),
         };
-        let mut run = chain.start(info, self.runtime.metrics.clone()).await;
         let mut headers = request_headers_to_host(session, self.tls);
         let end_of_stream = session.is_body_empty();
-        let verdict = run.request_headers(&mut headers, end_of_stream).await;
+        let (chain, metrics) = (chain.clone(), self.runtime.metrics.clone());
+        let (run, headers, verdict) = self
+            .filter_phase(async move {
+                let mut run = chain.start(info, metrics).await;
+                let verdict = run.request_headers(&mut headers, end_of_stream).await;
+                (run, headers, verdict)
+            })
+            .await;
         ctx.chain = Some(run);
         match verdict {
             ChainVerdict::Continue | ChainVerdict::Buffer => {
@@ -237,11 +243,18 @@ impl ProxyHttp for Gateway {
             ctx.error = Some(ProxyError::BodyTooLarge);
             return Err(ProxyError::BodyTooLarge.into_pingora());
         }
-        let Some(run) = ctx.chain.as_mut() else {
+        let Some(mut run) = ctx.chain.take() else {
             return Ok(());
         };
         let mut chunk = body.take().map(Vec::from).unwrap_or_default();
-        match run.request_body(&mut chunk, end_of_stream).await {
+        let (run, chunk, verdict) = self
+            .filter_phase(async move {
+                let verdict = run.request_body(&mut chunk, end_of_stream).await;
+                (run, chunk, verdict)
+            })
+            .await;
+        ctx.chain = Some(run);
+        match verdict {
             ChainVerdict::Continue => {
                 *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
                 Ok(())
@@ -281,7 +294,7 @@ impl ProxyHttp for Gateway {
                 "application/json",
             )?;
         }
-        let Some(run) = ctx.chain.as_mut() else {
+        let Some(mut run) = ctx.chain.take() else {
             return Ok(());
         };
         let mut headers = response_headers_to_host(response);
@@ -291,7 +304,14 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() == b"0");
-        match run.response_headers(&mut headers, end_of_stream).await {
+        let (run, headers, verdict) = self
+            .filter_phase(async move {
+                let verdict = run.response_headers(&mut headers, end_of_stream).await;
+                (run, headers, verdict)
+            })
+            .await;
+        ctx.chain = Some(run);
+        match verdict {
             ChainVerdict::Continue | ChainVerdict::Buffer => {
                 apply_response_headers(response, &headers)
             }
@@ -366,12 +386,19 @@ impl ProxyHttp for Gateway {
             };
         }
         if session.response_written().is_none() {
-            let written = match ctx.chain.as_mut() {
+            let written = match ctx.chain.take() {
                 // Filters see the error like any response (a cache may answer stale instead).
-                Some(run) => match run
-                    .through_response_phases(error.local_response(&ctx.request_id))
-                    .await
-                {
+                Some(mut run) => match {
+                    let local = error.local_response(&ctx.request_id);
+                    let (run, verdict) = self
+                        .filter_phase(async move {
+                            let verdict = run.through_response_phases(local).await;
+                            (run, verdict)
+                        })
+                        .await;
+                    ctx.chain = Some(run);
+                    verdict
+                } {
                     ChainVerdict::Respond(response) => {
                         responses::write_local(session, response, &ctx.request_id).await
                     }
@@ -394,7 +421,7 @@ impl ProxyHttp for Gateway {
         let filters = match ctx.chain.take() {
             Some(run) => {
                 let outcome = run.outcome.to_string();
-                run.finish().await;
+                self.filter_phase(run.finish()).await;
                 outcome
             }
             None => "none".to_string(),
@@ -439,6 +466,14 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Runs a filter phase where this deployment runs them (see `offload::filter_phase`).
+    async fn filter_phase<T: Send + 'static>(
+        &self,
+        phase: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        offload::filter_phase(self.runtime.shared_data.is_remote(), phase).await
+    }
+
     /// Sets `x-request-id`, `traceparent` and `X-Forwarded-*` on the request before filters run.
     fn add_forwarding_headers(
         &self,

@@ -5,6 +5,8 @@ use regex::Regex;
 
 /// The parts of a request routes match on.
 pub struct RequestFacts<'a> {
+    /// The listener the request arrived on.
+    pub listener: &'a str,
     /// Method, upper case.
     pub method: &'a str,
     /// Path without the query string.
@@ -18,6 +20,7 @@ pub struct RequestFacts<'a> {
 /// A compiled [`RouteMatch`].
 #[derive(Debug)]
 pub struct RouteMatcher {
+    listeners: Vec<String>,
     path: Option<CompiledPath>,
     hosts: Vec<String>,
     methods: Vec<String>,
@@ -58,6 +61,7 @@ impl RouteMatcher {
             .map(|(i, h)| compile_header(h, &format!("{field}.headers[{i}]")))
             .collect::<Result<_, _>>()?;
         Ok(Self {
+            listeners: spec.listeners.clone(),
             path,
             hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             methods: spec
@@ -78,6 +82,7 @@ impl RouteMatcher {
             Some(CompiledPath::Regex(r)) => r.is_match(request.path),
         };
         path_ok
+            && (self.listeners.is_empty() || self.listeners.iter().any(|l| l == request.listener))
             && (self.hosts.is_empty()
                 || self
                     .hosts
@@ -159,11 +164,28 @@ mod tests {
         header: &'a dyn Fn(&str) -> Option<&'a str>,
     ) -> RequestFacts<'a> {
         RequestFacts {
+            listener: "public",
             method,
             path,
             host,
             header,
         }
+    }
+
+    #[test]
+    fn listener_condition() {
+        let none = |_: &str| None;
+        let inbound = matcher("listeners: [inbound]");
+        let request = |listener| RequestFacts {
+            listener,
+            ..facts("GET", "/", "a", &none)
+        };
+        assert!(inbound.matches(&request("inbound")));
+        assert!(!inbound.matches(&request("outbound")));
+        assert!(
+            matcher("{}").matches(&request("outbound")),
+            "no condition: any listener"
+        );
     }
 
     #[test]

@@ -90,8 +90,8 @@ impl Runtime {
         })
     }
 
-    /// The first route matching the request.
-    pub fn route_for(&self, request: &RequestHeader) -> Option<&Arc<Route>> {
+    /// The first route matching the request, which arrived on `listener`.
+    pub fn route_for(&self, request: &RequestHeader, listener: &str) -> Option<&Arc<Route>> {
         let host_header = request
             .uri
             .host()
@@ -105,6 +105,7 @@ impl Runtime {
         let host = strip_port(host_header);
         let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
         let facts = RequestFacts {
+            listener,
             method: request.method.as_str(),
             path: request.uri.path(),
             host,

@@ -4,10 +4,10 @@
 use crate::admin::{AdminApp, DrainWatcher, Draining};
 use crate::config::{Config, ConfigError};
 use crate::health::HealthChecker;
+use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -61,17 +61,16 @@ pub fn build(config: &Config, runtime: Runtime) -> Result<Server, ConfigError> {
         match &listener.tls {
             None => service.add_tcp(&listener.address),
             Some(tls) => {
-                let certificate = config.resolve(&tls.certificate);
-                let key = config.resolve(&tls.key);
-                let mut settings = TlsSettings::intermediate(
-                    &certificate.to_string_lossy(),
-                    &key.to_string_lossy(),
+                let client_ca = tls.client_ca.as_ref().map(|ca| config.resolve(ca));
+                let settings = listener_settings(
+                    &config.resolve(&tls.certificate),
+                    &config.resolve(&tls.key),
+                    client_ca.as_deref(),
                 )
-                .map_err(|e| ConfigError {
+                .map_err(|message| ConfigError {
                     field: format!("listeners[{}].tls", listener.name),
-                    message: format!("cannot load the certificate or key: {e}"),
+                    message,
                 })?;
-                settings.enable_h2();
                 service.add_tls_with_settings(&listener.address, None, settings);
             }
         }

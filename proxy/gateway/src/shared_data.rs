@@ -49,6 +49,11 @@ impl SharedData {
         }
     }
 
+    /// Whether filter callbacks may wait on the network for shared data (see `offload`).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
     /// Starts connecting to Redis, if that is the backend.
     pub fn start(&self) {
         if let Self::Redis(redis) = self {

@@ -31,4 +31,4 @@ pub use plugin::{FailurePolicy, LoadError, Plugin, PluginSpec, VmLimits};
 pub use shared_data::{
     BoxFuture, MemoryLimits, MemorySharedData, SharedDataBackend, SharedValue, Unavailable,
 };
-pub use stream::{HttpStream, LocalResponse, StreamInfo, Verdict};
+pub use stream::{HttpStream, LocalResponse, PeerCertificate, StreamInfo, Verdict};

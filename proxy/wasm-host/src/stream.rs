@@ -22,8 +22,30 @@ pub struct StreamInfo {
     pub route_name: Option<String>,
     /// The selected cluster (`xds.cluster_name`).
     pub cluster_name: Option<String>,
-    /// The verified client-certificate identity, when mTLS was used (`source.principal`).
-    pub peer_principal: Option<String>,
+    /// The client certificate the listener verified, when mTLS was used.
+    pub peer_certificate: Option<PeerCertificate>,
+}
+
+/// A verified client certificate's names, as filters see them in `connection.*` properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The subject, e.g. `CN=svc-a,O=example` (`connection.subject_peer_certificate`).
+    pub subject: String,
+    /// URI subject alternative names, e.g. SPIFFE IDs (`connection.uri_san_peer_certificate`).
+    pub uri_sans: Vec<String>,
+    /// DNS subject alternative names (`connection.dns_san_peer_certificate`).
+    pub dns_sans: Vec<String>,
+}
+
+impl PeerCertificate {
+    /// The identity as Istio names it (`source.principal`): the first URI SAN (a SPIFFE ID),
+    /// else the first DNS SAN, else the subject.
+    pub fn principal(&self) -> &str {
+        self.uri_sans
+            .first()
+            .or(self.dns_sans.first())
+            .map_or(&self.subject, |name| name)
+    }
 }
 
 /// A response a filter (or the host, on filter failure) sends instead of proxying.

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use proxy_wasm_host::{
-    CalloutResponse, Headers, Host, HostOptions, MemoryLimits, MemorySharedData, PluginSpec,
-    Verdict,
+    CalloutResponse, Headers, Host, HostOptions, MemoryLimits, MemorySharedData, PeerCertificate,
+    PluginSpec, StreamInfo, Verdict,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,33 @@ fn spec(mode: &str) -> PluginSpec {
     let mut spec = PluginSpec::new("probe", mode.as_bytes().to_vec());
     spec.vm_configuration = b"vm-config-bytes".to_vec();
     spec
+}
+
+#[tokio::test]
+async fn a_verified_client_certificate_is_the_source_principal() {
+    let host = host();
+    let plugin = load(&host, "abi_probe_filter", spec("headers")).await;
+    let mut s = plugin
+        .new_http_stream(StreamInfo {
+            peer_certificate: Some(PeerCertificate {
+                subject: "CN=svc-a,O=example".into(),
+                uri_sans: vec!["spiffe://example/ns/default/sa/svc-a".into()],
+                dns_sans: vec!["svc-a.default".into()],
+            }),
+            ..StreamInfo::default()
+        })
+        .await;
+    let mut headers = request("/");
+    s.on_request_headers(&mut headers, true).await;
+    assert_eq!(
+        headers.get_str("x-prop-principal").unwrap(),
+        "spiffe://example/ns/default/sa/svc-a",
+        "the URI SAN, as Istio names peers"
+    );
+    assert_eq!(
+        headers.get_str("x-prop-peer-subject").unwrap(),
+        "CN=svc-a,O=example"
+    );
 }
 
 #[tokio::test]
@@ -45,8 +72,9 @@ async fn headers_properties_bodies_trailers_and_metrics() {
         "-",
         "unknown property is NOT_FOUND"
     );
-    // 5 from the client + x-probe + 6 x-prop-*/x-context, after x-remove-me (2 values) went.
-    assert_eq!(headers.get_str("x-pairs").unwrap(), "12");
+    assert_eq!(headers.get_str("x-prop-principal").unwrap(), "-", "no mTLS");
+    // 5 from the client + x-probe + 8 x-prop-*/x-context, after x-remove-me (2 values) went.
+    assert_eq!(headers.get_str("x-pairs").unwrap(), "14");
 
     // The body is buffered until end of stream, then rewritten.
     let mut chunk = b"hello ".to_vec();

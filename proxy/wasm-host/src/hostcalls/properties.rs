@@ -136,10 +136,45 @@ fn stream_property(stream: &StreamState, segments: &[&str]) -> Option<Value> {
             Value::Bytes(stream.info.destination?.to_string().into_bytes())
         }
         ["destination", "port"] => Value::Int(i64::from(stream.info.destination?.port())),
-        ["connection", "mtls"] => Value::Bool(stream.info.peer_principal.is_some()),
-        ["source", "principal"] | ["connection", "subject_peer_certificate"] => {
-            Value::Bytes(stream.info.peer_principal.clone()?.into_bytes())
-        }
+        ["connection", "mtls"] => Value::Bool(stream.info.peer_certificate.is_some()),
+        ["source", "principal"] => Value::Bytes(
+            stream
+                .info
+                .peer_certificate
+                .as_ref()?
+                .principal()
+                .as_bytes()
+                .to_vec(),
+        ),
+        ["connection", "subject_peer_certificate"] => Value::Bytes(
+            stream
+                .info
+                .peer_certificate
+                .as_ref()?
+                .subject
+                .clone()
+                .into_bytes(),
+        ),
+        ["connection", "uri_san_peer_certificate"] => Value::Bytes(
+            stream
+                .info
+                .peer_certificate
+                .as_ref()?
+                .uri_sans
+                .first()?
+                .clone()
+                .into_bytes(),
+        ),
+        ["connection", "dns_san_peer_certificate"] => Value::Bytes(
+            stream
+                .info
+                .peer_certificate
+                .as_ref()?
+                .dns_sans
+                .first()?
+                .clone()
+                .into_bytes(),
+        ),
         ["xds", "route_name"] | ["route_name"] => {
             Value::Bytes(stream.info.route_name.clone()?.into_bytes())
         }

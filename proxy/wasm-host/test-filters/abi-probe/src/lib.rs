@@ -173,6 +173,8 @@ impl HttpContext for ProbeRequest {
                 let plugin = prop(vec!["plugin_name"]);
                 let header = prop(vec!["request", "headers", "x-remove-me"]);
                 let missing = prop(vec!["no", "such", "property"]);
+                let principal = prop(vec!["source", "principal"]);
+                let subject = prop(vec!["connection", "subject_peer_certificate"]);
                 let context = self.context_id.to_string();
                 self.set_http_request_header("x-remove-me", None);
                 self.set_http_request_header("x-prop-method", Some(&method));
@@ -180,6 +182,8 @@ impl HttpContext for ProbeRequest {
                 self.set_http_request_header("x-prop-plugin", Some(&plugin));
                 self.set_http_request_header("x-prop-header", Some(&header));
                 self.set_http_request_header("x-prop-missing", Some(&missing));
+                self.set_http_request_header("x-prop-principal", Some(&principal));
+                self.set_http_request_header("x-prop-peer-subject", Some(&subject));
                 self.set_http_request_header("x-context", Some(&context));
                 self.set_property(vec!["probe_state"], Some(b"from-request"));
                 let pairs = self.get_http_request_headers().len();

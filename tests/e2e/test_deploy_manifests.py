@@ -1,0 +1,107 @@
+"""The deployment manifests in deploy/ (issue 9): they parse, the sidecar's proxy configuration
+passes `proxy validate` with the real filters, every name they reference exists, and the Istio
+WasmPlugins carry the same plugin configuration as envoy-config/plugins. No cluster runs here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import wasm_dir
+from gateway import REPO, run_proxy
+
+DEPLOY = REPO / "deploy"
+ISTIO_PHASES = {"AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"}
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    """Every YAML document in a manifest file."""
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
+    docs = documents(DEPLOY / "kubernetes" / "gateway-sidecar.yaml")
+    (config_map,) = by_kind(docs, "ConfigMap")
+    (deployment,) = by_kind(docs, "Deployment")
+    services = {service["metadata"]["name"]: service for service in by_kind(docs, "Service")}
+    service = services["python-ml"]
+    spec = deployment["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+
+    proxy_config = yaml.safe_load(config_map["data"]["proxy.yaml"])
+    (sidecar,) = [c for c in spec["template"]["spec"]["containers"] if c["name"] == "gateway"]
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    listeners = {listener["name"]: listener["address"] for listener in proxy_config["listeners"]}
+    assert ports["admin"] == port_of(proxy_config["admin"]["address"])
+    assert ports["http"] == port_of(listeners["inbound"])
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > int(
+        proxy_config["server"]["shutdown_grace_period"].rstrip("s")
+    )
+
+    volumes = {v["name"]: v["configMap"]["name"] for v in spec["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    for mount in sidecar["volumeMounts"]:
+        assert mount["name"] in volumes
+        if "subPath" in mount:
+            assert volumes[mount["name"]] == config_map["metadata"]["name"]
+            assert mount["subPath"] in config_map["data"], f"{mount['subPath']} is not in the ConfigMap"
+    assert sidecar["args"][1] in mounts, "the proxy reads the mounted configuration"
+
+    # The outbound cluster reaches sandbox-host through its Service's fixed cluster IP.
+    clusters = {cluster["name"]: cluster for cluster in proxy_config["clusters"]}
+    sandbox_service = services["sandbox-host"]["spec"]
+    assert clusters["sandbox-host"]["endpoints"] == [
+        f"{sandbox_service['clusterIP']}:{sandbox_service['ports'][0]['port']}"
+    ]
+
+    # The filters ConfigMap (built with --from-file) holds the built modules the config names.
+    filters_dir = next(path for path, m in mounts.items() if m["name"] == "filters")
+    assert {"name": "WASM_DIR", "value": filters_dir} in sidecar["env"]
+
+    # `proxy validate` on the real file, with the mounts pointing at this checkout.
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for key in ("auth.json", "rate-limit.json"):
+        json.loads(config_map["data"][key])
+        (plugins / key).write_text(config_map["data"][key])
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text(config_map["data"]["proxy.yaml"].replace("/etc/gateway/plugins", str(plugins)))
+    os.environ["WASM_DIR"] = str(wasm_dir())
+    try:
+        checked = run_proxy("validate", str(config_file))
+    finally:
+        del os.environ["WASM_DIR"]
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_istio_wasm_plugins_carry_the_same_plugin_configuration() -> None:
+    plugins = by_kind(documents(DEPLOY / "istio" / "wasm-plugins.yaml"), "WasmPlugin")
+    deployment = by_kind(documents(DEPLOY / "kubernetes" / "gateway-sidecar.yaml"), "Deployment")[0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    shipped = {
+        "gateway-auth": json.loads((REPO / "envoy-config" / "plugins" / "auth.json").read_text()),
+        "gateway-rate-limit": json.loads((REPO / "envoy-config" / "plugins" / "rate-limit.json").read_text()),
+    }
+    assert {p["metadata"]["name"] for p in plugins} == set(shipped)
+    for plugin in plugins:
+        assert plugin["apiVersion"] == "extensions.istio.io/v1alpha1"
+        spec = plugin["spec"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), "selects the sidecar's pods"
+        assert spec["url"].startswith("oci://")
+        assert spec["phase"] in ISTIO_PHASES
+        assert spec["failStrategy"] in {"FAIL_CLOSE", "FAIL_OPEN"}
+        assert spec["pluginConfig"] == shipped[plugin["metadata"]["name"]]
