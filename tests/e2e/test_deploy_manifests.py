@@ -80,6 +80,11 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
         (plugins / key).write_text(config_map["data"][key])
     config_file = tmp_path / "proxy.yaml"
     config_file.write_text(config_map["data"]["proxy.yaml"].replace("/etc/gateway/plugins", str(plugins)))
+    validate(config_file)
+
+
+def validate(config_file: Path) -> None:
+    """`proxy validate` with `${WASM_DIR}` pointing at the built filters."""
     os.environ["WASM_DIR"] = str(wasm_dir())
     try:
         checked = run_proxy("validate", str(config_file))
@@ -105,3 +110,7 @@ def test_istio_wasm_plugins_carry_the_same_plugin_configuration() -> None:
         assert spec["phase"] in ISTIO_PHASES
         assert spec["failStrategy"] in {"FAIL_CLOSE", "FAIL_OPEN"}
         assert spec["pluginConfig"] == shipped[plugin["metadata"]["name"]]
+
+
+def test_the_make_run_configuration_is_valid() -> None:
+    validate(REPO / "proxy" / "config" / "example.yaml")
