@@ -25,13 +25,18 @@ def target_dir() -> Path:
     return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 
 
-def proxy_binary() -> Path:
-    """`$GATEWAY_PROXY_BINARY`, else the debug build of the proxy (`make test` builds it)."""
-    if "GATEWAY_PROXY_BINARY" in os.environ:
-        return Path(os.environ["GATEWAY_PROXY_BINARY"])
-    path = target_dir() / "debug" / "proxy"
-    assert path.is_file(), f"{path} missing: run `cargo build -p gateway` (make test does)"
+def built_binary(name: str, override: str) -> Path:
+    """`$override` when set, else the debug build of binary `name` (`make test` builds it)."""
+    if override in os.environ:
+        return Path(os.environ[override])
+    path = target_dir() / "debug" / name
+    assert path.is_file(), f"{path} missing: run `make build` (make test does)"
     return path
+
+
+def proxy_binary() -> Path:
+    """`$GATEWAY_PROXY_BINARY`, else the debug build of the proxy."""
+    return built_binary("proxy", "GATEWAY_PROXY_BINARY")
 
 
 class GatewayStartError(RuntimeError):

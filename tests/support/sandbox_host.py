@@ -17,19 +17,15 @@ from typing import Any
 
 import requests
 import yaml
-from gateway import REPO, target_dir
+from gateway import REPO, built_binary, target_dir
 from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
 
 DEFAULT_CONFIG = REPO / "sandbox-host" / "config" / "default.yaml"
 
 
 def sandbox_binary() -> Path:
-    """`$SANDBOX_HOST_BINARY`, else the debug build (`make test` builds it)."""
-    if "SANDBOX_HOST_BINARY" in os.environ:
-        return Path(os.environ["SANDBOX_HOST_BINARY"])
-    path = target_dir() / "debug" / "sandbox-host"
-    assert path.is_file(), f"{path} missing: run `cargo build -p sandbox-host` (make test does)"
-    return path
+    """`$SANDBOX_HOST_BINARY`, else the debug build."""
+    return built_binary("sandbox-host", "SANDBOX_HOST_BINARY")
 
 
 def base_config() -> dict[str, Any]:
