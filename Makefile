@@ -143,8 +143,8 @@ bench-ml: venv
 ## --- hygiene ------------------------------------------------------------------------------------
 
 lint: deps-rust venv
-	$(VENV)/bin/ruff format --check envoy-config tests bench python-ml
-	$(VENV)/bin/ruff check envoy-config tests bench python-ml
+	$(VENV)/bin/ruff format --check envoy-config tests bench python-ml sandbox-host
+	$(VENV)/bin/ruff check envoy-config tests bench python-ml sandbox-host
 	cd python-ml && $(VENV)/bin/mypy src tests
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -152,4 +152,4 @@ lint: deps-rust venv
 
 fmt: venv
 	cargo fmt --all
-	$(VENV)/bin/ruff format envoy-config tests bench python-ml
+	$(VENV)/bin/ruff format envoy-config tests bench python-ml sandbox-host
