@@ -119,15 +119,23 @@ def start_gateway(config: dict[str, Any], work_dir: Path, timeout: float = 60) -
     with log_path.open("wb") as log:
         process = subprocess.Popen([str(proxy_binary()), "run", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
     gateway = Gateway(process, port, admin_port, log_path, config_path)
+    failure = wait_until_serving(process, f"{gateway.admin_url}/healthz", timeout)
+    if failure is None:
+        return gateway
+    gateway.stop()
+    raise GatewayStartError(f"proxy {failure}", gateway.log())
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:
+    """Polls `url` until it answers 2xx; None then, else why not (the process exited, or time ran out)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise GatewayStartError(f"proxy exited with {process.returncode}", gateway.log())
+            return f"exited with {process.returncode}"
         try:
-            if requests.get(f"{gateway.admin_url}/healthz", timeout=1).ok:
-                return gateway
+            if requests.get(url, timeout=1).ok:
+                return None
         except requests.ConnectionError:
             pass
         time.sleep(0.05)
-    gateway.stop()
-    raise GatewayStartError("proxy did not become healthy", gateway.log())
+    return f"did not answer {url} within {timeout:.0f} s"

@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 import yaml
-from gateway import REPO, built_binary, target_dir
+from gateway import REPO, built_binary, target_dir, wait_until_serving
 from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
 
 DEFAULT_CONFIG = REPO / "sandbox-host" / "config" / "default.yaml"
@@ -94,15 +93,8 @@ def start_sandbox(work_dir: Path, overrides: dict[str, Any] | None = None, timeo
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     host = SandboxHost(process, port, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox-host exited with {process.returncode}:\n{host.log()}")
-        try:
-            if requests.get(f"{host.url}/readyz", timeout=1).ok:
-                return host
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
+    failure = wait_until_serving(process, f"{host.url}/readyz", timeout)
+    if failure is None:
+        return host
     host.stop()
-    raise RuntimeError(f"sandbox-host did not become ready:\n{host.log()}")
+    raise RuntimeError(f"sandbox-host {failure}:\n{host.log()}")

@@ -388,7 +388,7 @@ impl ProxyHttp for Gateway {
         if session.response_written().is_none() {
             let written = match ctx.chain.take() {
                 // Filters see the error like any response (a cache may answer stale instead).
-                Some(mut run) => match {
+                Some(mut run) => {
                     let local = error.local_response(&ctx.request_id);
                     let (run, verdict) = self
                         .filter_phase(async move {
@@ -397,13 +397,13 @@ impl ProxyHttp for Gateway {
                         })
                         .await;
                     ctx.chain = Some(run);
-                    verdict
-                } {
-                    ChainVerdict::Respond(response) => {
-                        responses::write_local(session, response, &ctx.request_id).await
+                    match verdict {
+                        ChainVerdict::Respond(response) => {
+                            responses::write_local(session, response, &ctx.request_id).await
+                        }
+                        _ => Ok(()),
                     }
-                    _ => Ok(()),
-                },
+                }
                 None => responses::write_error(session, error, &ctx.request_id).await,
             };
             if let Err(write_error) = written {
