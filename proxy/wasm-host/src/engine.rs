@@ -153,7 +153,7 @@ impl Host {
             instance_pre,
         ));
         let first_vm = PluginVm::start(&inner).await?;
-        let plugin = Plugin { inner };
+        let plugin = Plugin::new(inner);
         plugin.adopt(first_vm);
         Ok(plugin)
     }

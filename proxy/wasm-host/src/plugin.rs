@@ -7,7 +7,7 @@ use crate::vm::{PluginVm, SharedVm};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::{Engine, InstancePre, StoreLimits, StoreLimitsBuilder};
 
@@ -119,9 +119,16 @@ struct ReloadState {
     next_attempt: Option<Instant>,
 }
 
+/// A worker thread's VM of one plugin. VMs hold their plugin, so the thread-local map cannot tell
+/// by itself when a plugin is gone; `loaded` dies with the last [`Plugin`] handle.
+struct ThreadVm {
+    vm: SharedVm,
+    loaded: Weak<()>,
+}
+
 thread_local! {
     /// This worker thread's VM of each plugin, by plugin id.
-    static THREAD_VMS: RefCell<HashMap<u64, SharedVm>> = RefCell::new(HashMap::new());
+    static THREAD_VMS: RefCell<HashMap<u64, ThreadVm>> = RefCell::new(HashMap::new());
 }
 
 impl PluginInner {
@@ -162,10 +169,13 @@ impl PluginInner {
     }
 }
 
-/// A loaded filter. Cheap to clone; use it from any worker thread.
+/// A loaded filter. Cheap to clone; use it from any worker thread. When the last clone is dropped
+/// (say, after a configuration reload), each thread releases its VM of the plugin the next time it
+/// adopts one; streams still running keep theirs until they finish.
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) inner: Arc<PluginInner>,
+    loaded: Arc<()>,
 }
 
 impl Plugin {
@@ -179,9 +189,23 @@ impl Plugin {
         &self.inner.shared.spec
     }
 
-    /// Adopts `vm` as this thread's VM (the one started while loading).
+    /// Wraps a freshly loaded plugin.
+    pub(crate) fn new(inner: Arc<PluginInner>) -> Self {
+        Self {
+            inner,
+            loaded: Arc::new(()),
+        }
+    }
+
+    /// Adopts `vm` as this thread's VM (the one started while loading), releasing this thread's
+    /// VMs of plugins that are gone so that their pool slots return.
     pub(crate) fn adopt(&self, vm: SharedVm) {
-        THREAD_VMS.with(|vms| vms.borrow_mut().insert(self.inner.id, vm));
+        THREAD_VMS.with(|vms| {
+            let mut vms = vms.borrow_mut();
+            vms.retain(|_, held| held.loaded.strong_count() > 0);
+            let loaded = Arc::downgrade(&self.loaded);
+            vms.insert(self.inner.id, ThreadVm { vm, loaded });
+        });
     }
 
     /// Starts a new HTTP stream on this thread's VM, starting (or, under `Reload`, restarting) the
@@ -207,7 +231,8 @@ impl Plugin {
     }
 
     async fn vm_for_this_thread(&self) -> Option<SharedVm> {
-        let existing = THREAD_VMS.with(|vms| vms.borrow().get(&self.inner.id).cloned());
+        let existing =
+            THREAD_VMS.with(|vms| vms.borrow().get(&self.inner.id).map(|held| held.vm.clone()));
         if let Some(vm) = &existing {
             let healthy = !vm.broken.load(Ordering::Acquire);
             if healthy || self.spec().failure_policy != FailurePolicy::Reload {
