@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: filters are
-//! loaded and it is not draining; the body lists healthy endpoints per cluster) and `/metrics`
-//! (Prometheus text).
+//! loaded and it is not draining; the body lists healthy endpoints per cluster), `/config` (which
+//! configuration generation serves, and how the last reload went) and `/metrics` (Prometheus text).
 
+use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
@@ -31,18 +32,31 @@ impl BackgroundService for DrainWatcher {
 pub struct AdminApp {
     runtime: Arc<Runtime>,
     draining: Arc<Draining>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminApp {
-    /// Serves `runtime`'s state.
-    pub fn new(runtime: Arc<Runtime>, draining: Arc<Draining>) -> Self {
-        Self { runtime, draining }
+    /// Serves `runtime`'s state and `reloader`'s history.
+    pub fn new(runtime: Arc<Runtime>, draining: Arc<Draining>, reloader: Arc<Reloader>) -> Self {
+        Self {
+            runtime,
+            draining,
+            reloader,
+        }
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.reloader.path().display().to_string(),
+            "generation": self.runtime.current().number,
+            "last_reload": self.reloader.last_report(),
+        })
     }
 
     fn readiness(&self) -> (u16, serde_json::Value) {
         let draining = self.draining.0.load(Ordering::Acquire);
         let mut clusters = serde_json::Map::new();
-        for cluster in self.runtime.clusters() {
+        for cluster in self.runtime.current().clusters() {
             let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
             clusters.insert(
                 cluster.config.name.clone(),
@@ -70,6 +84,11 @@ impl ServeHttp for AdminApp {
                 let (status, body) = self.readiness();
                 (status, "application/json", body.to_string().into_bytes())
             }
+            "/config" => (
+                200,
+                "application/json",
+                self.config().to_string().into_bytes(),
+            ),
             "/metrics" => {
                 let mut text = self.runtime.metrics.render();
                 text.push_str(&self.runtime.host.metrics().render_prometheus());

@@ -2,6 +2,7 @@
 //! over Pingora's connector with the cluster's protocol, TLS, timeouts and endpoint selection.
 
 use crate::cluster::Cluster;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -13,25 +14,31 @@ use std::sync::Arc;
 /// Largest callout response body kept; a bigger one fails the call rather than filling memory.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
-/// Sends filters' callouts to the configured clusters.
+/// Sends filters' callouts to the clusters of the configuration serving new requests.
 pub struct ClusterCallouts {
-    clusters: HashMap<String, Arc<Cluster>>,
+    clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
     connector: Arc<Connector>,
 }
 
-impl ClusterCallouts {
-    /// Callouts may go to any of these clusters.
-    pub fn new(clusters: HashMap<String, Arc<Cluster>>) -> Self {
+impl Default for ClusterCallouts {
+    fn default() -> Self {
         Self {
-            clusters,
+            clusters: ArcSwap::default(),
             connector: Arc::new(Connector::new(None)),
         }
     }
 }
 
+impl ClusterCallouts {
+    /// From now on, callouts may go to any of these clusters (and no others).
+    pub fn set_clusters(&self, clusters: HashMap<String, Arc<Cluster>>) {
+        self.clusters.store(Arc::new(clusters));
+    }
+}
+
 impl HttpCallDispatcher for ClusterCallouts {
     fn has_cluster(&self, cluster: &str) -> bool {
-        self.clusters.contains_key(cluster)
+        self.clusters.load().contains_key(cluster)
     }
 
     fn call(
@@ -39,7 +46,7 @@ impl HttpCallDispatcher for ClusterCallouts {
         cluster: &str,
         request: CalloutRequest,
     ) -> BoxFuture<'static, Option<CalloutResponse>> {
-        let cluster = self.clusters.get(cluster).cloned();
+        let cluster = self.clusters.load().get(cluster).cloned();
         let connector = self.connector.clone();
         Box::pin(async move {
             let cluster = cluster?;

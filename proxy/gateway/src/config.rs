@@ -30,7 +30,7 @@ impl ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Process-wide settings.
@@ -60,7 +60,7 @@ pub struct Config {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Worker threads for the proxy listeners.
@@ -72,6 +72,10 @@ pub struct ServerSettings {
     pub max_request_body_bytes: u64,
     /// Directory for compiled filter modules (faster restarts); none disables the cache.
     pub module_cache_dir: Option<PathBuf>,
+    /// Reloading the configuration while serving.
+    pub reload: ReloadSettings,
+    /// Unix socket on which a new process started with `--upgrade` takes over the listeners.
+    pub upgrade_socket: PathBuf,
 }
 
 impl Default for ServerSettings {
@@ -81,12 +85,35 @@ impl Default for ServerSettings {
             shutdown_grace_period: Duration::from_secs(10),
             max_request_body_bytes: 10 << 20,
             module_cache_dir: None,
+            reload: ReloadSettings::default(),
+            upgrade_socket: PathBuf::from("/tmp/gateway-upgrade.sock"),
+        }
+    }
+}
+
+/// When the proxy reloads its configuration (it always does on SIGHUP).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSettings {
+    /// Reload when the configuration file, a filter's `.wasm` or its `configuration_file` changes.
+    pub watch: bool,
+    /// How often watched files are checked; a change is applied once it has held for one period,
+    /// so a file caught mid-write is not loaded.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            poll_interval: Duration::from_secs(1),
         }
     }
 }
 
 /// Where filters' shared data lives.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SharedDataSettings {
     /// `memory` (per process) or `redis` (shared by every proxy using the same Redis).
@@ -109,7 +136,7 @@ pub enum SharedDataBackendKind {
 }
 
 /// Bounds of process-local shared data.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySettings {
     /// Most keys kept; the least recently used go first.
@@ -128,7 +155,7 @@ impl Default for MemorySettings {
 }
 
 /// The Redis backend's settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// One server: `redis://host:port/db`, or `rediss://` for TLS.
@@ -189,7 +216,7 @@ pub enum UnavailableConfig {
 }
 
 /// Key expiry: the longest matching prefix wins, else `default`. TTLs refresh on every write.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExpiryConfig {
     /// TTL of keys no prefix matches; `null` keeps them until deleted.
@@ -209,7 +236,7 @@ impl Default for ExpiryConfig {
 }
 
 /// The TTL of keys starting with `prefix`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExpiryRule {
     /// A key prefix, such as `cache|` or `ratelimit|`.
@@ -220,7 +247,7 @@ pub struct ExpiryRule {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingSettings {
     /// `json` (one object per line) or `pretty`.
@@ -252,7 +279,7 @@ pub enum LogFormat {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// Address of the admin listener; keep it on loopback or a private network.
@@ -268,7 +295,7 @@ impl Default for AdminSettings {
 }
 
 /// A listener for client traffic.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Name used in logs and metrics.
@@ -283,7 +310,7 @@ pub struct ListenerConfig {
 }
 
 /// Listener TLS files (PEM).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificate chain.
@@ -297,7 +324,7 @@ pub struct ListenerTls {
 }
 
 /// A named, ordered list of filters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FilterChainConfig {
     /// Name routes use to refer to the chain.
@@ -307,7 +334,7 @@ pub struct FilterChainConfig {
 }
 
 /// One proxy-wasm filter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Plugin name (logs, metrics, `plugin_name` property).
@@ -348,7 +375,7 @@ pub enum FailurePolicyConfig {
 }
 
 /// Filter VM limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterLimits {
     /// Linear memory cap, in MiB.
@@ -373,7 +400,7 @@ impl Default for FilterLimits {
 }
 
 /// A route: what requests it matches and where they go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Name used in logs, metrics and the `xds.route_name` property.
@@ -395,7 +422,7 @@ pub struct RouteConfig {
 }
 
 /// Route conditions.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Listener names; the request must have arrived on one of them (e.g. a sidecar's inbound
@@ -417,7 +444,7 @@ pub struct RouteMatch {
 }
 
 /// How the path (without the query string) is matched: set exactly one field.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
     /// The path starts with this.
@@ -429,7 +456,7 @@ pub struct PathMatch {
 }
 
 /// A header condition.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name (case-insensitive).
@@ -457,7 +484,7 @@ pub enum UpstreamErrors {
 }
 
 /// An upstream cluster.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Name routes and `http_call` use.
@@ -549,7 +576,7 @@ pub enum UpstreamProtocol {
 }
 
 /// TLS to upstream endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Server name to send and verify; defaults to the endpoint host.
@@ -565,7 +592,7 @@ fn yes() -> bool {
 }
 
 /// Upstream timeouts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterTimeouts {
     /// TCP (and TLS) connect.
@@ -590,7 +617,7 @@ impl Default for ClusterTimeouts {
 }
 
 /// Active health check: `GET path` on every endpoint at an interval.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Path to request.
@@ -627,7 +654,7 @@ fn one() -> u32 {
 
 /// Retries for idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) that failed to connect
 /// or lost their connection before a response.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Extra attempts per request.
@@ -706,6 +733,17 @@ impl Config {
         Ok(value_bytes(filter.configuration.as_ref()))
     }
 
+    /// The files the configuration loads besides itself: each filter's `.wasm` and
+    /// `configuration_file`, resolved.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        self.filter_chains
+            .iter()
+            .flat_map(|chain| &chain.filters)
+            .flat_map(|filter| std::iter::once(&filter.wasm).chain(&filter.configuration_file))
+            .map(|path| self.resolve(path))
+            .collect()
+    }
+
     /// The filter chain a route refers to.
     pub fn filter_chain(&self, name: &str) -> Option<&FilterChainConfig> {
         self.filter_chains.iter().find(|c| c.name == name)
@@ -714,6 +752,12 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         if self.server.threads == 0 {
             return Err(ConfigError::new("server.threads", "must be at least 1"));
+        }
+        if self.server.reload.poll_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "server.reload.poll_interval",
+                "must be at least 100ms",
+            ));
         }
         parse_address(&self.admin.address, "admin.address")?;
         if self.listeners.is_empty() {

@@ -4,6 +4,7 @@
 
 use crate::cluster::{Cluster, Endpoint};
 use crate::metrics::GatewayMetrics;
+use crate::runtime::Runtime;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
@@ -12,45 +13,55 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 
-/// Runs the checks of every cluster that has a `health_check`.
+/// Runs the checks of every cluster that has a `health_check`, in the generation serving new
+/// requests: after a reload the checks restart on the new generation's clusters (an unchanged
+/// cluster is the same object, so its endpoints keep their health).
 pub struct HealthChecker {
-    clusters: Vec<Arc<Cluster>>,
-    metrics: Arc<GatewayMetrics>,
+    runtime: Arc<Runtime>,
 }
 
 impl HealthChecker {
-    /// Checks these clusters, reporting to `metrics`.
-    pub fn new(clusters: Vec<Arc<Cluster>>, metrics: Arc<GatewayMetrics>) -> Self {
-        for cluster in &clusters {
-            for endpoint in &cluster.endpoints {
-                metrics.set_upstream_health(
-                    &cluster.config.name,
-                    &endpoint.address.to_string(),
-                    true,
-                );
-            }
-        }
-        Self { clusters, metrics }
+    /// Checks `runtime`'s clusters.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let tasks = self.clusters.iter().filter_map(|cluster| {
-            cluster.config.health_check.as_ref()?;
-            let cluster = cluster.clone();
-            let metrics = self.metrics.clone();
-            let mut shutdown = shutdown.clone();
-            Some(tokio::spawn(async move {
-                tokio::select! {
-                    _ = check_cluster(&cluster, &metrics) => {}
-                    _ = shutdown.changed() => {}
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut installs = self.runtime.installs();
+        loop {
+            let metrics = &self.runtime.metrics;
+            let generation = self.runtime.current();
+            let checked = generation
+                .clusters()
+                .filter(|cluster| cluster.config.health_check.is_some());
+            // The checks run until the next install; with none to run, that is all this waits for.
+            let checks = futures::future::join_all(checked.map(|cluster| {
+                for endpoint in &cluster.endpoints {
+                    let address = endpoint.address.to_string();
+                    metrics.set_upstream_health(
+                        &cluster.config.name,
+                        &address,
+                        endpoint.is_healthy(),
+                    );
                 }
-            }))
-        });
-        for task in tasks.collect::<Vec<_>>() {
-            let _ = task.await;
+                check_cluster(cluster, metrics)
+            }));
+            let checks = async {
+                checks.await;
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                () = checks => {}
+                _ = shutdown.changed() => return,
+                changed = installs.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 mod offload;
 pub mod peer_identity;
 pub mod proxy;
+pub mod reload;
 pub mod responses;
 pub mod routing;
 pub mod runtime;

@@ -2,7 +2,8 @@
 //! registry and are appended when `/metrics` is rendered.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub struct GatewayMetrics {
     upstream_healthy: IntGaugeVec,
     retries: IntCounterVec,
     filter_duration: HistogramVec,
+    config_reloads: IntCounterVec,
+    config_generation: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -72,12 +75,27 @@ impl GatewayMetrics {
             &["filter", "phase"],
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Configuration reloads, by outcome (applied or refused)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "gateway_config_generation",
+            "Number of the configuration serving new requests (1 at start, +1 per applied reload)",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_healthy.clone()),
             Box::new(retries.clone()),
             Box::new(filter_duration.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -88,6 +106,8 @@ impl GatewayMetrics {
             upstream_healthy,
             retries,
             filter_duration,
+            config_reloads,
+            config_generation,
         }
     }
 
@@ -118,6 +138,25 @@ impl GatewayMetrics {
         self.filter_duration
             .with_label_values(&[filter, phase])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a reload attempt; `applied` is the generation now serving, if it succeeded.
+    pub fn config_reload(&self, applied: Option<u64>) {
+        let outcome = if applied.is_some() {
+            "applied"
+        } else {
+            "refused"
+        };
+        self.config_reloads.with_label_values(&[outcome]).inc();
+        if let Some(generation) = applied {
+            self.config_generation(generation);
+        }
+    }
+
+    /// Records the generation serving new requests.
+    pub fn config_generation(&self, generation: u64) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of these metrics.

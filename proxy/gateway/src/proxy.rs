@@ -6,7 +6,7 @@ use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding::{self, TraceContext};
 use crate::offload;
 use crate::responses::{self, ProxyError};
-use crate::runtime::{Route, Runtime};
+use crate::runtime::{Generation, Route, Runtime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -42,6 +42,8 @@ impl Gateway {
 /// Per-request state.
 pub struct RequestContext {
     started: Instant,
+    /// The configuration this request runs on from start to end, even if a reload swaps it.
+    generation: Arc<Generation>,
     request_id: String,
     trace: Option<TraceContext>,
     route: Option<Arc<Route>>,
@@ -69,6 +71,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestContext {
         RequestContext {
             started: Instant::now(),
+            generation: self.runtime.current(),
             request_id: String::new(),
             trace: None,
             route: None,
@@ -93,10 +96,11 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         self.add_forwarding_headers(session, ctx)?;
 
-        let Some(route) = self.runtime.route_for(session.req_header(), &self.listener) else {
+        let generation = ctx.generation.clone();
+        let Some(route) = generation.route_for(session.req_header(), &self.listener) else {
             return self.refuse(session, ctx, ProxyError::NoRoute).await;
         };
-        let cluster = self.runtime.cluster(&route.config.cluster);
+        let cluster = generation.cluster(&route.config.cluster);
         ctx.route = Some(route.clone());
         ctx.cluster = Some(cluster.clone());
 
@@ -106,12 +110,11 @@ impl ProxyHttp for Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if let Some(length) = declared_length.filter(|n| *n > self.runtime.max_request_body_bytes) {
+        if let Some(length) = declared_length.filter(|n| *n > generation.max_request_body_bytes) {
             // Reading a modest body first lets the client see the 413 instead of a reset while
             // it is still sending; a huge one is refused at once and the connection closed.
             if length
-                <= self
-                    .runtime
+                <= generation
                     .max_request_body_bytes
                     .saturating_add(DRAIN_LIMIT)
             {
@@ -239,7 +242,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         let size = body.as_ref().map_or(0, |b| b.len() as u64);
         ctx.request_body_bytes += size;
-        if ctx.request_body_bytes > self.runtime.max_request_body_bytes {
+        if ctx.request_body_bytes > ctx.generation.max_request_body_bytes {
             ctx.error = Some(ProxyError::BodyTooLarge);
             return Err(ProxyError::BodyTooLarge.into_pingora());
         }
@@ -438,7 +441,7 @@ impl ProxyHttp for Gateway {
         self.runtime
             .metrics
             .request_done(route, cluster, status, elapsed);
-        if !self.runtime.access_log {
+        if !ctx.generation.access_log {
             return;
         }
         let request = session.req_header();

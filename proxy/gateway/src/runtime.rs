@@ -1,5 +1,6 @@
-//! The configuration turned into what the request path uses: compiled routes, clusters and
-//! loaded filter chains, plus the wasm host and metrics they share.
+//! The configuration turned into what the request path uses: a [`Generation`] of compiled routes,
+//! clusters and loaded filter chains, swapped as a whole on reload, and the [`Runtime`] that
+//! outlives generations (wasm host, shared data, metrics).
 
 use crate::callouts::ClusterCallouts;
 use crate::cluster::Cluster;
@@ -8,10 +9,12 @@ use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
 use crate::routing::{RequestFacts, RouteMatcher};
 use crate::shared_data::SharedData;
+use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use proxy_wasm_host::{Host, HostOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// A route ready for matching.
 pub struct Route {
@@ -22,49 +25,45 @@ pub struct Route {
     pub chain: Option<Arc<FilterChain>>,
 }
 
-/// Everything the request path needs.
-pub struct Runtime {
+/// One loaded configuration: routes, clusters and filter chains. A reload builds the next one
+/// beside the one serving, then swaps; a request keeps the generation it started on, so in-flight
+/// requests finish on the old routes and filters.
+pub struct Generation {
+    /// 1 for the configuration the process started with, +1 per applied reload.
+    pub number: u64,
     routes: Vec<Arc<Route>>,
     clusters: HashMap<String, Arc<Cluster>>,
-    /// The proxy's metrics.
-    pub metrics: Arc<GatewayMetrics>,
-    /// The wasm host running the filters.
-    pub host: Host,
-    /// Where the filters' shared data lives.
-    pub shared_data: SharedData,
     /// `server.max_request_body_bytes`.
     pub max_request_body_bytes: u64,
     /// Whether to write access-log lines.
     pub access_log: bool,
 }
 
-impl Runtime {
-    /// Builds the runtime: starts the wasm host and loads every filter chain (compiling modules
-    /// and checking that each filter accepts its configuration).
-    pub async fn build(config: &Config) -> Result<Self, ConfigError> {
-        let clusters: HashMap<String, Arc<Cluster>> = config
+impl Generation {
+    /// Loads `config`'s filter chains on `host` (compiling modules and checking that each filter
+    /// accepts its configuration). A cluster whose configuration is unchanged in `previous` is
+    /// kept as it is, with its endpoints' health, load and retry budget.
+    async fn build(
+        host: &Host,
+        config: &Config,
+        number: u64,
+        previous: &HashMap<String, Arc<Cluster>>,
+    ) -> Result<Self, ConfigError> {
+        let clusters = config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c.clone()))))
+            .map(|c| {
+                let cluster = match previous.get(&c.name) {
+                    Some(kept) if kept.config == *c => kept.clone(),
+                    _ => Arc::new(Cluster::new(c.clone())),
+                };
+                (c.name.clone(), cluster)
+            })
             .collect();
-        let shared_data = SharedData::from_config(&config.shared_data)?;
-        let host = Host::new(HostOptions {
-            cache_dir: config
-                .server
-                .module_cache_dir
-                .as_ref()
-                .map(|dir| config.resolve(dir)),
-            callouts: Arc::new(ClusterCallouts::new(clusters.clone())),
-            shared_data: shared_data.backend(),
-        })
-        .map_err(|e| ConfigError {
-            field: "server".into(),
-            message: format!("cannot start the wasm engine: {e}"),
-        })?;
         let mut chains = HashMap::new();
         for (i, chain) in config.filter_chains.iter().enumerate() {
             let loaded =
-                FilterChain::load(&host, config, chain, &format!("filter_chains[{i}]")).await?;
+                FilterChain::load(host, config, chain, &format!("filter_chains[{i}]")).await?;
             chains.insert(chain.name.clone(), Arc::new(loaded));
         }
         let routes = config
@@ -80,11 +79,9 @@ impl Runtime {
             })
             .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
+            number,
             routes,
             clusters,
-            metrics: Arc::new(GatewayMetrics::new()),
-            host,
-            shared_data,
             max_request_body_bytes: config.server.max_request_body_bytes,
             access_log: config.logging.access_log,
         })
@@ -122,6 +119,78 @@ impl Runtime {
     /// All clusters.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values()
+    }
+}
+
+/// What lives as long as the process: the wasm host (engine, compiled modules, shared data),
+/// metrics, and the generation serving new requests.
+pub struct Runtime {
+    /// The proxy's metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    /// The wasm host running the filters.
+    pub host: Host,
+    /// Where the filters' shared data lives.
+    pub shared_data: SharedData,
+    callouts: Arc<ClusterCallouts>,
+    current: ArcSwap<Generation>,
+    installed: watch::Sender<u64>,
+}
+
+impl Runtime {
+    /// Starts the wasm host and loads `config` as generation 1.
+    pub async fn build(config: &Config) -> Result<Self, ConfigError> {
+        let shared_data = SharedData::from_config(&config.shared_data)?;
+        let callouts = Arc::new(ClusterCallouts::default());
+        let host = Host::new(HostOptions {
+            cache_dir: config
+                .server
+                .module_cache_dir
+                .as_ref()
+                .map(|dir| config.resolve(dir)),
+            callouts: callouts.clone(),
+            shared_data: shared_data.backend(),
+        })
+        .map_err(|e| ConfigError {
+            field: "server".into(),
+            message: format!("cannot start the wasm engine: {e}"),
+        })?;
+        let first = Generation::build(&host, config, 1, &HashMap::new()).await?;
+        callouts.set_clusters(first.clusters.clone());
+        let metrics = Arc::new(GatewayMetrics::new());
+        metrics.config_generation(first.number);
+        Ok(Self {
+            metrics,
+            host,
+            shared_data,
+            callouts,
+            current: ArcSwap::from_pointee(first),
+            installed: watch::Sender::new(1),
+        })
+    }
+
+    /// The generation serving new requests.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Loads `config` as the next generation without serving it yet; an error leaves nothing
+    /// changed.
+    pub async fn prepare(&self, config: &Config) -> Result<Generation, ConfigError> {
+        let current = self.current();
+        Generation::build(&self.host, config, current.number + 1, &current.clusters).await
+    }
+
+    /// Serves `generation` to new requests; requests already running keep theirs.
+    pub fn install(&self, generation: Generation) {
+        let number = generation.number;
+        self.callouts.set_clusters(generation.clusters.clone());
+        self.current.store(Arc::new(generation));
+        self.installed.send_replace(number);
+    }
+
+    /// Notified with the generation's number each time one is installed.
+    pub fn installs(&self) -> watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 }
 

@@ -1,18 +1,23 @@
 //! Assembling the Pingora server from a configuration: one proxy service per listener, the admin
-//! listener, health checks, and graceful shutdown.
+//! listener, health checks, reloads, graceful shutdown and the upgrade handover.
 
 use crate::admin::{AdminApp, DrainWatcher, Draining};
 use crate::config::{Config, ConfigError};
 use crate::health::HealthChecker;
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
+use crate::reload::{ReloadTrigger, Reloader};
 use crate::runtime::Runtime;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::Path;
 use std::sync::Arc;
+
+/// Tries, a second apart, that each side of an upgrade waits for the other.
+const UPGRADE_WAIT_TRIES: usize = 30;
 
 /// Loads the filters of `config` (compiling them and checking their configuration) on a
 /// temporary runtime; this is also what `proxy validate` runs.
@@ -27,20 +32,37 @@ pub fn load(config: &Config) -> Result<Runtime, ConfigError> {
         .block_on(Runtime::build(config))
 }
 
-/// Builds the server. Run it with [`Server::run_forever`].
-pub fn build(config: &Config, runtime: Runtime) -> Result<Server, ConfigError> {
+/// Builds the server for `config`, read from `config_path` (which reloads read again). With
+/// `upgrade`, the listeners are taken over from the running process that is sent SIGQUIT, instead
+/// of bound. Run it with [`Server::run_forever`].
+pub fn build(
+    config_path: &Path,
+    config: &Config,
+    runtime: Runtime,
+    upgrade: bool,
+) -> Result<Server, ConfigError> {
     runtime.shared_data.start();
     let runtime = Arc::new(runtime);
     let grace = config.server.shutdown_grace_period;
+    let upgrade_socket = config.resolve(&config.server.upgrade_socket);
     let conf = ServerConf {
         threads: config.server.threads,
         // Pingora waits this long after SIGTERM while in-flight requests finish.
         grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
+        upgrade_sock: upgrade_socket.to_string_lossy().into_owned(),
+        // Either side of an upgrade waits up to 30 s (1 s per try) for the other: the new process
+        // may still be compiling filters when the old one gets SIGQUIT.
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_TRIES),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With `upgrade`, this waits for the old process's listening sockets.
     server.bootstrap();
     let server_conf = server.configuration.clone();
 
@@ -77,24 +99,26 @@ pub fn build(config: &Config, runtime: Runtime) -> Result<Server, ConfigError> {
         server.add_service(service);
     }
 
+    let reloader = Arc::new(Reloader::new(
+        config_path.to_path_buf(),
+        config.clone(),
+        runtime.clone(),
+    ));
     let draining = Arc::new(Draining::default());
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(runtime.clone(), draining.clone()),
+        AdminApp::new(runtime.clone(), draining.clone(), reloader.clone()),
     );
     admin.add_tcp(&config.admin.address);
     server.add_service(admin);
     server.add_service(background_service("drain watcher", DrainWatcher(draining)));
-    let checked: Vec<_> = runtime
-        .clusters()
-        .filter(|c| c.config.health_check.is_some())
-        .cloned()
-        .collect();
-    if !checked.is_empty() {
-        server.add_service(background_service(
-            "health checks",
-            HealthChecker::new(checked, runtime.metrics.clone()),
-        ));
-    }
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(runtime.clone()),
+    ));
+    server.add_service(background_service(
+        "configuration reloads",
+        ReloadTrigger::new(reloader, config.server.reload.clone()),
+    ));
     Ok(server)
 }

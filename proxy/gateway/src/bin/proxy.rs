@@ -14,10 +14,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the configuration until SIGTERM (graceful) or SIGINT (fast).
+    /// Serve the configuration until SIGTERM (graceful) or SIGINT (fast); SIGHUP reloads it.
     Run {
         /// The YAML configuration file.
         config: PathBuf,
+        /// Take the listeners over from the running proxy once it is sent SIGQUIT (through
+        /// `server.upgrade_socket`), instead of binding them.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a configuration file, including compiling its filters and their configuration.
     Validate {
@@ -38,7 +42,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            upgrade,
+        } => {
             let (config, runtime) = match load(&path) {
                 Ok(loaded) => loaded,
                 Err(message) => {
@@ -47,14 +54,14 @@ fn main() -> ExitCode {
                 }
             };
             gateway::telemetry::init(&config.logging);
-            let server = match gateway::server::build(&config, runtime) {
+            let server = match gateway::server::build(&path, &config, runtime, upgrade) {
                 Ok(server) => server,
                 Err(error) => {
                     eprintln!("{}: invalid configuration: {error}", path.display());
                     return ExitCode::FAILURE;
                 }
             };
-            tracing::info!(config = %path.display(), "proxy starting");
+            tracing::info!(config = %path.display(), upgrade, "proxy starting");
             server.run_forever()
         }
     }

@@ -1,0 +1,280 @@
+//! Reloading the configuration while serving: on SIGHUP, or when the configuration file or a file
+//! it loads (a filter's `.wasm` or `configuration_file`) changes.
+//!
+//! The new file is parsed and checked and its filters loaded beside the serving ones; only then do
+//! new requests switch to it, while requests in flight finish on the old generation. A file that
+//! fails any of this, or that changes a setting only a restart can apply, is refused with a logged
+//! reason, and the old configuration keeps serving.
+
+use crate::config::Config;
+use crate::runtime::Runtime;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// A watched file changed.
+    FileChange,
+}
+
+/// The result of the last reload, for the admin `/config` endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// What started it.
+    pub trigger: Trigger,
+    /// Whether new requests now use the new configuration.
+    pub applied: bool,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it finished, in milliseconds since the Unix epoch.
+    pub finished_at_ms: u128,
+}
+
+/// Reloads one configuration file into a [`Runtime`].
+pub struct Reloader {
+    path: PathBuf,
+    runtime: Arc<Runtime>,
+    state: Mutex<ReloaderState>,
+}
+
+struct ReloaderState {
+    /// The configuration serving new requests.
+    serving: Config,
+    /// The files the last parsed configuration loads, even a refused one, so that fixing a file
+    /// only it names triggers the next attempt.
+    watched: Vec<PathBuf>,
+    last: Option<ReloadReport>,
+}
+
+impl Reloader {
+    /// Reloads `path`, which `serving` was loaded from, into `runtime`.
+    pub fn new(path: PathBuf, serving: Config, runtime: Arc<Runtime>) -> Self {
+        let watched = serving.referenced_files();
+        Self {
+            path,
+            runtime,
+            state: Mutex::new(ReloaderState {
+                serving,
+                watched,
+                last: None,
+            }),
+        }
+    }
+
+    /// The configuration file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last reload's result, if any.
+    pub fn last_report(&self) -> Option<ReloadReport> {
+        self.state().last.clone()
+    }
+
+    /// Loads the file again and, if it is valid, serves it to new requests. Returns the
+    /// generation now serving, or why the file was refused.
+    pub async fn reload(&self, trigger: Trigger) -> Result<u64, String> {
+        let result = self.try_reload().await;
+        let report = ReloadReport {
+            trigger,
+            applied: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+            finished_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        };
+        match &result {
+            Ok(generation) => tracing::info!(
+                config = %self.path.display(),
+                ?trigger,
+                generation,
+                "configuration reloaded; new requests use it"
+            ),
+            Err(reason) => tracing::error!(
+                config = %self.path.display(),
+                ?trigger,
+                reason,
+                "configuration reload refused; the previous configuration keeps serving"
+            ),
+        }
+        self.runtime
+            .metrics
+            .config_reload(result.as_ref().ok().copied());
+        self.state().last = Some(report);
+        result
+    }
+
+    async fn try_reload(&self) -> Result<u64, String> {
+        let invalid = |e| format!("{}: invalid configuration: {e}", self.path.display());
+        let config = Config::from_file(&self.path).map_err(invalid)?;
+        let serving = {
+            let mut state = self.state();
+            state.watched = config.referenced_files();
+            state.serving.clone()
+        };
+        let fixed = restart_only_changes(&serving, &config);
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{}: {} changed; only a restart applies that (see `proxy run --upgrade`)",
+                self.path.display(),
+                fixed.join(", ")
+            ));
+        }
+        let generation = self.runtime.prepare(&config).await.map_err(invalid)?;
+        let number = generation.number;
+        self.runtime.install(generation);
+        self.state().serving = config;
+        Ok(number)
+    }
+
+    /// Size, modification time and inode of the configuration file and the files it loads
+    /// (following symbolic links, so a Kubernetes ConfigMap's swapped `..data` link counts).
+    fn fingerprint(&self) -> Vec<Option<(u64, SystemTime, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        let watched = self.state().watched.clone();
+        std::iter::once(&self.path)
+            .chain(&watched)
+            .map(|path| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((meta.len(), meta.modified().ok()?, meta.ino()))
+            })
+            .collect()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ReloaderState> {
+        self.state.lock().expect("reloader state lock")
+    }
+}
+
+/// The settings a running process cannot change: Pingora binds listeners and sizes its worker
+/// pools once, and the wasm engine, shared-data backend and log subscriber are built at start.
+fn restart_only_changes(serving: &Config, new: &Config) -> Vec<&'static str> {
+    let (old, new_server) = (&serving.server, &new.server);
+    [
+        ("listeners", serving.listeners != new.listeners),
+        ("admin", serving.admin != new.admin),
+        ("shared_data", serving.shared_data != new.shared_data),
+        ("server.threads", old.threads != new_server.threads),
+        (
+            "server.shutdown_grace_period",
+            old.shutdown_grace_period != new_server.shutdown_grace_period,
+        ),
+        (
+            "server.module_cache_dir",
+            old.module_cache_dir != new_server.module_cache_dir,
+        ),
+        ("server.reload", old.reload != new_server.reload),
+        (
+            "server.upgrade_socket",
+            old.upgrade_socket != new_server.upgrade_socket,
+        ),
+        (
+            "logging.format",
+            serving.logging.format != new.logging.format,
+        ),
+        ("logging.level", serving.logging.level != new.logging.level),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
+/// Triggers reloads: SIGHUP always, file changes when `server.reload.watch` is set.
+pub struct ReloadTrigger {
+    reloader: Arc<Reloader>,
+    settings: crate::config::ReloadSettings,
+}
+
+impl ReloadTrigger {
+    /// Watches for `reloader`'s triggers under `settings`.
+    pub fn new(reloader: Arc<Reloader>, settings: crate::config::ReloadSettings) -> Self {
+        Self { reloader, settings }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadTrigger {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(error) => {
+                tracing::error!(%error, "cannot handle SIGHUP; reload on signal is off");
+                return;
+            }
+        };
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut loaded = self.reloader.fingerprint();
+        let mut changing = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangup.recv() => {
+                    let _ = self.reloader.reload(Trigger::Signal).await;
+                    loaded = self.reloader.fingerprint();
+                    changing = None;
+                }
+                _ = poll.tick(), if self.settings.watch => {
+                    let now = self.reloader.fingerprint();
+                    if now == loaded {
+                        changing = None;
+                    } else if changing.as_ref() == Some(&now) {
+                        // Unchanged for a whole period: the writer is done.
+                        changing = None;
+                        let _ = self.reloader.reload(Trigger::FileChange).await;
+                        // The new file may name other files; watch those from now on.
+                        loaded = self.reloader.fingerprint();
+                    } else {
+                        changing = Some(now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_only_changes;
+    use crate::config::Config;
+
+    fn parse(extra: &str) -> Config {
+        let text = format!(
+            "
+listeners: [{{name: public, address: 127.0.0.1:8080}}]
+routes: [{{name: all, cluster: app}}]
+clusters: [{{name: app, endpoints: [127.0.0.1:9000]}}]
+{extra}"
+        );
+        Config::parse(&text, ".".into()).expect("valid")
+    }
+
+    #[test]
+    fn routes_clusters_and_limits_reload_but_listeners_and_threads_need_a_restart() {
+        let base = parse("");
+        assert!(restart_only_changes(&base, &base).is_empty());
+        let reloadable =
+            parse("server: {max_request_body_bytes: 10}\nlogging: {access_log: false}");
+        assert!(restart_only_changes(&base, &reloadable).is_empty());
+        let mut moved = base.clone();
+        moved.listeners[0].address = "127.0.0.1:8081".into();
+        assert_eq!(restart_only_changes(&base, &moved), ["listeners"]);
+        let threads = parse("server: {threads: 4}\nlogging: {level: debug}");
+        assert_eq!(
+            restart_only_changes(&base, &threads),
+            ["server.threads", "logging.level"]
+        );
+    }
+}
