@@ -210,10 +210,11 @@ def test_watched_files_reload_and_a_broken_configuration_is_refused_while_servin
         changed = time.time()
         with_identity(auth_config, "watched-user")
         status = wait_for_reload(proxy, changed)
-        assert status["last_reload"] | {"finished_at_ms": 0} == {
+        assert status["last_reload"] | {"finished_at_ms": 0, "duration_ms": 0} == {
             "trigger": "file_change",
             "applied": True,
             "finished_at_ms": 0,
+            "duration_ms": 0,
         }
         load.wait_for(lambda o: o == (200, "app", "watched-user"))
 

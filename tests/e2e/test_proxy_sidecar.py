@@ -1,6 +1,6 @@
-"""Our proxy as a sidecar (issue 9, in part): mutual TLS on a listener with the verified peer
-identity visible to filters, and inbound/outbound listeners with routes scoped to each, a Python
-service in between."""
+"""Our proxy as a sidecar: mutual TLS on a listener with the verified peer identity visible to
+filters, mutual TLS from one sidecar to another with a mesh CA, and inbound/outbound listeners with
+routes scoped to each, a Python service in between."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from echo_upstream import EchoServer
-from gateway import free_port, start_gateway
+from gateway import Gateway, free_port, start_gateway
 
 PRINCIPAL = "spiffe://cluster.local/ns/default/sa/svc-a"
 
@@ -88,6 +89,12 @@ class Authority:
         return issued
 
 
+def mtls_listener(port: int, server: Issued, ca: Authority) -> dict[str, Any]:
+    """A listener named `inbound` with `server`'s certificate, requiring client certificates `ca` verifies."""
+    tls = {"certificate": str(server.certificate), "key": str(server.key), "client_ca": str(ca.bundle)}
+    return {"name": "inbound", "address": f"127.0.0.1:{port}", "tls": tls}
+
+
 @pytest.fixture
 def mtls_gateway(tmp_path: Path, upstream_port: int) -> Iterator[tuple[str, Authority]]:
     """A TLS listener requiring client certificates from `ca`, through the ABI probe filter."""
@@ -95,13 +102,7 @@ def mtls_gateway(tmp_path: Path, upstream_port: int) -> Iterator[tuple[str, Auth
     server = ca.issue("localhost", [x509.DNSName("localhost")])
     port = free_port()
     config = {
-        "listeners": [
-            {
-                "name": "inbound",
-                "address": f"127.0.0.1:{port}",
-                "tls": {"certificate": str(server.certificate), "key": str(server.key), "client_ca": str(ca.bundle)},
-            }
-        ],
+        "listeners": [mtls_listener(port, server, ca)],
         "filter_chains": [
             {
                 "name": "probe",
@@ -222,3 +223,51 @@ def test_sidecar_inbound_and_outbound_with_a_python_service_between(
     finally:
         proxy.stop()
         service.shutdown()
+
+
+def test_sidecar_to_sidecar_mutual_tls_with_a_mesh_ca(
+    tmp_path: Path, gateway: Callable[[dict[str, Any]], Gateway], upstream_port: int
+) -> None:
+    ca = Authority(tmp_path, "mesh-ca")
+    server = ca.issue("svc-b.mesh", [x509.DNSName("svc-b.mesh")])
+    client = ca.issue("svc-a", [x509.UniformResourceIdentifier(PRINCIPAL)])
+    foreign = Authority(tmp_path, "other-ca")
+    inbound_port = free_port()
+    probe = {"name": "probe", "wasm": str(built_filter("abi_probe_filter")), "configuration": "headers"}
+    gateway(
+        {
+            "listeners": [mtls_listener(inbound_port, server, ca)],
+            "filter_chains": [{"name": "probe", "filters": [probe]}],
+            "routes": [{"name": "app", "cluster": "app", "filter_chain": "probe"}],
+            "clusters": [{"name": "app", "endpoints": [f"127.0.0.1:{upstream_port}"]}],
+        }
+    )
+
+    # The calling side's outbound clusters: full mTLS, no client certificate, and the wrong CA.
+    def svc_b(name: str, **tls: str) -> dict[str, Any]:
+        return {"name": name, "endpoints": [f"127.0.0.1:{inbound_port}"], "tls": {"sni": "svc-b.mesh", **tls}}
+
+    mesh = {"ca": str(ca.bundle), "client_certificate": str(client.certificate), "client_key": str(client.key)}
+    caller = gateway(
+        {
+            "routes": [
+                {"name": f"to-{name}", "match": {"path": {"prefix": f"/{name}"}}, "cluster": name}
+                for name in ["mtls", "anonymous", "untrusted"]
+            ],
+            "clusters": [
+                svc_b("mtls", **mesh),
+                svc_b("anonymous", ca=str(ca.bundle)),
+                svc_b("untrusted", **{**mesh, "ca": str(foreign.bundle)}),
+            ],
+        }
+    )
+
+    response = requests.get(f"{caller.url}/mtls", timeout=10)
+    assert response.status_code == 200, response.text
+    headers = json.loads(response.text[1:-1])["headers"]
+    assert headers["x-prop-principal"] == PRINCIPAL, "the callee's filters see the caller's identity"
+    # The callee requires a client certificate; the caller must verify the callee against the mesh CA.
+    for name in ["anonymous", "untrusted"]:
+        refused = requests.get(f"{caller.url}/{name}", headers={"x-request-id": f"r-{name}"}, timeout=10)
+        assert refused.status_code == 502, (name, refused.text)
+        assert refused.json()["error"]["request_id"] == f"r-{name}"

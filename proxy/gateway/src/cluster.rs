@@ -1,6 +1,7 @@
 //! Upstream clusters: endpoints with health and load, endpoint selection, and the retry budget.
 
 use crate::config::{ClusterConfig, LoadBalancing, RetryConfig, UpstreamProtocol};
+use crate::upstream_tls::UpstreamCredentials;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -60,13 +61,15 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// Its endpoints, in configuration order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Its TLS credentials (CA bundle, client certificate).
+    pub credentials: UpstreamCredentials,
     next: AtomicUsize,
     budget: RetryBudget,
 }
 
 impl Cluster {
-    /// Builds a cluster from checked configuration.
-    pub fn new(config: ClusterConfig) -> Self {
+    /// Builds a cluster from checked configuration and the credentials its `tls` names.
+    pub fn new(config: ClusterConfig, credentials: UpstreamCredentials) -> Self {
         let endpoints = config
             .endpoints
             .iter()
@@ -84,6 +87,7 @@ impl Cluster {
         Self {
             config,
             endpoints,
+            credentials,
             next: AtomicUsize::new(0),
             budget,
         }
@@ -155,6 +159,7 @@ impl Cluster {
             options.set_http_version(2, 2);
             options.max_h2_streams = 100;
         }
+        self.credentials.apply(&mut peer);
         peer
     }
 
@@ -235,7 +240,10 @@ mod tests {
     use super::*;
 
     fn cluster(yaml: &str) -> Cluster {
-        Cluster::new(serde_yaml_ng::from_str(yaml).unwrap())
+        Cluster::new(
+            serde_yaml_ng::from_str(yaml).unwrap(),
+            UpstreamCredentials::default(),
+        )
     }
 
     const THREE: &str = "{name: c, endpoints: [127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3]";

@@ -585,6 +585,16 @@ pub struct UpstreamTls {
     /// Verify the upstream's certificate (default true).
     #[serde(default = "yes")]
     pub verify: bool,
+    /// PEM bundle of the CAs that may sign the upstream's certificate, instead of the system
+    /// roots (a mesh CA).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM certificate (chain) this proxy presents to the upstream: mutual TLS.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM private key of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -733,13 +743,22 @@ impl Config {
         Ok(value_bytes(filter.configuration.as_ref()))
     }
 
-    /// The files the configuration loads besides itself: each filter's `.wasm` and
-    /// `configuration_file`, resolved.
+    /// The files a reload reads again besides the configuration itself: each filter's `.wasm`
+    /// and `configuration_file`, and each cluster's TLS files, resolved.
     pub fn referenced_files(&self) -> Vec<PathBuf> {
-        self.filter_chains
+        let filters = self
+            .filter_chains
             .iter()
             .flat_map(|chain| &chain.filters)
-            .flat_map(|filter| std::iter::once(&filter.wasm).chain(&filter.configuration_file))
+            .flat_map(|filter| std::iter::once(&filter.wasm).chain(&filter.configuration_file));
+        let upstream_tls = self
+            .clusters
+            .iter()
+            .filter_map(|cluster| cluster.tls.as_ref())
+            .flat_map(|tls| [&tls.ca, &tls.client_certificate, &tls.client_key])
+            .flatten();
+        filters
+            .chain(upstream_tls)
             .map(|path| self.resolve(path))
             .collect()
     }
@@ -747,6 +766,26 @@ impl Config {
     /// The filter chain a route refers to.
     pub fn filter_chain(&self, name: &str) -> Option<&FilterChainConfig> {
         self.filter_chains.iter().find(|c| c.name == name)
+    }
+
+    fn check_upstream_tls(&self, tls: &UpstreamTls, field: &str) -> Result<(), ConfigError> {
+        if tls.client_certificate.is_some() != tls.client_key.is_some() {
+            return Err(ConfigError::new(
+                field,
+                "set client_certificate and client_key together",
+            ));
+        }
+        let files = [
+            ("ca", &tls.ca),
+            ("client_certificate", &tls.client_certificate),
+            ("client_key", &tls.client_key),
+        ];
+        for (name, file) in files {
+            if let Some(file) = file {
+                self.check_file(file, &format!("{field}.{name}"))?;
+            }
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -787,7 +826,11 @@ impl Config {
         }
         unique_names(self.clusters.iter().map(|c| &c.name), "clusters")?;
         for (i, cluster) in self.clusters.iter().enumerate() {
-            check_cluster(cluster, &format!("clusters[{i}]"))?;
+            let field = format!("clusters[{i}]");
+            check_cluster(cluster, &field)?;
+            if let Some(tls) = &cluster.tls {
+                self.check_upstream_tls(tls, &format!("{field}.tls"))?;
+            }
         }
         unique_names(self.filter_chains.iter().map(|c| &c.name), "filter_chains")?;
         for (i, chain) in self.filter_chains.iter().enumerate() {
@@ -1094,6 +1137,30 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
         );
         let err = parse(&text).unwrap_err();
         assert_eq!(err.field, "filter_chains[0].filters[0].wasm");
+    }
+
+    #[test]
+    fn upstream_client_certificate_needs_its_key_and_existing_files() {
+        let with_tls = |tls: &str| {
+            MINIMAL.replace(
+                "endpoints: [127.0.0.1:9000]",
+                &format!("endpoints: [127.0.0.1:9000], tls: {tls}"),
+            )
+        };
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let lone = parse(&with_tls(&format!("{{client_certificate: {file}}}"))).unwrap_err();
+        assert_eq!(
+            lone.to_string(),
+            "clusters[0].tls: set client_certificate and client_key together"
+        );
+        let missing = parse(&with_tls("{ca: /nonexistent/ca.pem}")).unwrap_err();
+        assert_eq!(missing.field, "clusters[0].tls.ca");
+        let config = parse(&with_tls(&format!("{{ca: {file}}}"))).unwrap();
+        assert_eq!(
+            config.referenced_files(),
+            [PathBuf::from(file)],
+            "a reload reads upstream TLS files again"
+        );
     }
 
     #[test]

@@ -22,3 +22,4 @@ pub mod runtime;
 pub mod server;
 pub mod shared_data;
 pub mod telemetry;
+pub mod upstream_tls;

@@ -14,7 +14,7 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// What started a reload.
@@ -39,6 +39,8 @@ pub struct ReloadReport {
     pub error: Option<String>,
     /// When it finished, in milliseconds since the Unix epoch.
     pub finished_at_ms: u128,
+    /// How long reading, checking and loading the new configuration took.
+    pub duration_ms: f64,
 }
 
 /// Reloads one configuration file into a [`Runtime`].
@@ -85,7 +87,9 @@ impl Reloader {
     /// Loads the file again and, if it is valid, serves it to new requests. Returns the
     /// generation now serving, or why the file was refused.
     pub async fn reload(&self, trigger: Trigger) -> Result<u64, String> {
+        let started = Instant::now();
         let result = self.try_reload().await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let report = ReloadReport {
             trigger,
             applied: result.is_ok(),
@@ -94,18 +98,21 @@ impl Reloader {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis(),
+            duration_ms,
         };
         match &result {
             Ok(generation) => tracing::info!(
                 config = %self.path.display(),
                 ?trigger,
                 generation,
+                duration_ms,
                 "configuration reloaded; new requests use it"
             ),
             Err(reason) => tracing::error!(
                 config = %self.path.display(),
                 ?trigger,
                 reason,
+                duration_ms,
                 "configuration reload refused; the previous configuration keeps serving"
             ),
         }

@@ -9,6 +9,7 @@ use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
 use crate::routing::{RequestFacts, RouteMatcher};
 use crate::shared_data::SharedData;
+use crate::upstream_tls::UpstreamCredentials;
 use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use proxy_wasm_host::{Host, HostOptions};
@@ -49,17 +50,18 @@ impl Generation {
         number: u64,
         previous: &HashMap<String, Arc<Cluster>>,
     ) -> Result<Self, ConfigError> {
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let cluster = match previous.get(&c.name) {
-                    Some(kept) if kept.config == *c => kept.clone(),
-                    _ => Arc::new(Cluster::new(c.clone())),
-                };
-                (c.name.clone(), cluster)
-            })
-            .collect();
+        let mut clusters = HashMap::new();
+        for (i, c) in config.clusters.iter().enumerate() {
+            let credentials = match &c.tls {
+                Some(tls) => UpstreamCredentials::load(tls, config, &format!("clusters[{i}].tls"))?,
+                None => UpstreamCredentials::default(),
+            };
+            let cluster = match previous.get(&c.name) {
+                Some(kept) if kept.config == *c && kept.credentials == credentials => kept.clone(),
+                _ => Arc::new(Cluster::new(c.clone(), credentials)),
+            };
+            clusters.insert(c.name.clone(), cluster);
+        }
         let mut chains = HashMap::new();
         for (i, chain) in config.filter_chains.iter().enumerate() {
             let loaded =
