@@ -6,11 +6,12 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
 from echo_upstream import EchoServer, start_echo_upstream
-from gateway import Gateway, free_port
+from gateway import Gateway, free_port, run_proxy, write_config
 from test_proxy_routing import cluster
 
 
@@ -239,3 +240,32 @@ def test_http2_upstream_over_h2c(
     assert response.status_code == 200, response.text
     assert response.json()["body"] == "payload"
     assert response.json()["upstream"] == "app"
+
+
+def test_dns_name_endpoints_resolve_when_the_configuration_loads(
+    tmp_path: Path, gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    app = upstreams("by-name")
+    port = app.server_address[1]
+    # "localhost." goes through the resolver (a bare "localhost" is read as 127.0.0.1 directly).
+    answers = {info[4][0] for info in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+    proxy = gateway(
+        {
+            "routes": [{"name": "all", "cluster": "named"}],
+            # Where the name also has ::1 (and the echo server only 127.0.0.1), a retry covers it.
+            "clusters": [{"name": "named", "endpoints": [f"localhost.:{port}"], "retries": {"attempts": 2}}],
+        }
+    )
+    ready = requests.get(proxy.admin_url + "/readyz", timeout=5).json()
+    assert ready["clusters"]["named"]["endpoints"] == len(answers), "one endpoint per address of the name"
+    for _ in range(4):
+        assert served_by(proxy) == "by-name"
+
+    unresolvable = {
+        "listeners": [{"name": "public", "address": "127.0.0.1:1"}],
+        "routes": [{"name": "all", "cluster": "named"}],
+        "clusters": [{"name": "named", "endpoints": ["no-such-service.invalid:80"]}],
+    }
+    refused = run_proxy("validate", str(write_config(unresolvable, tmp_path)))
+    assert refused.returncode == 1
+    assert "clusters[0].endpoints[0]: cannot resolve no-such-service.invalid" in refused.stderr

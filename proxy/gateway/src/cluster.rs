@@ -1,6 +1,9 @@
 //! Upstream clusters: endpoints with health and load, endpoint selection, and the retry budget.
 
-use crate::config::{ClusterConfig, LoadBalancing, RetryConfig, UpstreamProtocol};
+use crate::config::{
+    parse_endpoint, ClusterConfig, ConfigError, EndpointSpec, LoadBalancing, RetryConfig,
+    UpstreamProtocol,
+};
 use crate::upstream_tls::UpstreamCredentials;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::hash_map::DefaultHasher;
@@ -15,6 +18,9 @@ use std::time::{Duration, Instant};
 pub struct Endpoint {
     /// Where to connect.
     pub address: SocketAddr,
+    /// The DNS name it was resolved from, if any: the default TLS server name and health-check
+    /// `Host`.
+    pub name: Option<String>,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -68,16 +74,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds a cluster from checked configuration and the credentials its `tls` names.
-    pub fn new(config: ClusterConfig, credentials: UpstreamCredentials) -> Self {
-        let endpoints = config
-            .endpoints
-            .iter()
-            .map(|text| {
-                let address = crate::config::parse_address(text, "endpoint")
-                    .expect("endpoints are checked when the configuration is parsed");
+    /// Builds a cluster from checked configuration, its resolved endpoints (see
+    /// [`resolve_endpoints`]) and the credentials its `tls` names.
+    pub fn new(
+        config: ClusterConfig,
+        endpoints: Vec<ResolvedEndpoint>,
+        credentials: UpstreamCredentials,
+    ) -> Self {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|ResolvedEndpoint { address, name }| {
                 Arc::new(Endpoint {
                     address,
+                    name,
                     healthy: AtomicBool::new(true),
                     in_flight: AtomicUsize::new(0),
                 })
@@ -91,6 +100,24 @@ impl Cluster {
             next: AtomicUsize::new(0),
             budget,
         }
+    }
+
+    /// Whether this cluster was built from exactly these parts, so a reload may keep it (with its
+    /// endpoints' health and load).
+    pub fn built_from(
+        &self,
+        config: &ClusterConfig,
+        endpoints: &[ResolvedEndpoint],
+        credentials: &UpstreamCredentials,
+    ) -> bool {
+        self.config == *config
+            && self.credentials == *credentials
+            && self.endpoints.len() == endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(endpoints)
+                .all(|(kept, new)| kept.address == new.address && kept.name == new.name)
     }
 
     /// Picks a healthy endpoint, avoiding `exclude` (a failed attempt) when another is healthy.
@@ -141,6 +168,7 @@ impl Cluster {
         let tls = self.config.tls.as_ref();
         let sni = tls
             .and_then(|t| t.sni.clone())
+            .or_else(|| endpoint.name.clone())
             .unwrap_or_else(|| endpoint.address.ip().to_string());
         let mut peer = HttpPeer::new(endpoint.address, tls.is_some(), sni);
         let timeouts = &self.config.timeouts;
@@ -172,6 +200,55 @@ impl Cluster {
     pub fn try_retry(&self) -> bool {
         self.budget.try_retry()
     }
+}
+
+/// An endpoint address, and the DNS name it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedEndpoint {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// The name it was resolved from, if any.
+    pub name: Option<String>,
+}
+
+/// How long resolving one endpoint name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster's endpoints as addresses: each `ip:port` as written, each `name:port` as every
+/// address the name resolves to now (sorted, so an unchanged answer compares equal). A name that
+/// does not resolve is a configuration error naming the endpoint.
+pub async fn resolve_endpoints(
+    config: &ClusterConfig,
+    field: &str,
+) -> Result<Vec<ResolvedEndpoint>, ConfigError> {
+    let mut resolved = Vec::new();
+    for (i, text) in config.endpoints.iter().enumerate() {
+        let field = format!("{field}.endpoints[{i}]");
+        match parse_endpoint(text, &field)? {
+            EndpointSpec::Address(address) => resolved.push(ResolvedEndpoint {
+                address,
+                name: None,
+            }),
+            EndpointSpec::Name { host, port } => {
+                let lookup = tokio::net::lookup_host((host.as_str(), port));
+                let failed = |reason: String| {
+                    ConfigError::new(&field, format!("cannot resolve {host}: {reason}"))
+                };
+                let mut addresses: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+                    .await
+                    .map_err(|_| failed(format!("no answer within {RESOLVE_TIMEOUT:?}")))?
+                    .map_err(|e| failed(e.to_string()))?
+                    .collect();
+                addresses.sort();
+                addresses.dedup();
+                resolved.extend(addresses.into_iter().map(|address| ResolvedEndpoint {
+                    address,
+                    name: Some(host.clone()),
+                }));
+            }
+        }
+    }
+    Ok(resolved)
 }
 
 fn rendezvous_weight(key: &[u8], address: SocketAddr) -> u64 {
@@ -240,10 +317,14 @@ mod tests {
     use super::*;
 
     fn cluster(yaml: &str) -> Cluster {
-        Cluster::new(
-            serde_yaml_ng::from_str(yaml).unwrap(),
-            UpstreamCredentials::default(),
-        )
+        let config: ClusterConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        let endpoints = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(resolve_endpoints(&config, "c"))
+            .unwrap();
+        Cluster::new(config, endpoints, UpstreamCredentials::default())
     }
 
     const THREE: &str = "{name: c, endpoints: [127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3]";

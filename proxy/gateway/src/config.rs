@@ -489,7 +489,8 @@ pub enum UpstreamErrors {
 pub struct ClusterConfig {
     /// Name routes and `http_call` use.
     pub name: String,
-    /// `host:port` endpoints.
+    /// `ip:port` endpoints, or `name:port`, which stands for every address the name resolves to
+    /// when the configuration loads (at start and on each reload).
     pub endpoints: Vec<String>,
     /// How an endpoint is chosen.
     #[serde(default)]
@@ -916,7 +917,7 @@ fn check_cluster(cluster: &ClusterConfig, field: &str) -> Result<(), ConfigError
         ));
     }
     for (i, endpoint) in cluster.endpoints.iter().enumerate() {
-        parse_address(endpoint, &format!("{field}.endpoints[{i}]"))?;
+        parse_endpoint(endpoint, &format!("{field}.endpoints[{i}]"))?;
     }
     if let LoadBalancing::ConsistentHash { header } = &cluster.load_balancing {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
@@ -982,6 +983,50 @@ pub fn parse_address(text: &str, field: &str) -> Result<SocketAddr, ConfigError>
             field,
             format!("{text:?} is not an address of the form ip:port"),
         )
+    })
+}
+
+/// An upstream endpoint as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSpec {
+    /// `ip:port` (or `localhost:port`).
+    Address(SocketAddr),
+    /// `name:port`, resolved when the configuration loads.
+    Name {
+        /// The DNS name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+/// Parses an endpoint: an address, or a DNS name and a port.
+pub fn parse_endpoint(text: &str, field: &str) -> Result<EndpointSpec, ConfigError> {
+    if let Ok(address) = parse_address(text, field) {
+        return Ok(EndpointSpec::Address(address));
+    }
+    let invalid = || {
+        ConfigError::new(
+            field,
+            format!("{text:?} is neither ip:port nor a DNS name and port (name:port)"),
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if port == 0 || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(invalid());
+    }
+    Ok(EndpointSpec::Name {
+        host: host.to_ascii_lowercase(),
+        port,
     })
 }
 
@@ -1100,7 +1145,8 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
         let bad_endpoint = MINIMAL.replace("127.0.0.1:9000", "nowhere");
         assert_eq!(
             parse(&bad_endpoint).unwrap_err().to_string(),
-            "clusters[0].endpoints[0]: \"nowhere\" is not an address of the form ip:port"
+            "clusters[0].endpoints[0]: \"nowhere\" is neither ip:port nor a DNS name and port \
+             (name:port)"
         );
 
         let unknown_cluster = MINIMAL.replace("cluster: app", "cluster: ghost");
@@ -1113,6 +1159,24 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
         let err = parse(&typo).unwrap_err();
         assert_eq!(err.field, "routes[0].clustr");
         assert!(err.message.contains("clustr"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_are_addresses_or_dns_names() {
+        assert_eq!(
+            parse_endpoint("10.0.0.1:80", "e").unwrap(),
+            EndpointSpec::Address("10.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_endpoint("Billing.default.svc.cluster.local.:8080", "e").unwrap(),
+            EndpointSpec::Name {
+                host: "billing.default.svc.cluster.local".into(),
+                port: 8080
+            }
+        );
+        for bad in ["billing", "billing:0", "billing:http", "-x:80", "a..b:80", "a_b:80"] {
+            assert!(parse_endpoint(bad, "e").is_err(), "{bad}");
+        }
     }
 
     #[test]

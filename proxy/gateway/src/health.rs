@@ -82,7 +82,10 @@ async fn check_cluster(cluster: &Cluster, metrics: &GatewayMetrics) {
             check.peer_template.options.total_connection_timeout = Some(config.timeout);
             let mut request =
                 RequestHeader::build("GET", config.path.as_bytes(), None).expect("valid request");
-            let host = endpoint.address.to_string();
+            let host = match &endpoint.name {
+                Some(name) => format!("{name}:{}", endpoint.address.port()),
+                None => endpoint.address.to_string(),
+            };
             request
                 .insert_header("host", host.as_str())
                 .expect("valid header");

@@ -3,7 +3,7 @@
 //! outlives generations (wasm host, shared data, metrics).
 
 use crate::callouts::ClusterCallouts;
-use crate::cluster::Cluster;
+use crate::cluster::{resolve_endpoints, Cluster};
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
@@ -42,8 +42,9 @@ pub struct Generation {
 
 impl Generation {
     /// Loads `config`'s filter chains on `host` (compiling modules and checking that each filter
-    /// accepts its configuration). A cluster whose configuration is unchanged in `previous` is
-    /// kept as it is, with its endpoints' health, load and retry budget.
+    /// accepts its configuration) and resolves endpoint names. A cluster whose configuration,
+    /// addresses and credentials are unchanged in `previous` is kept as it is, with its
+    /// endpoints' health, load and retry budget.
     async fn build(
         host: &Host,
         config: &Config,
@@ -56,9 +57,10 @@ impl Generation {
                 Some(tls) => UpstreamCredentials::load(tls, config, &format!("clusters[{i}].tls"))?,
                 None => UpstreamCredentials::default(),
             };
+            let endpoints = resolve_endpoints(c, &format!("clusters[{i}]")).await?;
             let cluster = match previous.get(&c.name) {
-                Some(kept) if kept.config == *c && kept.credentials == credentials => kept.clone(),
-                _ => Arc::new(Cluster::new(c.clone(), credentials)),
+                Some(kept) if kept.built_from(c, &endpoints, &credentials) => kept.clone(),
+                _ => Arc::new(Cluster::new(c.clone(), endpoints, credentials)),
             };
             clusters.insert(c.name.clone(), cluster);
         }
