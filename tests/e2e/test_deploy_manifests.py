@@ -61,11 +61,12 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
             assert mount["subPath"] in config_map["data"], f"{mount['subPath']} is not in the ConfigMap"
     assert sidecar["args"][1] in mounts, "the proxy reads the mounted configuration"
 
-    # The outbound cluster reaches sandbox-host through its Service's fixed cluster IP.
+    # The outbound cluster reaches sandbox-host by its Service's cluster DNS name and port.
     clusters = {cluster["name"]: cluster for cluster in proxy_config["clusters"]}
-    sandbox_service = services["sandbox-host"]["spec"]
+    sandbox_service = services["sandbox-host"]
+    namespace = sandbox_service["metadata"].get("namespace", "default")
     assert clusters["sandbox-host"]["endpoints"] == [
-        f"{sandbox_service['clusterIP']}:{sandbox_service['ports'][0]['port']}"
+        f"sandbox-host.{namespace}.svc.cluster.local:{sandbox_service['spec']['ports'][0]['port']}"
     ]
 
     # The filters ConfigMap (built with --from-file) holds the built modules the config names.
@@ -80,14 +81,15 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
         (plugins / key).write_text(config_map["data"][key])
     config_file = tmp_path / "proxy.yaml"
     config_file.write_text(config_map["data"]["proxy.yaml"].replace("/etc/gateway/plugins", str(plugins)))
-    validate(config_file)
+    # The cluster's DNS names exist only inside the cluster: check their syntax, not their answer.
+    validate(config_file, "--skip-dns")
 
 
-def validate(config_file: Path) -> None:
+def validate(config_file: Path, *options: str) -> None:
     """`proxy validate` with `${WASM_DIR}` pointing at the built filters."""
     os.environ["WASM_DIR"] = str(wasm_dir())
     try:
-        checked = run_proxy("validate", str(config_file))
+        checked = run_proxy("validate", *options, str(config_file))
     finally:
         del os.environ["WASM_DIR"]
     assert checked.returncode == 0, checked.stderr

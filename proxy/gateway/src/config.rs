@@ -1018,7 +1018,9 @@ pub fn parse_endpoint(text: &str, field: &str) -> Result<EndpointSpec, ConfigErr
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if port == 0 || host.len() > 253 || !host.split('.').all(label_ok) {
@@ -1174,7 +1176,14 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
                 port: 8080
             }
         );
-        for bad in ["billing", "billing:0", "billing:http", "-x:80", "a..b:80", "a_b:80"] {
+        for bad in [
+            "billing",
+            "billing:0",
+            "billing:http",
+            "-x:80",
+            "a..b:80",
+            "a_b:80",
+        ] {
             assert!(parse_endpoint(bad, "e").is_err(), "{bad}");
         }
     }

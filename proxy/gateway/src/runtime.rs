@@ -3,7 +3,7 @@
 //! outlives generations (wasm host, shared data, metrics).
 
 use crate::callouts::ClusterCallouts;
-use crate::cluster::{resolve_endpoints, Cluster};
+use crate::cluster::{resolve_endpoints, Cluster, NameLookup};
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
@@ -50,6 +50,7 @@ impl Generation {
         config: &Config,
         number: u64,
         previous: &HashMap<String, Arc<Cluster>>,
+        lookup: NameLookup,
     ) -> Result<Self, ConfigError> {
         let mut clusters = HashMap::new();
         for (i, c) in config.clusters.iter().enumerate() {
@@ -57,7 +58,7 @@ impl Generation {
                 Some(tls) => UpstreamCredentials::load(tls, config, &format!("clusters[{i}].tls"))?,
                 None => UpstreamCredentials::default(),
             };
-            let endpoints = resolve_endpoints(c, &format!("clusters[{i}]")).await?;
+            let endpoints = resolve_endpoints(c, &format!("clusters[{i}]"), lookup).await?;
             let cluster = match previous.get(&c.name) {
                 Some(kept) if kept.built_from(c, &endpoints, &credentials) => kept.clone(),
                 _ => Arc::new(Cluster::new(c.clone(), endpoints, credentials)),
@@ -141,8 +142,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts the wasm host and loads `config` as generation 1.
-    pub async fn build(config: &Config) -> Result<Self, ConfigError> {
+    /// Starts the wasm host and loads `config` as generation 1, looking endpoint names up or not.
+    pub async fn build(config: &Config, lookup: NameLookup) -> Result<Self, ConfigError> {
         let shared_data = SharedData::from_config(&config.shared_data)?;
         let callouts = Arc::new(ClusterCallouts::default());
         let host = Host::new(HostOptions {
@@ -158,7 +159,7 @@ impl Runtime {
             field: "server".into(),
             message: format!("cannot start the wasm engine: {e}"),
         })?;
-        let first = Generation::build(&host, config, 1, &HashMap::new()).await?;
+        let first = Generation::build(&host, config, 1, &HashMap::new(), lookup).await?;
         callouts.set_clusters(first.clusters.clone());
         let metrics = Arc::new(GatewayMetrics::new());
         metrics.config_generation(first.number);
@@ -181,7 +182,8 @@ impl Runtime {
     /// changed.
     pub async fn prepare(&self, config: &Config) -> Result<Generation, ConfigError> {
         let current = self.current();
-        Generation::build(&self.host, config, current.number + 1, &current.clusters).await
+        let (next, lookup) = (current.number + 1, NameLookup::Resolve);
+        Generation::build(&self.host, config, next, &current.clusters, lookup).await
     }
 
     /// Serves `generation` to new requests; requests already running keep theirs.

@@ -2,6 +2,7 @@
 //! listener, health checks, reloads, graceful shutdown and the upgrade handover.
 
 use crate::admin::{AdminApp, DrainWatcher, Draining};
+use crate::cluster::NameLookup;
 use crate::config::{Config, ConfigError};
 use crate::health::HealthChecker;
 use crate::peer_identity::listener_settings;
@@ -21,7 +22,7 @@ const UPGRADE_WAIT_TRIES: usize = 30;
 
 /// Loads the filters of `config` (compiling them and checking their configuration) on a
 /// temporary runtime; this is also what `proxy validate` runs.
-pub fn load(config: &Config) -> Result<Runtime, ConfigError> {
+pub fn load(config: &Config, lookup: NameLookup) -> Result<Runtime, ConfigError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -29,7 +30,7 @@ pub fn load(config: &Config) -> Result<Runtime, ConfigError> {
             field: "server".into(),
             message: format!("cannot start a runtime to load filters: {e}"),
         })?
-        .block_on(Runtime::build(config))
+        .block_on(Runtime::build(config, lookup))
 }
 
 /// Builds the server for `config`, read from `config_path` (which reloads read again). With

@@ -1,6 +1,7 @@
 //! `proxy run <file>` serves a configuration; `proxy validate <file>` checks one without serving.
 
 use clap::{Parser, Subcommand};
+use gateway::cluster::NameLookup;
 use gateway::config::Config;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,26 +28,36 @@ enum Command {
     Validate {
         /// The YAML configuration file.
         config: PathBuf,
+        /// Check endpoint names' syntax without looking them up (a file for another network).
+        #[arg(long)]
+        skip_dns: bool,
     },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Validate { config } => match load(&config) {
-            Ok(_) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
+        Command::Validate { config, skip_dns } => {
+            let lookup = if skip_dns {
+                NameLookup::Skip
+            } else {
+                NameLookup::Resolve
+            };
+            match load(&config, lookup) {
+                Ok(_) => {
+                    println!("{}: configuration is valid", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(message) => {
-                eprintln!("{message}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run {
             config: path,
             upgrade,
         } => {
-            let (config, runtime) = match load(&path) {
+            let (config, runtime) = match load(&path, NameLookup::Resolve) {
                 Ok(loaded) => loaded,
                 Err(message) => {
                     eprintln!("{message}");
@@ -67,9 +78,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<(Config, gateway::runtime::Runtime), String> {
+fn load(path: &Path, lookup: NameLookup) -> Result<(Config, gateway::runtime::Runtime), String> {
     let invalid = |e| format!("{}: invalid configuration: {e}", path.display());
     let config = Config::from_file(path).map_err(invalid)?;
-    let runtime = gateway::server::load(&config).map_err(invalid)?;
+    let runtime = gateway::server::load(&config, lookup).map_err(invalid)?;
     Ok((config, runtime))
 }
