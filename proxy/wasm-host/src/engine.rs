@@ -74,6 +74,9 @@ pub struct Host {
     _ticker: EpochTicker,
 }
 
+/// Compiled filter modules kept in memory: a reload that keeps a `.wasm` reuses its module.
+const RECENT_MODULES: usize = 16;
+
 /// VM slots for the whole process: one VM per plugin per worker thread, plus reloads.
 const POOLED_VMS: u32 = 256;
 
@@ -101,7 +104,7 @@ impl Host {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
         let engine = Engine::new(&config)?;
         let ticker = EpochTicker::start(&engine, EPOCH_TICK)?;
-        let modules = ModuleCache::new(options.cache_dir)?;
+        let modules = ModuleCache::new(options.cache_dir)?.keeping_recent(RECENT_MODULES);
         Ok(Self {
             engine,
             services: Arc::new(HostServices {

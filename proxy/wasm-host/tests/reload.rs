@@ -5,17 +5,11 @@
 mod common;
 
 use common::*;
-use proxy_wasm_host::{FailurePolicy, Host, HostOptions, PluginSpec, Verdict};
+use proxy_wasm_host::{FailurePolicy, PluginSpec, Verdict};
 
 #[tokio::test]
 async fn dropped_plugins_release_their_vms_across_many_reloads() {
-    // The module cache makes each reload an instantiation, not a Cranelift compile, as in a proxy.
-    let cache_dir = std::env::temp_dir().join(format!("wasm-host-reload-{}", std::process::id()));
-    let host = Host::new(HostOptions {
-        cache_dir: Some(cache_dir.clone()),
-        ..HostOptions::default()
-    })
-    .expect("host");
+    let host = host();
     // More loads than the host has VM slots (256): each load starts a VM on this thread.
     for round in 0..300 {
         let mut spec = PluginSpec::new("misbehaving", Vec::new());
@@ -26,5 +20,4 @@ async fn dropped_plugins_release_their_vms_across_many_reloads() {
         stream.finish().await;
         assert_eq!(verdict, Verdict::Continue, "round {round}");
     }
-    let _ = std::fs::remove_dir_all(cache_dir);
 }
