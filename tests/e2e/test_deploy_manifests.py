@@ -56,10 +56,14 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
     mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
     for mount in sidecar["volumeMounts"]:
         assert mount["name"] in volumes
-        if "subPath" in mount:
-            assert volumes[mount["name"]] == config_map["metadata"]["name"]
-            assert mount["subPath"] in config_map["data"], f"{mount['subPath']} is not in the ConfigMap"
-    assert sidecar["args"][1] in mounts, "the proxy reads the mounted configuration"
+        # A subPath mount never sees ConfigMap updates, so the proxy could not reload them.
+        assert "subPath" not in mount, mount
+    (config_dir,) = [path for path, m in mounts.items() if volumes[m["name"]] == config_map["metadata"]["name"]]
+    assert sidecar["args"] == ["run", f"{config_dir}/proxy.yaml"], "the proxy reads the mounted configuration"
+    for chain in proxy_config["filter_chains"]:
+        for filter_ in chain["filters"]:
+            directory, key = filter_["configuration_file"].rsplit("/", 1)
+            assert directory == config_dir and key in config_map["data"], filter_
 
     # The outbound cluster reaches sandbox-host by its Service's cluster DNS name and port.
     clusters = {cluster["name"]: cluster for cluster in proxy_config["clusters"]}
@@ -74,13 +78,11 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
     assert {"name": "WASM_DIR", "value": filters_dir} in sidecar["env"]
 
     # `proxy validate` on the real file, with the mounts pointing at this checkout.
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    for key in ("auth.json", "rate-limit.json"):
-        json.loads(config_map["data"][key])
-        (plugins / key).write_text(config_map["data"][key])
+    for key, text in config_map["data"].items():
+        if key.endswith(".json"):
+            json.loads(text)
+        (tmp_path / key).write_text(text.replace(config_dir, str(tmp_path)))
     config_file = tmp_path / "proxy.yaml"
-    config_file.write_text(config_map["data"]["proxy.yaml"].replace("/etc/gateway/plugins", str(plugins)))
     # The cluster's DNS names exist only inside the cluster: check their syntax, not their answer.
     validate(config_file, "--skip-dns")
 
