@@ -26,7 +26,7 @@ RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
 RUN_SANDBOX_PORT  := 8090
 
-.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build proxy sandbox test test-rust test-python-ml test-e2e run bench bench-shared-data bench-sandbox bench-ml lint fmt
+.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build proxy sandbox test test-rust test-python-ml test-e2e run bench bench-shared-data bench-sandbox bench-reload bench-ml lint fmt
 
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench  our proxy vs Envoy with the same filter (BENCH_ARGS='--runs 5 --duration 10')"
 	@echo "make bench-shared-data  latency the Redis shared-data backend adds per request"
 	@echo "make bench-sandbox  sandbox-host latency per language and executions/s"
+	@echo "make bench-reload  how long a configuration reload takes (make run's configuration)"
 	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
 
 ## --- set-up -------------------------------------------------------------------------------------
@@ -130,6 +131,11 @@ bench-shared-data: setup filters
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	cargo build --profile proxy -p gateway -p bench-upstream --bins
 	$(PYTHON) bench/run_shared_data_bench.py $(BENCH_ARGS)
+
+# How long a configuration reload takes; figures go to docs/reload-and-upgrade.md.
+bench-reload: setup filters
+	cargo build --profile proxy -p gateway --bins
+	$(PYTHON) bench/run_reload_bench.py $(BENCH_RELOAD_ARGS)
 
 # sandbox-host latency per language and executions/s; figures go to docs/sandbox.md.
 bench-sandbox: setup

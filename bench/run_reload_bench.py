@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""`make bench-reload`: how long a configuration reload takes, on `make run`'s configuration.
+
+Our proxy (the `proxy` profile build) serves proxy/config/example.yaml (two filter chains, five
+filters) on free ports. The script sends SIGHUP several times and reads each reload's
+`duration_ms` from the admin `/config` endpoint, in two cases:
+
+  unchanged   the .wasm files are the same (compiled modules are reused from memory)
+  new module  the auth filter's .wasm gains a custom section before each reload, so its module is
+              new and is compiled again (the other four filters are reused)
+
+The report gives medians, with the process's RSS at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "envoy-config"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
+
+from gateway import Gateway, free_port, start_gateway, target_dir  # noqa: E402
+
+
+def custom_section(payload: bytes) -> bytes:
+    """A wasm custom section named `bench` holding `payload` (changes the module, not its code)."""
+    name = b"bench"
+    content = bytes([len(name)]) + name + payload
+    size = len(content)
+    leb = bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        leb.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return b"\x00" + bytes(leb) + content
+
+
+def reload_once(proxy: Gateway) -> float:
+    """Sends SIGHUP and returns the applied reload's `duration_ms`."""
+    before = requests.get(proxy.admin_url + "/config", timeout=5).json()["generation"]
+    proxy.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = requests.get(proxy.admin_url + "/config", timeout=5).json()
+        if status["generation"] > before:
+            return float(status["last_reload"]["duration_ms"])
+        last = status["last_reload"]
+        if last is not None and not last["applied"]:
+            raise RuntimeError(f"reload refused: {last['error']}")
+        time.sleep(0.01)
+    raise RuntimeError("no reload within 120 s")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    """Run the benchmark and print the report (Markdown)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="reloads per case")
+    args = parser.parse_args()
+
+    target = target_dir()
+    os.environ.setdefault("GATEWAY_PROXY_BINARY", str(target / "proxy" / "proxy"))
+    work = Path(tempfile.mkdtemp(prefix="bench-reload-"))
+    wasm_dir = work / "filters"
+    wasm_dir.mkdir()
+    for built in (target / "wasm32-wasip1" / "release").glob("*.wasm"):
+        shutil.copy(built, wasm_dir)
+    os.environ["WASM_DIR"] = str(wasm_dir)
+    config: dict[str, Any] = yaml.safe_load((REPO / "proxy" / "config" / "example.yaml").read_text())
+    config["server"]["reload"] = {"watch": False}
+    config["logging"] = {"format": "json", "level": "warn", "access_log": False}
+    config["admin"] = {"address": f"127.0.0.1:{free_port()}"}
+    config["listeners"] = [{"name": "public", "address": f"127.0.0.1:{free_port()}"}]
+    for chain in config["filter_chains"]:
+        for filter_ in chain["filters"]:
+            if "configuration_file" in filter_:
+                filter_["configuration_file"] = str(REPO / "proxy" / "config" / filter_["configuration_file"])
+
+    proxy = start_gateway(config, work, timeout=600)
+    try:
+        unchanged = [reload_once(proxy) for _ in range(args.runs)]
+        auth = wasm_dir / "auth_filter.wasm"
+        original = auth.read_bytes()
+        new_module = []
+        for run in range(args.runs):
+            auth.write_bytes(original + custom_section(f"{time.time_ns()}-{run}".encode()))
+            new_module.append(reload_once(proxy))
+        rss = rss_mib(proxy.process.pid)
+    finally:
+        proxy.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"binary: {os.environ['GATEWAY_PROXY_BINARY']}; {args.runs} reloads per case\n")
+    print("| case | median reload | min | max |")
+    print("|---|---:|---:|---:|")
+    for name, values in [("unchanged .wasm files", unchanged), ("one new module (auth)", new_module)]:
+        print(f"| {name} | {statistics.median(values):.1f} ms | {min(values):.1f} ms | {max(values):.1f} ms |")
+    print(f"\nRSS after {2 * args.runs} reloads: {rss:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
