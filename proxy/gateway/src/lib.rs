@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod filter_chain;
 pub mod forwarding;
+pub mod handover;
 pub mod health;
 pub mod metrics;
 mod offload;

@@ -4,6 +4,7 @@ use crate::cluster::{Cluster, InFlight};
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding::{self, TraceContext};
+use crate::handover::HandingOver;
 use crate::offload;
 use crate::responses::{self, ProxyError};
 use crate::runtime::{Generation, Route, Runtime};
@@ -26,15 +27,23 @@ pub struct Gateway {
     runtime: Arc<Runtime>,
     listener: String,
     tls: bool,
+    handing_over: Arc<HandingOver>,
 }
 
 impl Gateway {
-    /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`).
-    pub fn new(runtime: Arc<Runtime>, listener: &str, tls: bool) -> Self {
+    /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`); while
+    /// `handing_over`, responses close their connection.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        listener: &str,
+        tls: bool,
+        handing_over: Arc<HandingOver>,
+    ) -> Self {
         Self {
             runtime,
             listener: listener.to_string(),
             tls,
+            handing_over,
         }
     }
 }
@@ -94,6 +103,9 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<bool> {
+        if self.handing_over.is_set() {
+            session.set_keepalive(None);
+        }
         self.add_forwarding_headers(session, ctx)?;
 
         let generation = ctx.generation.clone();

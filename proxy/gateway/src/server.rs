@@ -4,6 +4,7 @@
 use crate::admin::{AdminApp, DrainWatcher, Draining};
 use crate::cluster::NameLookup;
 use crate::config::{Config, ConfigError};
+use crate::handover::{HandingOver, HandoverWatcher};
 use crate::health::HealthChecker;
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
@@ -67,8 +68,18 @@ pub fn build(
     server.bootstrap();
     let server_conf = server.configuration.clone();
 
+    let handing_over = Arc::new(HandingOver::default());
+    server.add_service(background_service(
+        "upgrade handover",
+        HandoverWatcher::new(server.watch_execution_phase(), handing_over.clone()),
+    ));
     for listener in &config.listeners {
-        let gateway = Gateway::new(runtime.clone(), &listener.name, listener.tls.is_some());
+        let gateway = Gateway::new(
+            runtime.clone(),
+            &listener.name,
+            listener.tls.is_some(),
+            handing_over.clone(),
+        );
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server_conf,
             gateway,
