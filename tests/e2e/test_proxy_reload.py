@@ -4,6 +4,7 @@ runs under load, and not one request may fail."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,20 +21,31 @@ import pytest
 import requests
 from conftest import built_filter
 from echo_upstream import EchoServer
-from gateway import Gateway, proxy_binary, wait_until_serving
+from gateway import Gateway, free_port, proxy_binary, wait_until_serving, write_config
 from test_proxy_filters import AUTH_CONFIG, DEMO_KEY
 from test_proxy_routing import cluster
 
 
 class Load:
-    """Sends requests from several threads until stopped, recording every outcome."""
+    """Sends requests from several threads until stopped, recording every outcome.
+
+    Each thread holds at most one connection (kept alive unless `keep_alive` is false or the
+    server says `Connection: close`). A request whose connection was *just opened* and closed
+    before any response is sent again once, and counted in `fresh_retries`: a server that stops
+    may close a connection it accepted before the request reached it, which HTTP clients retry
+    (RFC 9112, 9.3.1). A closed *reused* connection is a failure.
+    """
 
     def __init__(self, url: str, headers: dict[str, str], threads: int = 4, keep_alive: bool = True) -> None:
-        self.url = url
-        self.headers = headers
+        parsed = urllib.parse.urlsplit(url)
+        self.address = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.path = parsed.path or "/"
+        self.headers = headers if keep_alive else {**headers, "connection": "close"}
         self.keep_alive = keep_alive
+        self.threads = threads
         self.outcomes: list[tuple[int, str, str]] = []
         self.errors: list[str] = []
+        self.fresh_retries = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -48,24 +61,34 @@ class Load:
             thread.join(timeout=30)
 
     def _run(self) -> None:
-        session = requests.Session()
+        connection: http.client.HTTPConnection | None = None
+        retrying = False
         while not self._stop.is_set():
+            fresh = connection is None
+            if connection is None:
+                connection = http.client.HTTPConnection(*self.address, timeout=10)
             try:
-                if self.keep_alive:
-                    response = session.get(self.url, headers=self.headers, timeout=10)
-                else:
-                    response = requests.get(self.url, headers={**self.headers, "connection": "close"}, timeout=10)
-                seen = response.json() if response.status_code == 200 else {}
-                outcome = (
-                    response.status_code,
-                    seen.get("upstream", ""),
-                    seen.get("headers", {}).get("x-gateway-identity", ""),
-                )
+                connection.request("GET", self.path, headers=self.headers)
+                response = connection.getresponse()
+                body = response.read()
+                if response.will_close:
+                    connection.close()
+                    connection = None
+                seen = json.loads(body) if response.status == 200 else {}
+                outcome = (response.status, seen.get("upstream", ""), seen["headers"].get("x-gateway-identity", ""))
+                retrying = False
                 with self._lock:
                     self.outcomes.append(outcome)
-            except (requests.RequestException, ValueError) as error:
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                connection.close()
+                connection = None
                 with self._lock:
-                    self.errors.append(repr(error))
+                    if fresh and not retrying and isinstance(error, ConnectionError | http.client.RemoteDisconnected):
+                        self.fresh_retries += 1
+                        retrying = True
+                    else:
+                        self.errors.append(f"{'new' if fresh else 'reused'} connection: {error!r}")
+                        retrying = False
 
     def failures(self) -> list[str]:
         """Every request that did not get a 200, as text."""
@@ -173,6 +196,7 @@ def test_sighup_reloads_twice_under_load_without_failing_a_request(
         load.wait_for(lambda o: o == (200, "green", "demo-user-v2"))
 
     assert load.failures() == []
+    assert load.fresh_retries == 0, "a reload closes no connection"
     metrics = requests.get(proxy.admin_url + "/metrics", timeout=5).text
     assert 'gateway_config_reloads_total{outcome="applied"} 2' in metrics
     assert "gateway_config_generation 3" in metrics
@@ -235,10 +259,44 @@ def test_watched_files_reload_and_a_broken_configuration_is_refused_while_servin
         time.sleep(0.5)
 
     assert load.failures() == []
+    assert load.fresh_retries == 0, "a reload closes no connection"
     assert all(o == (200, "app", "watched-user") for o in load.outcomes[-50:])
     assert "configuration reload refused; the previous configuration keeps serving" in proxy.log()
     metrics = requests.get(proxy.admin_url + "/metrics", timeout=5).text
     assert 'gateway_config_reloads_total{outcome="refused"} 3' in metrics
+
+
+def test_a_sighup_while_starting_does_not_end_the_process(tmp_path: Path, upstreams: Callable[..., EchoServer]) -> None:
+    plugins = AUTH_CONFIG.parent
+    filters = [
+        {"name": name, "wasm": str(built_filter(f"{name}_filter")), "configuration_file": str(plugins / f"{name}.json")}
+        for name in ["auth", "cache"]
+    ]
+    admin_port = free_port()
+    config = {
+        "listeners": [{"name": "public", "address": f"127.0.0.1:{free_port()}"}],
+        "admin": {"address": f"127.0.0.1:{admin_port}"},
+        "filter_chains": [{"name": "chain", "filters": filters}],
+        "routes": [{"name": "all", "cluster": "app", "filter_chain": "chain"}],
+        "clusters": [cluster("app", upstreams("app"))],
+    }
+    log_path = tmp_path / "proxy.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(proxy_binary()), "run", str(write_config(config, tmp_path))], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        time.sleep(0.2)  # compiling the filters takes longer than this
+        assert process.poll() is None, "still starting"
+        process.send_signal(signal.SIGHUP)
+        admin = f"http://127.0.0.1:{admin_port}"
+        assert wait_until_serving(process, admin + "/healthz", timeout=60) is None, log_path.read_text()
+        # Tokio keeps the early signal; it may reload once serving (the file may have changed while loading).
+        last = requests.get(admin + "/config", timeout=5).json()["last_reload"]
+        assert last is None or last["applied"], last
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
 
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "keep-alive"])
@@ -282,6 +340,9 @@ def test_upgrade_hands_the_listeners_to_a_new_process_without_failing_a_request(
                 new.kill()
     try:
         assert load.failures() == [], f"{load.failures()[:5]}\n{old.log()[-2000:]}\n{new_log.read_text()[-2000:]}"
+        # Only a connection the old process had just accepted when it stopped can be closed
+        # unanswered, and each load thread holds one connection at a time.
+        assert load.fresh_retries <= load.threads, load.fresh_retries
         assert requests.get(old.url + "/", timeout=5).json()["upstream"] == "new"
     finally:
         new.send_signal(signal.SIGINT)

@@ -198,6 +198,18 @@ fn restart_only_changes(serving: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+/// Replaces SIGHUP's default action (ending the process) for the life of the process, so that a
+/// SIGHUP arriving while the proxy starts (compiling filters can take seconds) is not fatal; once
+/// the proxy serves, [`ReloadTrigger`] handles it.
+pub fn survive_early_hangups() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let _entered = runtime.enter();
+    // Tokio installs its handler once per signal and never removes it.
+    signal(SignalKind::hangup()).map(drop)
+}
+
 /// Triggers reloads: SIGHUP always, file changes when `server.reload.watch` is set.
 pub struct ReloadTrigger {
     reloader: Arc<Reloader>,

@@ -57,6 +57,10 @@ fn main() -> ExitCode {
             config: path,
             upgrade,
         } => {
+            if let Err(error) = gateway::reload::survive_early_hangups() {
+                eprintln!("cannot handle SIGHUP: {error}");
+                return ExitCode::FAILURE;
+            }
             let (config, runtime) = match load(&path, NameLookup::Resolve) {
                 Ok(loaded) => loaded,
                 Err(message) => {
