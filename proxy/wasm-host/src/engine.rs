@@ -7,9 +7,10 @@ use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec};
 use crate::queues::SharedQueues;
 use crate::shared_data::{MemoryLimits, MemorySharedData, SharedDataBackend};
 use crate::vm::PluginVm;
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasm_engine_common::{epoch_ticks, EpochTicker, ModuleCache};
 use wasmtime::{
@@ -70,12 +71,19 @@ pub struct Host {
     engine: Engine,
     services: Arc<HostServices>,
     modules: ModuleCache,
+    in_use: Mutex<Vec<ModuleInUse>>,
     next_plugin_id: AtomicU64,
     _ticker: EpochTicker,
 }
 
-/// Compiled filter modules kept in memory: a reload that keeps a `.wasm` reuses its module.
-const RECENT_MODULES: usize = 16;
+/// A compiled module and a plugin made from it. Loading the same `.wasm` while such a plugin is
+/// alive (a configuration reload beside the generation serving, or one filter in two chains)
+/// reuses the module instead of compiling it again; once its plugins are gone, so is the entry.
+struct ModuleInUse {
+    digest: [u8; 32],
+    module: Module,
+    plugin: Weak<()>,
+}
 
 /// VM slots for the whole process: one VM per plugin per worker thread, plus reloads.
 const POOLED_VMS: u32 = 256;
@@ -104,7 +112,7 @@ impl Host {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
         let engine = Engine::new(&config)?;
         let ticker = EpochTicker::start(&engine, EPOCH_TICK)?;
-        let modules = ModuleCache::new(options.cache_dir)?.keeping_recent(RECENT_MODULES);
+        let modules = ModuleCache::new(options.cache_dir)?;
         Ok(Self {
             engine,
             services: Arc::new(HostServices {
@@ -114,6 +122,7 @@ impl Host {
                 callouts: options.callouts,
             }),
             modules,
+            in_use: Mutex::new(Vec::new()),
             next_plugin_id: AtomicU64::new(1),
             _ticker: ticker,
         })
@@ -127,7 +136,11 @@ impl Host {
     /// Compiles `wasm` (or loads it from the cache), then starts one VM on this thread to check that
     /// the filter accepts its configuration. Must run inside a tokio runtime.
     pub async fn load_plugin(&self, wasm: &[u8], spec: PluginSpec) -> Result<Plugin, LoadError> {
-        let module = self.compile(wasm)?;
+        let digest: [u8; 32] = Sha256::digest(wasm).into();
+        let module = match self.module_in_use(&digest) {
+            Some(module) => module,
+            None => self.compile(wasm)?,
+        };
         let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
         if !exports
             .iter()
@@ -158,7 +171,31 @@ impl Host {
         let first_vm = PluginVm::start(&inner).await?;
         let plugin = Plugin::new(inner);
         plugin.adopt(first_vm);
+        self.in_use.lock().expect("modules lock").push(ModuleInUse {
+            digest,
+            module,
+            plugin: plugin.liveness(),
+        });
         Ok(plugin)
+    }
+
+    /// How many distinct compiled modules live plugins use.
+    pub fn modules_in_use(&self) -> usize {
+        let mut in_use = self.in_use.lock().expect("modules lock");
+        in_use.retain(|entry| entry.plugin.strong_count() > 0);
+        let mut digests: Vec<_> = in_use.iter().map(|entry| entry.digest).collect();
+        digests.sort_unstable();
+        digests.dedup();
+        digests.len()
+    }
+
+    /// The compiled module of a live plugin loaded from the same bytes, dropping entries whose
+    /// plugins are gone.
+    fn module_in_use(&self, digest: &[u8; 32]) -> Option<Module> {
+        let mut in_use = self.in_use.lock().expect("modules lock");
+        in_use.retain(|entry| entry.plugin.strong_count() > 0);
+        let entry = in_use.iter().find(|entry| entry.digest == *digest)?;
+        Some(entry.module.clone())
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Module, LoadError> {

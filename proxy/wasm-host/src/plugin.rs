@@ -197,13 +197,18 @@ impl Plugin {
         }
     }
 
+    /// Alive while any clone of this plugin is.
+    pub(crate) fn liveness(&self) -> Weak<()> {
+        Arc::downgrade(&self.loaded)
+    }
+
     /// Adopts `vm` as this thread's VM (the one started while loading), releasing this thread's
     /// VMs of plugins that are gone so that their pool slots return.
     pub(crate) fn adopt(&self, vm: SharedVm) {
         THREAD_VMS.with(|vms| {
             let mut vms = vms.borrow_mut();
             vms.retain(|_, held| held.loaded.strong_count() > 0);
-            let loaded = Arc::downgrade(&self.loaded);
+            let loaded = self.liveness();
             vms.insert(self.inner.id, ThreadVm { vm, loaded });
         });
     }
