@@ -6,7 +6,7 @@
 //! fails any of this, or that changes a setting only a restart can apply, is refused with a logged
 //! reason, and the old configuration keeps serving.
 
-use crate::config::Config;
+use crate::config::{Config, ReloadSettings};
 use crate::runtime::Runtime;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -168,24 +168,24 @@ impl Reloader {
 /// The settings a running process cannot change: Pingora binds listeners and sizes its worker
 /// pools once, and the wasm engine, shared-data backend and log subscriber are built at start.
 fn restart_only_changes(serving: &Config, new: &Config) -> Vec<&'static str> {
-    let (old, new_server) = (&serving.server, &new.server);
+    let (old_server, new_server) = (&serving.server, &new.server);
     [
         ("listeners", serving.listeners != new.listeners),
         ("admin", serving.admin != new.admin),
         ("shared_data", serving.shared_data != new.shared_data),
-        ("server.threads", old.threads != new_server.threads),
+        ("server.threads", old_server.threads != new_server.threads),
         (
             "server.shutdown_grace_period",
-            old.shutdown_grace_period != new_server.shutdown_grace_period,
+            old_server.shutdown_grace_period != new_server.shutdown_grace_period,
         ),
         (
             "server.module_cache_dir",
-            old.module_cache_dir != new_server.module_cache_dir,
+            old_server.module_cache_dir != new_server.module_cache_dir,
         ),
-        ("server.reload", old.reload != new_server.reload),
+        ("server.reload", old_server.reload != new_server.reload),
         (
             "server.upgrade_socket",
-            old.upgrade_socket != new_server.upgrade_socket,
+            old_server.upgrade_socket != new_server.upgrade_socket,
         ),
         (
             "logging.format",
@@ -213,12 +213,12 @@ pub fn survive_early_hangups() -> std::io::Result<()> {
 /// Triggers reloads: SIGHUP always, file changes when `server.reload.watch` is set.
 pub struct ReloadTrigger {
     reloader: Arc<Reloader>,
-    settings: crate::config::ReloadSettings,
+    settings: ReloadSettings,
 }
 
 impl ReloadTrigger {
     /// Watches for `reloader`'s triggers under `settings`.
-    pub fn new(reloader: Arc<Reloader>, settings: crate::config::ReloadSettings) -> Self {
+    pub fn new(reloader: Arc<Reloader>, settings: ReloadSettings) -> Self {
         Self { reloader, settings }
     }
 }
@@ -267,7 +267,7 @@ impl BackgroundService for ReloadTrigger {
 #[cfg(test)]
 mod tests {
     use super::restart_only_changes;
-    use crate::config::Config;
+    use crate::config::{Config, ReloadSettings};
 
     fn parse(extra: &str) -> Config {
         let text = format!(
