@@ -267,7 +267,7 @@ impl BackgroundService for ReloadTrigger {
 #[cfg(test)]
 mod tests {
     use super::restart_only_changes;
-    use crate::config::{Config, ReloadSettings};
+    use crate::config::Config;
 
     fn parse(extra: &str) -> Config {
         let text = format!(
