@@ -25,6 +25,8 @@ from gateway import Gateway, free_port, proxy_binary, wait_until_serving, write_
 from test_proxy_filters import AUTH_CONFIG, DEMO_KEY
 from test_proxy_routing import cluster
 
+CACHE_CONFIG = AUTH_CONFIG.parent / "cache.json"
+
 
 class Load:
     """Sends requests from several threads until stopped, recording every outcome.
@@ -266,20 +268,26 @@ def test_watched_files_reload_and_a_broken_configuration_is_refused_while_servin
     assert 'gateway_config_reloads_total{outcome="refused"} 3' in metrics
 
 
-def test_a_sighup_while_starting_does_not_end_the_process(tmp_path: Path, upstreams: Callable[..., EchoServer]) -> None:
-    plugins = AUTH_CONFIG.parent
+@pytest.mark.parametrize("trigger", ["sighup", "file_watch"])
+def test_a_change_made_while_starting_is_applied_once_serving(
+    tmp_path: Path, upstreams: Callable[..., EchoServer], trigger: str
+) -> None:
+    auth_config = tmp_path / "auth.json"
+    with_identity(auth_config, "demo-user")
     filters = [
-        {"name": name, "wasm": str(built_filter(f"{name}_filter")), "configuration_file": str(plugins / f"{name}.json")}
-        for name in ["auth", "cache"]
+        {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration_file": str(auth_config)},
+        {"name": "cache", "wasm": str(built_filter("cache_filter")), "configuration_file": str(CACHE_CONFIG)},
     ]
-    admin_port = free_port()
+    port, admin_port = free_port(), free_port()
     config = {
-        "listeners": [{"name": "public", "address": f"127.0.0.1:{free_port()}"}],
+        "server": {"reload": {"watch": trigger == "file_watch", "poll_interval": "200ms"}},
+        "listeners": [{"name": "public", "address": f"127.0.0.1:{port}"}],
         "admin": {"address": f"127.0.0.1:{admin_port}"},
         "filter_chains": [{"name": "chain", "filters": filters}],
         "routes": [{"name": "all", "cluster": "app", "filter_chain": "chain"}],
         "clusters": [cluster("app", upstreams("app"))],
     }
+    admin = f"http://127.0.0.1:{admin_port}"
     log_path = tmp_path / "proxy.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -287,13 +295,20 @@ def test_a_sighup_while_starting_does_not_end_the_process(tmp_path: Path, upstre
         )
     try:
         time.sleep(0.2)  # compiling the filters takes longer than this
-        assert process.poll() is None, "still starting"
-        process.send_signal(signal.SIGHUP)
-        admin = f"http://127.0.0.1:{admin_port}"
+        assert wait_until_serving(process, admin + "/healthz", timeout=0.1) is not None, "still starting"
+        with_identity(auth_config, "changed-while-starting")
+        if trigger == "sighup":
+            process.send_signal(signal.SIGHUP)  # its default action would end the process
         assert wait_until_serving(process, admin + "/healthz", timeout=60) is None, log_path.read_text()
-        # Tokio keeps the early signal; it may reload once serving (the file may have changed while loading).
-        last = requests.get(admin + "/config", timeout=5).json()["last_reload"]
-        assert last is None or last["applied"], last
+
+        def identity() -> str:
+            response = requests.get(f"http://127.0.0.1:{port}/x", headers={"x-api-key": DEMO_KEY}, timeout=5)
+            return str(response.json()["headers"]["x-gateway-identity"])
+
+        deadline = time.monotonic() + 30
+        while identity() != "changed-while-starting" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert identity() == "changed-while-starting", "the change made while compiling was applied"
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=15)

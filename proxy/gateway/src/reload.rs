@@ -43,6 +43,32 @@ pub struct ReloadReport {
     pub duration_ms: f64,
 }
 
+/// Size, modification time and inode of a configuration file and the files it loads, following
+/// symbolic links (so a Kubernetes ConfigMap's swapped `..data` link counts as a change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamps(Vec<Option<(u64, SystemTime, u64)>>);
+
+impl FileStamps {
+    /// Stamps `config_path` and the files `config` loads, as they are now.
+    pub fn of(config_path: &Path, config: &Config) -> Self {
+        Self::read(config_path, &config.referenced_files())
+    }
+
+    fn read(config_path: &Path, files: &[PathBuf]) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |path: &Path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.len(), meta.modified().ok()?, meta.ino()))
+        };
+        Self(
+            std::iter::once(config_path)
+                .chain(files.iter().map(PathBuf::as_path))
+                .map(stamp)
+                .collect(),
+        )
+    }
+}
+
 /// Reloads one configuration file into a [`Runtime`].
 pub struct Reloader {
     path: PathBuf,
@@ -56,12 +82,16 @@ struct ReloaderState {
     /// The files the last parsed configuration loads, even a refused one, so that fixing a file
     /// only it names triggers the next attempt.
     watched: Vec<PathBuf>,
+    /// The watched files as they were when the configuration was last read; a change after that
+    /// moment (even while its filters were compiling) triggers the next reload.
+    read: FileStamps,
     last: Option<ReloadReport>,
 }
 
 impl Reloader {
-    /// Reloads `path`, which `serving` was loaded from, into `runtime`.
-    pub fn new(path: PathBuf, serving: Config, runtime: Arc<Runtime>) -> Self {
+    /// Reloads `path` into `runtime`. `serving` was loaded from it when the files were as
+    /// `read` says (taken right after parsing, before compiling filters).
+    pub fn new(path: PathBuf, serving: Config, read: FileStamps, runtime: Arc<Runtime>) -> Self {
         let watched = serving.referenced_files();
         Self {
             path,
@@ -69,6 +99,7 @@ impl Reloader {
             state: Mutex::new(ReloaderState {
                 serving,
                 watched,
+                read,
                 last: None,
             }),
         }
@@ -125,10 +156,18 @@ impl Reloader {
 
     async fn try_reload(&self) -> Result<u64, String> {
         let invalid = |e| format!("{}: invalid configuration: {e}", self.path.display());
-        let config = Config::from_file(&self.path).map_err(invalid)?;
+        let before = self.current_stamps();
+        let config = match Config::from_file(&self.path) {
+            Ok(config) => config,
+            Err(error) => {
+                self.state().read = before;
+                return Err(invalid(error));
+            }
+        };
         let serving = {
             let mut state = self.state();
             state.watched = config.referenced_files();
+            state.read = FileStamps::of(&self.path, &config);
             state.serving.clone()
         };
         let fixed = restart_only_changes(&serving, &config);
@@ -146,18 +185,15 @@ impl Reloader {
         Ok(number)
     }
 
-    /// Size, modification time and inode of the configuration file and the files it loads
-    /// (following symbolic links, so a Kubernetes ConfigMap's swapped `..data` link counts).
-    fn fingerprint(&self) -> Vec<Option<(u64, SystemTime, u64)>> {
-        use std::os::unix::fs::MetadataExt;
+    /// The watched files as they are now.
+    fn current_stamps(&self) -> FileStamps {
         let watched = self.state().watched.clone();
-        std::iter::once(&self.path)
-            .chain(&watched)
-            .map(|path| {
-                let meta = std::fs::metadata(path).ok()?;
-                Some((meta.len(), meta.modified().ok()?, meta.ino()))
-            })
-            .collect()
+        FileStamps::read(&self.path, &watched)
+    }
+
+    /// The watched files as they were when the configuration was last read.
+    fn read_stamps(&self) -> FileStamps {
+        self.state().read.clone()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ReloaderState> {
@@ -235,26 +271,22 @@ impl BackgroundService for ReloadTrigger {
         };
         let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut loaded = self.reloader.fingerprint();
         let mut changing = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = hangup.recv() => {
                     let _ = self.reloader.reload(Trigger::Signal).await;
-                    loaded = self.reloader.fingerprint();
                     changing = None;
                 }
                 _ = poll.tick(), if self.settings.watch => {
-                    let now = self.reloader.fingerprint();
-                    if now == loaded {
+                    let now = self.reloader.current_stamps();
+                    if now == self.reloader.read_stamps() {
                         changing = None;
                     } else if changing.as_ref() == Some(&now) {
                         // Unchanged for a whole period: the writer is done.
                         changing = None;
                         let _ = self.reloader.reload(Trigger::FileChange).await;
-                        // The new file may name other files; watch those from now on.
-                        loaded = self.reloader.fingerprint();
                     } else {
                         changing = Some(now);
                     }

@@ -8,7 +8,7 @@ use crate::handover::{HandingOver, HandoverWatcher};
 use crate::health::HealthChecker;
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
-use crate::reload::{ReloadTrigger, Reloader};
+use crate::reload::{FileStamps, ReloadTrigger, Reloader};
 use crate::runtime::Runtime;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -34,12 +34,14 @@ pub fn load(config: &Config, lookup: NameLookup) -> Result<Runtime, ConfigError>
         .block_on(Runtime::build(config, lookup))
 }
 
-/// Builds the server for `config`, read from `config_path` (which reloads read again). With
+/// Builds the server for `config`, read from `config_path` (which reloads read again) when its
+/// files were as `read` says. With
 /// `upgrade`, the listeners are taken over from the running process that is sent SIGQUIT, instead
 /// of bound. Run it with [`Server::run_forever`].
 pub fn build(
     config_path: &Path,
     config: &Config,
+    read: FileStamps,
     runtime: Runtime,
     upgrade: bool,
 ) -> Result<Server, ConfigError> {
@@ -114,6 +116,7 @@ pub fn build(
     let reloader = Arc::new(Reloader::new(
         config_path.to_path_buf(),
         config.clone(),
+        read,
         runtime.clone(),
     ));
     let draining = Arc::new(Draining::default());

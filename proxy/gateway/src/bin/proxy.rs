@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use gateway::cluster::NameLookup;
 use gateway::config::Config;
+use gateway::reload::FileStamps;
+use gateway::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -61,7 +63,11 @@ fn main() -> ExitCode {
                 eprintln!("cannot handle SIGHUP: {error}");
                 return ExitCode::FAILURE;
             }
-            let (config, runtime) = match load(&path, NameLookup::Resolve) {
+            let Loaded {
+                config,
+                read,
+                runtime,
+            } = match load(&path, NameLookup::Resolve) {
                 Ok(loaded) => loaded,
                 Err(message) => {
                     eprintln!("{message}");
@@ -69,7 +75,7 @@ fn main() -> ExitCode {
                 }
             };
             gateway::telemetry::init(&config.logging);
-            let server = match gateway::server::build(&path, &config, runtime, upgrade) {
+            let server = match gateway::server::build(&path, &config, read, runtime, upgrade) {
                 Ok(server) => server,
                 Err(error) => {
                     eprintln!("{}: invalid configuration: {error}", path.display());
@@ -82,9 +88,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path, lookup: NameLookup) -> Result<(Config, gateway::runtime::Runtime), String> {
+/// A configuration file, its files as they were when it was read, and its loaded filters.
+struct Loaded {
+    config: Config,
+    read: FileStamps,
+    runtime: Runtime,
+}
+
+fn load(path: &Path, lookup: NameLookup) -> Result<Loaded, String> {
     let invalid = |e| format!("{}: invalid configuration: {e}", path.display());
     let config = Config::from_file(path).map_err(invalid)?;
+    // Before the filters compile: a file changed meanwhile is reloaded once the proxy serves.
+    let read = FileStamps::of(path, &config);
     let runtime = gateway::server::load(&config, lookup).map_err(invalid)?;
-    Ok((config, runtime))
+    Ok(Loaded {
+        config,
+        read,
+        runtime,
+    })
 }
