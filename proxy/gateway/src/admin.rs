@@ -2,45 +2,27 @@
 //! loaded and it is not draining; the body lists healthy endpoints per cluster), `/config` (which
 //! configuration generation serves, and how the last reload went) and `/metrics` (Prometheus text).
 
+use crate::lifecycle::Lifecycle;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// Whether the process is draining for shutdown.
-#[derive(Debug, Default)]
-pub struct Draining(AtomicBool);
-
-/// Flips [`Draining`] when Pingora starts its graceful shutdown, so `/readyz` fails while
-/// in-flight requests finish and load balancers stop sending new ones.
-pub struct DrainWatcher(pub Arc<Draining>);
-
-#[async_trait]
-impl BackgroundService for DrainWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let _ = shutdown.changed().await;
-        self.0 .0.store(true, Ordering::Release);
-    }
-}
 
 /// The admin endpoints.
 pub struct AdminApp {
     runtime: Arc<Runtime>,
-    draining: Arc<Draining>,
+    lifecycle: Arc<Lifecycle>,
     reloader: Arc<Reloader>,
 }
 
 impl AdminApp {
-    /// Serves `runtime`'s state and `reloader`'s history.
-    pub fn new(runtime: Arc<Runtime>, draining: Arc<Draining>, reloader: Arc<Reloader>) -> Self {
+    /// Serves `runtime`'s state, `lifecycle`'s readiness and `reloader`'s history.
+    pub fn new(runtime: Arc<Runtime>, lifecycle: Arc<Lifecycle>, reloader: Arc<Reloader>) -> Self {
         Self {
             runtime,
-            draining,
+            lifecycle,
             reloader,
         }
     }
@@ -54,7 +36,7 @@ impl AdminApp {
     }
 
     fn readiness(&self) -> (u16, serde_json::Value) {
-        let draining = self.draining.0.load(Ordering::Acquire);
+        let draining = self.lifecycle.is_draining();
         let mut clusters = serde_json::Map::new();
         for cluster in self.runtime.current().clusters() {
             let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();

@@ -4,7 +4,7 @@ use crate::cluster::{Cluster, InFlight};
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding::{self, TraceContext};
-use crate::handover::HandingOver;
+use crate::lifecycle::Lifecycle;
 use crate::offload;
 use crate::responses::{self, ProxyError};
 use crate::runtime::{Generation, Route, Runtime};
@@ -27,23 +27,23 @@ pub struct Gateway {
     runtime: Arc<Runtime>,
     listener: String,
     tls: bool,
-    handing_over: Arc<HandingOver>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Gateway {
-    /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`); while
-    /// `handing_over`, responses close their connection.
+    /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`); while `lifecycle`
+    /// is handing over to a new process, responses close their connection.
     pub fn new(
         runtime: Arc<Runtime>,
         listener: &str,
         tls: bool,
-        handing_over: Arc<HandingOver>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             runtime,
             listener: listener.to_string(),
             tls,
-            handing_over,
+            lifecycle,
         }
     }
 }
@@ -103,7 +103,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<bool> {
-        if self.handing_over.is_set() {
+        if self.lifecycle.is_handing_over() {
             session.set_keepalive(None);
         }
         self.add_forwarding_headers(session, ctx)?;

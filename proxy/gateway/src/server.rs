@@ -1,11 +1,11 @@
 //! Assembling the Pingora server from a configuration: one proxy service per listener, the admin
 //! listener, health checks, reloads, graceful shutdown and the upgrade handover.
 
-use crate::admin::{AdminApp, DrainWatcher, Draining};
+use crate::admin::AdminApp;
 use crate::cluster::NameLookup;
 use crate::config::{Config, ConfigError};
-use crate::handover::{HandingOver, HandoverWatcher};
 use crate::health::HealthChecker;
+use crate::lifecycle::{Lifecycle, LifecycleWatcher};
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
 use crate::reload::{FileStamps, ReloadTrigger, Reloader};
@@ -70,17 +70,17 @@ pub fn build(
     server.bootstrap();
     let server_conf = server.configuration.clone();
 
-    let handing_over = Arc::new(HandingOver::default());
+    let lifecycle = Arc::new(Lifecycle::default());
     server.add_service(background_service(
-        "upgrade handover",
-        HandoverWatcher::new(server.watch_execution_phase(), handing_over.clone()),
+        "lifecycle",
+        LifecycleWatcher::new(server.watch_execution_phase(), lifecycle.clone()),
     ));
     for listener in &config.listeners {
         let gateway = Gateway::new(
             runtime.clone(),
             &listener.name,
             listener.tls.is_some(),
-            handing_over.clone(),
+            lifecycle.clone(),
         );
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server_conf,
@@ -119,14 +119,12 @@ pub fn build(
         read,
         runtime.clone(),
     ));
-    let draining = Arc::new(Draining::default());
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(runtime.clone(), draining.clone(), reloader.clone()),
+        AdminApp::new(runtime.clone(), lifecycle, reloader.clone()),
     );
     admin.add_tcp(&config.admin.address);
     server.add_service(admin);
-    server.add_service(background_service("drain watcher", DrainWatcher(draining)));
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(runtime.clone()),
