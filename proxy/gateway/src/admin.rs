@@ -1,8 +1,8 @@
-//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: filters are
-//! loaded and it is not draining; the body lists healthy endpoints per cluster), `/config` (which
+//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: the admin
+//! listener opens once the filters are loaded and closes when shutdown starts; the body lists
+//! healthy endpoints per cluster), `/config` (which
 //! configuration generation serves, and how the last reload went) and `/metrics` (Prometheus text).
 
-use crate::lifecycle::Lifecycle;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 use async_trait::async_trait;
@@ -13,18 +13,13 @@ use std::sync::Arc;
 /// The admin endpoints.
 pub struct AdminApp {
     runtime: Arc<Runtime>,
-    lifecycle: Arc<Lifecycle>,
     reloader: Arc<Reloader>,
 }
 
 impl AdminApp {
-    /// Serves `runtime`'s state, `lifecycle`'s readiness and `reloader`'s history.
-    pub fn new(runtime: Arc<Runtime>, lifecycle: Arc<Lifecycle>, reloader: Arc<Reloader>) -> Self {
-        Self {
-            runtime,
-            lifecycle,
-            reloader,
-        }
+    /// Serves `runtime`'s state and `reloader`'s history.
+    pub fn new(runtime: Arc<Runtime>, reloader: Arc<Reloader>) -> Self {
+        Self { runtime, reloader }
     }
 
     fn config(&self) -> serde_json::Value {
@@ -35,8 +30,7 @@ impl AdminApp {
         })
     }
 
-    fn readiness(&self) -> (u16, serde_json::Value) {
-        let draining = self.lifecycle.is_draining();
+    fn readiness(&self) -> serde_json::Value {
         let mut clusters = serde_json::Map::new();
         for cluster in self.runtime.current().clusters() {
             let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
@@ -47,12 +41,7 @@ impl AdminApp {
         }
         // One failing backend must not take the whole gateway out of its load balancer, so
         // upstream health is reported but does not decide readiness (as with Envoy's /ready).
-        let status = if draining { 503 } else { 200 };
-        let body = serde_json::json!({
-            "status": if draining { "draining" } else { "ready" },
-            "clusters": clusters,
-        });
-        (status, body)
+        serde_json::json!({"status": "ready", "clusters": clusters})
     }
 }
 
@@ -62,10 +51,11 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         let (status, content_type, body) = match path.as_str() {
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
-            "/readyz" => {
-                let (status, body) = self.readiness();
-                (status, "application/json", body.to_string().into_bytes())
-            }
+            "/readyz" => (
+                200,
+                "application/json",
+                self.readiness().to_string().into_bytes(),
+            ),
             "/config" => (
                 200,
                 "application/json",

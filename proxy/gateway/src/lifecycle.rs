@@ -1,10 +1,11 @@
-//! Where the process is in its life, as the request path and the admin endpoints need it.
+//! Where the process is in its life, as the request path needs it.
 //!
-//! - **Handing over** (an upgrade, from SIGQUIT on): responses carry `Connection: close`, so
-//!   keep-alive clients reconnect (to either process while both accept, then to the new one)
-//!   instead of finding their idle connection closed when the old process stops.
-//! - **Draining** (once Pingora's graceful shutdown starts): `/readyz` fails while in-flight
-//!   requests finish, so load balancers stop sending new ones.
+//! **Handing over** (an upgrade, from SIGQUIT on): responses carry `Connection: close`, so
+//! keep-alive clients reconnect (to either process while both accept, then to the new one) instead
+//! of finding their idle connection closed when the old process stops.
+//!
+//! There is no draining state for `/readyz`: once Pingora's graceful shutdown starts, every
+//! listener stops accepting, the admin one included, so probes already fail (connection refused).
 
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
@@ -17,7 +18,6 @@ use tokio::sync::broadcast;
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     handing_over: AtomicBool,
-    draining: AtomicBool,
 }
 
 impl Lifecycle {
@@ -25,14 +25,9 @@ impl Lifecycle {
     pub fn is_handing_over(&self) -> bool {
         self.handing_over.load(Ordering::Acquire)
     }
-
-    /// True once the graceful shutdown has started.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
 }
 
-/// Follows Pingora's execution phases and shutdown into a [`Lifecycle`].
+/// Follows Pingora's execution phases into a [`Lifecycle`].
 pub struct LifecycleWatcher {
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
     lifecycle: Arc<Lifecycle>,
@@ -51,26 +46,21 @@ impl LifecycleWatcher {
 #[async_trait]
 impl BackgroundService for LifecycleWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let phases = self.phases.lock().expect("phases lock").take();
-        let handing_over = async {
-            let Some(mut phases) = phases else { return };
-            loop {
-                match phases.recv().await {
+        let Some(mut phases) = self.phases.lock().expect("phases lock").take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                phase = phases.recv() => match phase {
                     Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
                         self.lifecycle.handing_over.store(true, Ordering::Release);
                         tracing::info!("handing the listeners to a new process; closing keep-alive connections after their next response");
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
-                }
+                },
             }
-        };
-        tokio::select! {
-            () = handing_over => {
-                let _ = shutdown.changed().await;
-            }
-            _ = shutdown.changed() => {}
         }
-        self.lifecycle.draining.store(true, Ordering::Release);
     }
 }

@@ -121,7 +121,7 @@ pub fn build(
     ));
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(runtime.clone(), lifecycle, reloader.clone()),
+        AdminApp::new(runtime.clone(), reloader.clone()),
     );
     admin.add_tcp(&config.admin.address);
     server.add_service(admin);
