@@ -140,17 +140,10 @@ impl GatewayMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Records a reload attempt; `applied` is the generation now serving, if it succeeded.
-    pub fn config_reload(&self, applied: Option<u64>) {
-        let outcome = if applied.is_some() {
-            "applied"
-        } else {
-            "refused"
-        };
+    /// Counts a reload attempt.
+    pub fn config_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
         self.config_reloads.with_label_values(&[outcome]).inc();
-        if let Some(generation) = applied {
-            self.config_generation(generation);
-        }
     }
 
     /// Records the generation serving new requests.

@@ -147,9 +147,7 @@ impl Reloader {
                 "configuration reload refused; the previous configuration keeps serving"
             ),
         }
-        self.runtime
-            .metrics
-            .config_reload(result.as_ref().ok().copied());
+        self.runtime.metrics.config_reload(result.is_ok());
         self.state().last = Some(report);
         result
     }
@@ -167,7 +165,7 @@ impl Reloader {
         let serving = {
             let mut state = self.state();
             state.watched = config.referenced_files();
-            state.read = FileStamps::of(&self.path, &config);
+            state.read = FileStamps::read(&self.path, &state.watched);
             state.serving.clone()
         };
         let fixed = restart_only_changes(&serving, &config);

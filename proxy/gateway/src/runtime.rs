@@ -189,6 +189,7 @@ impl Runtime {
     /// Serves `generation` to new requests; requests already running keep theirs.
     pub fn install(&self, generation: Generation) {
         let number = generation.number;
+        self.metrics.config_generation(number);
         self.callouts.set_clusters(generation.clusters.clone());
         self.current.store(Arc::new(generation));
         self.installed.send_replace(number);
