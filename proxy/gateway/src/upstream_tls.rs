@@ -8,21 +8,22 @@ use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::CertKey;
+use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The parsed credentials, plus the PEM text they came from (to tell whether a reload changed
-/// them).
+/// The parsed credentials, plus the SHA-256 of the files they came from (to tell whether a reload
+/// changed them without keeping the private key's text around).
 #[derive(Default)]
 pub struct UpstreamCredentials {
     ca: Option<Arc<CaType>>,
     client: Option<Arc<CertKey>>,
-    pem: Vec<u8>,
+    files_digest: [u8; 32],
 }
 
 impl PartialEq for UpstreamCredentials {
     fn eq(&self, other: &Self) -> bool {
-        self.pem == other.pem
+        self.files_digest == other.files_digest
     }
 }
 
@@ -39,7 +40,7 @@ impl std::fmt::Debug for UpstreamCredentials {
 impl UpstreamCredentials {
     /// Reads the files `tls` names (relative to `config`'s file); `field` names it in errors.
     pub fn load(tls: &UpstreamTls, config: &Config, field: &str) -> Result<Self, ConfigError> {
-        let mut pem = Vec::new();
+        let mut files = Sha256::new();
         let mut read = |path: &Path, name: &str| {
             let path = config.resolve(path);
             let bytes = std::fs::read(&path).map_err(|e| {
@@ -48,7 +49,9 @@ impl UpstreamCredentials {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            pem.extend_from_slice(&bytes);
+            // Length first, so bytes moving from one file to the next still change the digest.
+            files.update((bytes.len() as u64).to_le_bytes());
+            files.update(&bytes);
             Ok::<_, ConfigError>(bytes)
         };
         let certificates = |bytes: &[u8], name: &str| {
@@ -81,7 +84,11 @@ impl UpstreamCredentials {
             }
             _ => None,
         };
-        Ok(Self { ca, client, pem })
+        Ok(Self {
+            ca,
+            client,
+            files_digest: files.finalize().into(),
+        })
     }
 
     /// Makes `peer` verify with the CA bundle and present the client certificate, where set.
