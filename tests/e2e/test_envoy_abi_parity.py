@@ -4,11 +4,14 @@ proxy/wasm-host/tests/abi.rs in our host hold in Envoy 1.40 too."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from gateway import Gateway
 from run_envoy import EnvoyProcess, start_envoy
 
 
@@ -62,3 +65,36 @@ def test_local_reply_matches_the_host(probe_wasm: Path, upstream_port: int, tmp_
     # Envoy runs a local reply through the filter's own response callbacks.
     assert response.headers["x-prop-code"] == "418"
     assert response.text == "<short and stout!"
+
+
+def test_a_root_context_logs_and_ticks_without_traffic_as_in_our_proxy(
+    probe_wasm: Path,
+    upstream_port: int,
+    gateway: Callable[[dict[str, Any]], Gateway],
+    tmp_path: Path,
+) -> None:
+    expected = ["probe: vm started", 'probe: configured in mode "root-log"', "probe: tick"]
+    envoy_dir = tmp_path / "envoy"
+    envoy_dir.mkdir()
+    envoy = start_probe("root-log", probe_wasm, upstream_port, envoy_dir)
+    probe_filter = {"name": "probe", "wasm": str(probe_wasm), "configuration": "root-log"}
+    ours = gateway(
+        {
+            "filter_chains": [{"name": "probe", "filters": [probe_filter]}],
+            "routes": [{"name": "all", "cluster": "app", "filter_chain": "probe"}],
+            "clusters": [{"name": "app", "endpoints": [f"127.0.0.1:{upstream_port}"]}],
+        }
+    )
+    try:
+        deadline = time.monotonic() + 10
+        logs = {"envoy": "", "ours": ""}
+        while time.monotonic() < deadline:
+            logs = {"envoy": envoy.log(), "ours": ours.log()}
+            if all(line in log for line in expected for log in logs.values()):
+                break
+            time.sleep(0.2)
+        for name, log in logs.items():
+            missing = [line for line in expected if line not in log]
+            assert not missing, f"{name} lacks {missing} with no traffic:\n{log[-3000:]}"
+    finally:
+        envoy.stop()

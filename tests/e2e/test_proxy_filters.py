@@ -93,7 +93,8 @@ def test_filters_rewrite_headers_and_buffer_bodies(
 
 @pytest.mark.parametrize(
     ("policy", "panic_status", "after_status"),
-    [("fail_closed", 503, 503), ("fail_open", 200, 200), ("reload", 503, 200)],
+    # `reload` is the older name of fail_closed; every policy replaces the broken VM.
+    [("fail_closed", 503, 200), ("fail_open", 200, 200), ("reload", 503, 200)],
 )
 def test_failure_policies(
     gateway: Callable[[dict[str, Any]], Gateway],
@@ -118,8 +119,10 @@ def test_failure_policies(
 
     after = requests.get(proxy.url + "/fine", timeout=5)
     assert after.status_code == after_status, after.text
+    assert "x-vm-id" in after.json()["headers"], "the filter ran again, on a fresh VM"
     metrics = requests.get(proxy.admin_url + "/metrics", timeout=5).text
     assert 'wasm_filter_traps_total{plugin="misbehaving"} 1' in metrics
+    assert 'wasm_filter_vm_restarts_total{plugin="misbehaving"} 1' in metrics
 
 
 def test_a_filter_refusing_its_configuration_stops_the_start(

@@ -96,7 +96,8 @@ def test_request_id_traceparent_and_forwarded_headers(
     version, upstream_trace, parent, flags = seen["traceparent"].split("-")
     assert (version, upstream_trace, flags) == ("00", trace_id, "01")
     assert parent != "00f067aa0ba902b7", "the proxy is a new hop in the trace"
-    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    # Not a trusted proxy (the default): the client's list is replaced by the address we saw.
+    assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
 
     generated = requests.get(proxy.url + "/", timeout=5)
@@ -178,3 +179,20 @@ def test_tls_listener(
     response = requests.get(f"https://127.0.0.1:{proxy.port}/secure", verify=str(cert), timeout=5)
     assert response.status_code == 200
     assert response.json()["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_forwarded_headers_from_a_trusted_proxy_are_appended_to(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    proxy = gateway(
+        {
+            "server": {"trusted_proxies": ["127.0.0.0/8"]},
+            "routes": [{"name": "all", "cluster": "app"}],
+            "clusters": [cluster("app", upstreams("app"))],
+        }
+    )
+    sent = {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https", "x-forwarded-host": "api.test"}
+    seen = requests.get(proxy.url + "/", headers=sent, timeout=5).json()["headers"]
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-host"] == "api.test"

@@ -13,7 +13,7 @@ Test controls, all optional:
 - ``GET /sse?events=5&interval_ms=100`` streams Server-Sent Events, one per interval;
 - ``GET /healthz`` answers 200 (health checks);
 - ``server.stats`` counts ``requests``, ``events_sent`` and ``streams_cancelled`` (event streams whose
-  client went away).
+  client went away); ``server.paths_seen`` lists the request targets answered.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.stats["requests"] += 1
             count = self.server.stats["requests"]
+            self.server.paths_seen.append(self.path)
         status = self.server.fail_with or int(query.get("status", "200"))
         if status >= 500:
             self._send(status, "text/plain", TRACEBACK)
@@ -118,6 +119,8 @@ class EchoServer(ThreadingHTTPServer):
         self.stats = {"streams_cancelled": 0, "events_sent": 0, "requests": 0}
         # When set, every request is answered with this status (a failing service).
         self.fail_with: int | None = None
+        # Every request target answered, in order (tests look for smuggled requests in it).
+        self.paths_seen: list[str] = []
 
 
 def start_echo_upstream(port: int = 0, name: str = "echo") -> EchoServer:

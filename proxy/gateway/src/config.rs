@@ -3,6 +3,8 @@
 //! Every error names the field it is about (`routes[1].cluster: ...`), so a refused file says
 //! what to fix. Relative paths (filters, TLS files) are resolved against the file's directory.
 
+pub use crate::client_headers::{ReservedHeaders, TrustedProxies};
+pub use crate::path_normalization::{EscapedSlashes, PathSettings};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -76,6 +78,13 @@ pub struct ServerSettings {
     pub reload: ReloadSettings,
     /// Unix socket on which a new process started with `--upgrade` takes over the listeners.
     pub upgrade_socket: PathBuf,
+    /// How request paths are normalised before routing, filters and the upstream.
+    pub paths: PathSettings,
+    /// Client headers removed before routing and filters (default: the `x-gateway-` prefix).
+    pub reserved_headers: ReservedHeaders,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-*` headers are kept and appended to;
+    /// from anyone else they are replaced.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ServerSettings {
@@ -87,6 +96,9 @@ impl Default for ServerSettings {
             module_cache_dir: None,
             reload: ReloadSettings::default(),
             upgrade_socket: PathBuf::from("/tmp/gateway-upgrade.sock"),
+            paths: PathSettings::default(),
+            reserved_headers: ReservedHeaders::default(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -361,17 +373,18 @@ pub struct FilterConfig {
     pub limits: FilterLimits,
 }
 
-/// Failure policy names, as in Envoy's `failure_policy`.
+/// Failure policy names, as in Envoy's `failure_policy`: what the request that hit the failure
+/// gets. Either way the next request runs on a fresh VM.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicyConfig {
-    /// 503 while the filter is broken.
+    /// A 503 JSON error. `reload`, the name of an earlier policy that did this and then
+    /// restarted the VM (every policy restarts it now), is read as `fail_closed`.
     #[default]
+    #[serde(alias = "reload")]
     FailClosed,
-    /// Skip the filter while it is broken.
+    /// The request goes on without the filter.
     FailOpen,
-    /// 503 for the failing request, then a fresh VM.
-    Reload,
 }
 
 /// Filter VM limits.
@@ -419,6 +432,9 @@ pub struct RouteConfig {
     /// What clients see when the upstream answers 5xx.
     #[serde(default)]
     pub upstream_errors: UpstreamErrors,
+    /// Forward `Upgrade` (WebSocket and the like); otherwise it is removed as hop-by-hop.
+    #[serde(default)]
+    pub allow_upgrade: bool,
 }
 
 /// Route conditions.

@@ -41,7 +41,6 @@ impl FilterChain {
             spec.failure_policy = match filter.failure_policy {
                 FailurePolicyConfig::FailClosed => FailurePolicy::FailClosed,
                 FailurePolicyConfig::FailOpen => FailurePolicy::FailOpen,
-                FailurePolicyConfig::Reload => FailurePolicy::Reload,
             };
             spec.limits = VmLimits {
                 max_memory_bytes: filter.limits.max_memory_mib << 20,

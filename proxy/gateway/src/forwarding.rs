@@ -1,5 +1,5 @@
 //! Headers a gateway adds on the way upstream: `x-request-id`, W3C `traceparent`, and
-//! `X-Forwarded-For` / `X-Forwarded-Proto`.
+//! `X-Forwarded-For` / `-Proto`.
 
 use std::net::IpAddr;
 
@@ -83,9 +83,16 @@ fn random_hex(bytes: usize) -> String {
     hex
 }
 
-/// The `X-Forwarded-For` value: the client's list with the connecting address appended.
-pub fn forwarded_for(existing: Option<&[u8]>, client: Option<IpAddr>) -> Option<String> {
+/// The `X-Forwarded-For` value: the connecting address, appended to the client's list when the
+/// client is a trusted proxy. An untrusted client's list is dropped, so the leftmost address an
+/// upstream reads is one the gateway saw.
+pub fn forwarded_for(
+    existing: Option<&[u8]>,
+    client: Option<IpAddr>,
+    client_trusted: bool,
+) -> Option<String> {
     let existing = existing
+        .filter(|_| client_trusted)
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::trim)
         .filter(|v| !v.is_empty());
@@ -138,12 +145,17 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends_the_peer() {
+    fn forwarded_for_appends_the_peer_to_a_trusted_proxys_list_only() {
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
-        assert_eq!(forwarded_for(None, Some(ip)).unwrap(), "10.0.0.7");
+        assert_eq!(forwarded_for(None, Some(ip), false).unwrap(), "10.0.0.7");
         assert_eq!(
-            forwarded_for(Some(b"1.2.3.4"), Some(ip)).unwrap(),
+            forwarded_for(Some(b"1.2.3.4"), Some(ip), true).unwrap(),
             "1.2.3.4, 10.0.0.7"
+        );
+        assert_eq!(
+            forwarded_for(Some(b"6.6.6.6"), Some(ip), false).unwrap(),
+            "10.0.0.7",
+            "a forged list from an untrusted client is replaced"
         );
     }
 }

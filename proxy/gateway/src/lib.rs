@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod callouts;
+pub mod client_headers;
 pub mod cluster;
 pub mod config;
 pub mod filter_chain;
@@ -14,6 +15,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 mod offload;
+pub mod path_normalization;
 pub mod peer_identity;
 pub mod proxy;
 pub mod reload;

@@ -53,6 +53,12 @@ pub async fn filter_phase<T: Send + 'static>(
     }
 }
 
+/// Runs `future` on the offload runtime from a thread outside any runtime, returning its output.
+/// Tasks it spawns (filters' root-context ticks) keep running there afterwards.
+pub fn run_persistently<T>(future: impl Future<Output = T>) -> T {
+    offload_runtime().block_on(future)
+}
+
 fn offload_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {

@@ -1,11 +1,13 @@
 //! The request path: Pingora's phases mapped onto routing, the filter chain and the upstream.
 
+use crate::client_headers;
 use crate::cluster::{Cluster, InFlight};
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding::{self, TraceContext};
 use crate::lifecycle::Lifecycle;
 use crate::offload;
+use crate::path_normalization::PathRejection;
 use crate::responses::{self, ProxyError};
 use crate::runtime::{Generation, Route, Runtime};
 use async_trait::async_trait;
@@ -15,6 +17,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorSource, ErrorType};
 use proxy_wasm_host::{Headers, LocalResponse, StreamInfo};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,12 +109,26 @@ impl ProxyHttp for Gateway {
         if self.lifecycle.is_handing_over() {
             session.set_keepalive(None);
         }
-        self.add_forwarding_headers(session, ctx)?;
-
         let generation = ctx.generation.clone();
+        // Before anything reads the request: the gateway's own headers come only from the
+        // gateway, and routes, filters and the upstream see one normalised path.
+        generation.reserved_headers.strip(session.req_header_mut());
+        self.add_forwarding_headers(session, ctx)?;
+        if !unambiguous_framing(session.req_header()) {
+            // What follows the headers cannot be told apart from a next request: close after.
+            session.set_keepalive(None);
+            return self.refuse(session, ctx, ProxyError::BadRequest).await;
+        }
+        if let Err(rejection) = normalize_path(session, &generation) {
+            return self
+                .refuse(session, ctx, ProxyError::InvalidPath(rejection))
+                .await;
+        }
+
         let Some(route) = generation.route_for(session.req_header(), &self.listener) else {
             return self.refuse(session, ctx, ProxyError::NoRoute).await;
         };
+        client_headers::strip_hop_by_hop(session.req_header_mut(), route.config.allow_upgrade);
         let cluster = generation.cluster(&route.config.cluster);
         ctx.route = Some(route.clone());
         ctx.cluster = Some(cluster.clone());
@@ -499,6 +516,7 @@ impl Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let trusted = ctx.generation.trusted_proxies.trusts(client_ip);
         let request = session.req_header_mut();
         ctx.request_id =
             forwarding::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
@@ -508,13 +526,27 @@ impl Gateway {
         let xff = forwarding::forwarded_for(
             request.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
             client_ip,
+            trusted,
         );
         request.insert_header("x-request-id", ctx.request_id.as_str())?;
         request.insert_header("traceparent", trace.header_value())?;
-        if let Some(xff) = xff {
-            request.insert_header("x-forwarded-for", xff)?;
+        match xff {
+            Some(xff) => request.insert_header("x-forwarded-for", xff)?,
+            None => {
+                request.remove_header("x-forwarded-for");
+            }
         }
-        request.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        let proto = if self.tls { "https" } else { "http" };
+        if !trusted || !request.headers.contains_key("x-forwarded-proto") {
+            request.insert_header("x-forwarded-proto", proto)?;
+        }
+        if !trusted {
+            // An untrusted client's claims about earlier hops are dropped; its `Host` is the one
+            // fact the upstream gets (setting `x-forwarded-host` would make every request look
+            // unkeyed-header-tainted to caches that refuse such requests).
+            request.remove_header("forwarded");
+            request.remove_header("x-forwarded-host");
+        }
         ctx.trace = Some(trace);
         Ok(())
     }
@@ -529,6 +561,42 @@ impl Gateway {
         ctx.responded = Some(error.status());
         Ok(true)
     }
+}
+
+/// Whether the body's length has one reading (RFC 9112 §6.3): no `Content-Length` beside
+/// `Transfer-Encoding`, and `Content-Length` values that agree. Otherwise the gateway and the
+/// upstream could see the request end in different places (request smuggling).
+fn unambiguous_framing(request: &pingora::http::RequestHeader) -> bool {
+    let lengths = request.headers.get_all(http::header::CONTENT_LENGTH);
+    let mut values = lengths
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|v| v.trim_ascii());
+    let Some(first) = values.next() else {
+        return true;
+    };
+    !request
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+        && !first.is_empty()
+        && first.iter().all(u8::is_ascii_digit)
+        && values.all(|v| v == first)
+}
+
+/// Replaces the request's path with its normal form (`server.paths`).
+fn normalize_path(session: &mut Session, generation: &Generation) -> Result<(), PathRejection> {
+    let request = session.req_header_mut();
+    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+    let normal = match generation.paths.normalize(target)? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(normal) => normal,
+    };
+    // HTTP/2 and absolute-form requests carry scheme and authority in the URI: keep them.
+    let mut parts = request.uri.clone().into_parts();
+    parts.path_and_query = Some(normal.parse().map_err(|_| PathRejection::BadEscape)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| PathRejection::BadEscape)?;
+    request.set_uri(uri);
+    Ok(())
 }
 
 /// Whether the request has attempts left and its body (if any) can still be replayed.

@@ -1,5 +1,6 @@
 //! Responses the proxy writes itself: JSON errors with a stable shape, and filter local replies.
 
+use crate::path_normalization::PathRejection;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -25,6 +26,8 @@ pub enum ProxyError {
     UpstreamFailed(u16),
     /// The client sent a malformed request.
     BadRequest,
+    /// The request path is malformed or has an encoded slash (`server.paths`).
+    InvalidPath(PathRejection),
     /// Anything else.
     Internal,
 }
@@ -39,7 +42,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => 504,
             ProxyError::BadGateway => 502,
             ProxyError::UpstreamFailed(status) => status,
-            ProxyError::BadRequest => 400,
+            ProxyError::BadRequest | ProxyError::InvalidPath(_) => 400,
             ProxyError::Internal => 500,
         }
     }
@@ -55,6 +58,7 @@ impl ProxyError {
             ProxyError::BadGateway => "bad_gateway",
             ProxyError::UpstreamFailed(_) => "upstream_error",
             ProxyError::BadRequest => "bad_request",
+            ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::Internal => "internal_error",
         }
     }
@@ -70,6 +74,13 @@ impl ProxyError {
             ProxyError::BadGateway => "the upstream service sent an invalid response",
             ProxyError::UpstreamFailed(_) => "the upstream service failed",
             ProxyError::BadRequest => "the request is malformed",
+            ProxyError::InvalidPath(PathRejection::NotAbsolute) => "the path must start with /",
+            ProxyError::InvalidPath(PathRejection::BadEscape) => {
+                "the path has an invalid percent-encoding"
+            }
+            ProxyError::InvalidPath(PathRejection::EscapedSlash) => {
+                "the path has an encoded slash or backslash (%2F, %5C)"
+            }
             ProxyError::Internal => "internal error",
         }
     }

@@ -4,7 +4,9 @@
 
 use crate::callouts::ClusterCallouts;
 use crate::cluster::{resolve_endpoints, Cluster, NameLookup};
-use crate::config::{Config, ConfigError, RouteConfig};
+use crate::config::{
+    Config, ConfigError, PathSettings, ReservedHeaders, RouteConfig, TrustedProxies,
+};
 use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
 use crate::routing::{RequestFacts, RouteMatcher};
@@ -38,6 +40,12 @@ pub struct Generation {
     pub max_request_body_bytes: u64,
     /// Whether to write access-log lines.
     pub access_log: bool,
+    /// `server.paths`.
+    pub paths: PathSettings,
+    /// `server.reserved_headers`.
+    pub reserved_headers: ReservedHeaders,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Generation {
@@ -89,6 +97,9 @@ impl Generation {
             clusters,
             max_request_body_bytes: config.server.max_request_body_bytes,
             access_log: config.logging.access_log,
+            paths: config.server.paths.clone(),
+            reserved_headers: config.server.reserved_headers.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
         })
     }
 

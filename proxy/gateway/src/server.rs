@@ -21,17 +21,11 @@ use std::sync::Arc;
 /// Tries, a second apart, that each side of an upgrade waits for the other.
 const UPGRADE_WAIT_TRIES: usize = 30;
 
-/// Loads the filters of `config` (compiling them and checking their configuration) on a
-/// temporary runtime; this is also what `proxy validate` runs.
+/// Loads the filters of `config` (compiling them and checking their configuration); this is also
+/// what `proxy validate` runs. Their root VMs tick on the offload runtime from then on, with or
+/// without traffic, as in Envoy.
 pub fn load(config: &Config, lookup: NameLookup) -> Result<Runtime, ConfigError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ConfigError {
-            field: "server".into(),
-            message: format!("cannot start a runtime to load filters: {e}"),
-        })?
-        .block_on(Runtime::build(config, lookup))
+    crate::offload::run_persistently(Runtime::build(config, lookup))
 }
 
 /// Builds the server for `config`, read from `config_path` (which reloads read again) when its

@@ -3,7 +3,7 @@
 
 use crate::callout::{HttpCallDispatcher, NoClusters};
 use crate::metrics::MetricsRegistry;
-use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec};
+use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec, RootVm};
 use crate::queues::SharedQueues;
 use crate::shared_data::{MemoryLimits, MemorySharedData, SharedDataBackend};
 use crate::vm::PluginVm;
@@ -56,11 +56,19 @@ pub(crate) struct HostServices {
 impl HostServices {
     /// Counts a filter trap in the metrics (`wasm_filter_traps_total{plugin=...}`).
     pub(crate) fn record_trap(&self, plugin: &str) {
-        if let Ok(id) = self.metrics.define(
-            plugin,
-            crate::abi::MetricType::Counter,
-            "filter_traps_total",
-        ) {
+        self.count(plugin, "filter_traps_total");
+    }
+
+    /// Counts a VM started in place of a broken one (`wasm_filter_vm_restarts_total`).
+    pub(crate) fn record_vm_restart(&self, plugin: &str) {
+        self.count(plugin, "filter_vm_restarts_total");
+    }
+
+    fn count(&self, plugin: &str, name: &str) {
+        if let Ok(id) = self
+            .metrics
+            .define(plugin, crate::abi::MetricType::Counter, name)
+        {
             self.metrics.increment(id, 1);
         }
     }
@@ -82,7 +90,7 @@ pub struct Host {
 struct ModuleInUse {
     digest: [u8; 32],
     module: Module,
-    plugin: Weak<()>,
+    plugin: Weak<RootVm>,
 }
 
 /// VM slots for the whole process: one VM per plugin per worker thread, plus reloads.
@@ -133,8 +141,9 @@ impl Host {
         &self.services.metrics
     }
 
-    /// Compiles `wasm` (or loads it from the cache), then starts one VM on this thread to check that
-    /// the filter accepts its configuration. Must run inside a tokio runtime.
+    /// Compiles `wasm` (or loads it from the cache), then starts the plugin's root VM, which checks
+    /// that the filter accepts its configuration and then ticks for as long as the plugin lives.
+    /// Must run inside a tokio runtime that outlives the plugin (its ticks run there).
     pub async fn load_plugin(&self, wasm: &[u8], spec: PluginSpec) -> Result<Plugin, LoadError> {
         let digest: [u8; 32] = Sha256::digest(wasm).into();
         let module = match self.module_in_use(&digest) {
@@ -168,9 +177,8 @@ impl Host {
             self.engine.clone(),
             instance_pre,
         ));
-        let first_vm = PluginVm::start(&inner).await?;
-        let plugin = Plugin::new(inner);
-        plugin.adopt(first_vm);
+        let root_vm = PluginVm::start(&inner).await?;
+        let plugin = Plugin::new(inner, root_vm);
         self.in_use.lock().expect("modules lock").push(ModuleInUse {
             digest,
             module,

@@ -5,23 +5,22 @@ use crate::state::HostState;
 use crate::stream::{HttpStream, StreamInfo};
 use crate::vm::{PluginVm, SharedVm};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::{Engine, InstancePre, StoreLimits, StoreLimitsBuilder};
 
-/// What happens to requests when a filter traps, exceeds its limits or cannot start
-/// (named after Envoy's `FailurePolicy`).
+/// What a request gets when its filter traps, exceeds its limits or cannot start (named after
+/// Envoy's `FailurePolicy`). Whatever the policy, a broken VM is replaced by a fresh one for the
+/// requests that come after, so a failure costs the failing request only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailurePolicy {
-    /// Requests get a 503 JSON error while the filter is broken (Envoy's default).
+    /// The request gets a 503 JSON error (Envoy's default).
     #[default]
     FailClosed,
-    /// Requests skip the filter while it is broken.
+    /// The request goes on without the filter.
     FailOpen,
-    /// The request that hit the failure gets a 503; the VM is recreated (with backoff) for the next.
-    Reload,
 }
 
 /// Per-VM resource limits.
@@ -111,10 +110,11 @@ pub(crate) struct PluginInner {
     pub(crate) shared: Arc<PluginShared>,
     pub(crate) engine: Engine,
     pub(crate) instance_pre: InstancePre<HostState>,
-    reload: Mutex<ReloadState>,
+    restarts: Mutex<RestartState>,
 }
 
-struct ReloadState {
+/// Start-up failures in a row, and when the next start may be tried.
+struct RestartState {
     failures: u32,
     next_attempt: Option<Instant>,
 }
@@ -123,12 +123,32 @@ struct ReloadState {
 /// by itself when a plugin is gone; `loaded` dies with the last [`Plugin`] handle.
 struct ThreadVm {
     vm: SharedVm,
-    loaded: Weak<()>,
+    loaded: Weak<RootVm>,
 }
 
 thread_local! {
     /// This worker thread's VM of each plugin, by plugin id.
     static THREAD_VMS: RefCell<HashMap<u64, ThreadVm>> = RefCell::new(HashMap::new());
+    /// Plugins whose VM this thread is starting, so concurrent requests start only one.
+    static STARTING: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
+
+/// Marks a plugin's VM as being started on this thread until dropped.
+struct StartingGuard(u64);
+
+impl StartingGuard {
+    /// `None` when this thread is already starting the plugin's VM.
+    fn claim(plugin_id: u64) -> Option<Self> {
+        STARTING
+            .with(|starting| starting.borrow_mut().insert(plugin_id))
+            .then_some(Self(plugin_id))
+    }
+}
+
+impl Drop for StartingGuard {
+    fn drop(&mut self) {
+        STARTING.with(|starting| starting.borrow_mut().remove(&self.0));
+    }
 }
 
 impl PluginInner {
@@ -143,7 +163,7 @@ impl PluginInner {
             shared,
             engine,
             instance_pre,
-            reload: Mutex::new(ReloadState {
+            restarts: Mutex::new(RestartState {
                 failures: 0,
                 next_attempt: None,
             }),
@@ -160,22 +180,25 @@ impl PluginInner {
             .build()
     }
 
-    pub(crate) fn callback_ticks(&self) -> u64 {
-        crate::engine::ticks_for(self.shared.spec.limits.callback_deadline)
-    }
-
     pub(crate) fn start_ticks(&self) -> u64 {
         crate::engine::ticks_for(self.shared.spec.limits.start_deadline)
     }
 }
 
 /// A loaded filter. Cheap to clone; use it from any worker thread. When the last clone is dropped
-/// (say, after a configuration reload), each thread releases its VM of the plugin the next time it
-/// adopts one; streams still running keep theirs until they finish.
+/// (say, after a configuration reload), its root VM stops, and each thread releases its VM of the
+/// plugin the next time it adopts one; streams still running keep theirs until they finish.
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) inner: Arc<PluginInner>,
-    loaded: Arc<()>,
+    loaded: Arc<RootVm>,
+}
+
+/// The VM started when the plugin loaded, as Envoy's main-thread VM: its root context has run
+/// `on_vm_start` and `on_configure`, and gets `on_tick` on its period whether or not requests
+/// come. Requests run on per-thread VMs; this one lives exactly as long as the plugin.
+pub(crate) struct RootVm {
+    _vm: SharedVm,
 }
 
 impl Plugin {
@@ -189,22 +212,22 @@ impl Plugin {
         &self.inner.shared.spec
     }
 
-    /// Wraps a freshly loaded plugin.
-    pub(crate) fn new(inner: Arc<PluginInner>) -> Self {
+    /// Wraps a freshly loaded plugin and the VM that loaded it.
+    pub(crate) fn new(inner: Arc<PluginInner>, root_vm: SharedVm) -> Self {
         Self {
             inner,
-            loaded: Arc::new(()),
+            loaded: Arc::new(RootVm { _vm: root_vm }),
         }
     }
 
     /// Alive while any clone of this plugin is.
-    pub(crate) fn liveness(&self) -> Weak<()> {
+    pub(crate) fn liveness(&self) -> Weak<RootVm> {
         Arc::downgrade(&self.loaded)
     }
 
-    /// Adopts `vm` as this thread's VM (the one started while loading), releasing this thread's
-    /// VMs of plugins that are gone so that their pool slots return.
-    pub(crate) fn adopt(&self, vm: SharedVm) {
+    /// Adopts `vm` as this thread's VM, releasing this thread's VMs of plugins that are gone so
+    /// that their pool slots return.
+    fn adopt(&self, vm: SharedVm) {
         THREAD_VMS.with(|vms| {
             let mut vms = vms.borrow_mut();
             vms.retain(|_, held| held.loaded.strong_count() > 0);
@@ -213,63 +236,66 @@ impl Plugin {
         });
     }
 
-    /// Starts a new HTTP stream on this thread's VM, starting (or, under `Reload`, restarting) the
-    /// VM first when needed. Never fails: a filter that cannot run yields its failure policy's
+    /// Starts a new HTTP stream. Its filter context is created on this thread's VM when the
+    /// first phase runs, so a request that arrives while a broken VM is being replaced is served
+    /// by the replacement. Never fails: a filter that cannot run yields its failure policy's
     /// verdict from every phase.
     pub async fn new_http_stream(&self, info: StreamInfo) -> HttpStream {
-        let vm = self.vm_for_this_thread().await;
-        let mut stream = HttpStream {
-            plugin: self.inner.clone(),
+        HttpStream {
+            plugin: self.clone(),
+            pending: Some(info),
             vm: None,
             id: 0,
             bypass: false,
             request_id: None,
-        };
-        if let Some(cell) = vm.filter(|cell| !cell.broken.load(Ordering::Acquire)) {
-            let created = cell.lock().await.create_stream(info).await;
-            if let Ok(id) = created {
-                stream.id = id;
-                stream.vm = Some(cell);
-            }
         }
-        stream
     }
 
+    /// Creates the stream's context on this thread's VM; `None` when no healthy VM can run it.
+    pub(crate) async fn create_context(&self, info: StreamInfo) -> Option<(SharedVm, u32)> {
+        let cell = self.vm_for_this_thread().await?;
+        let id = cell.lock().await.create_stream(info).await.ok()?;
+        Some((cell, id))
+    }
+
+    /// This thread's healthy VM, starting one when there is none or it broke. Start-up failures
+    /// back off; meanwhile (and while another request of this thread starts the VM) there is none.
     async fn vm_for_this_thread(&self) -> Option<SharedVm> {
         let existing =
             THREAD_VMS.with(|vms| vms.borrow().get(&self.inner.id).map(|held| held.vm.clone()));
-        if let Some(vm) = &existing {
-            let healthy = !vm.broken.load(Ordering::Acquire);
-            if healthy || self.spec().failure_policy != FailurePolicy::Reload {
+        if let Some(vm) = existing.as_ref() {
+            if !vm.broken.load(Ordering::Acquire) {
                 return existing;
             }
         }
         if !self.may_start_vm() {
-            return existing;
+            return None;
         }
+        let _starting = StartingGuard::claim(self.inner.id)?;
         match PluginVm::start(&self.inner).await {
             Ok(vm) => {
-                self.inner.reload.lock().expect("reload lock").failures = 0;
+                self.inner.restarts.lock().expect("restart lock").failures = 0;
                 self.adopt(vm.clone());
                 if existing.is_some() {
-                    tracing::info!(plugin = self.name(), "filter VM recreated after a failure");
+                    self.inner.shared.services.record_vm_restart(self.name());
+                    tracing::info!(plugin = self.name(), "filter VM replaced after a failure");
                 }
                 Some(vm)
             }
             Err(error) => {
-                let mut reload = self.inner.reload.lock().expect("reload lock");
-                reload.failures = reload.failures.saturating_add(1);
-                let backoff = Duration::from_millis(100 << reload.failures.min(8))
+                let mut restarts = self.inner.restarts.lock().expect("restart lock");
+                restarts.failures = restarts.failures.saturating_add(1);
+                let backoff = Duration::from_millis(100 << restarts.failures.min(8))
                     .min(Duration::from_secs(30));
-                reload.next_attempt = Some(Instant::now() + backoff);
+                restarts.next_attempt = Some(Instant::now() + backoff);
                 tracing::error!(plugin = self.name(), %error, ?backoff, "cannot start filter VM");
-                existing
+                None
             }
         }
     }
 
     fn may_start_vm(&self) -> bool {
-        let reload = self.inner.reload.lock().expect("reload lock");
-        reload.next_attempt.is_none_or(|at| Instant::now() >= at)
+        let restarts = self.inner.restarts.lock().expect("restart lock");
+        restarts.next_attempt.is_none_or(|at| Instant::now() >= at)
     }
 }

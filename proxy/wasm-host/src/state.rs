@@ -6,7 +6,7 @@ use crate::plugin::PluginShared;
 use crate::stream::{LocalResponse, StreamInfo};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use wasmtime::{Memory, StoreLimits, TypedFunc};
@@ -36,6 +36,35 @@ pub(crate) struct HostState {
     pub(crate) last_error_log: Option<String>,
     /// Buffered output of WASI `fd_write`, per file descriptor, emitted line by line.
     pub(crate) stdio_lines: [Vec<u8>; 2],
+    /// The running callback's CPU budget.
+    pub(crate) clock: GuestClock,
+}
+
+/// A callback's deadline counts the guest's own time only: time it spends suspended on an awaited
+/// host call (a remote shared-data backend) is given back when the call returns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuestClock {
+    started: Instant,
+    budget: Duration,
+    suspended: Duration,
+}
+
+impl GuestClock {
+    /// A clock for a callback allowed `budget` of its own time, starting now.
+    pub(crate) fn start(budget: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            budget,
+            suspended: Duration::ZERO,
+        }
+    }
+
+    /// Records a suspension of `waited`; returns the budget left.
+    pub(crate) fn resume_after(&mut self, waited: Duration) -> Duration {
+        self.suspended += waited;
+        let used = self.started.elapsed().saturating_sub(self.suspended);
+        self.budget.saturating_sub(used)
+    }
 }
 
 /// A callout requested by a guest.

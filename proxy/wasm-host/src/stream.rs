@@ -2,11 +2,10 @@
 
 use crate::abi::Action;
 use crate::headers::Headers;
-use crate::plugin::{FailurePolicy, PluginInner};
+use crate::plugin::{FailurePolicy, Plugin};
 use crate::vm::{Phase, SharedVm};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Facts about the connection and route that filters read as properties.
@@ -76,8 +75,11 @@ pub enum Verdict {
 
 /// One HTTP context of one filter. Call the phases in order, then [`HttpStream::finish`].
 pub struct HttpStream {
-    pub(crate) plugin: Arc<PluginInner>,
-    /// `None` when no VM could be started (the failure policy applies to every phase).
+    pub(crate) plugin: Plugin,
+    /// The stream's facts until its context is created (by the first phase).
+    pub(crate) pending: Option<StreamInfo>,
+    /// `None` before the first phase, or when no VM could run the stream (the failure policy
+    /// applies to every phase).
     pub(crate) vm: Option<SharedVm>,
     pub(crate) id: u32,
     /// Set when the filter failed open: later phases skip it.
@@ -145,7 +147,7 @@ impl HttpStream {
         headers: &mut Headers,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(cell) = self.active_vm() else {
+        let Some(cell) = self.active_vm().await else {
             return self.failure_verdict();
         };
         let action = {
@@ -172,7 +174,7 @@ impl HttpStream {
         chunk: &mut Vec<u8>,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(cell) = self.active_vm() else {
+        let Some(cell) = self.active_vm().await else {
             return self.failure_verdict();
         };
         let action = {
@@ -214,7 +216,7 @@ impl HttpStream {
         let Ok(action) = action else {
             return self.failure_verdict();
         };
-        let deadline = Instant::now() + self.plugin.shared.spec.limits.pause_timeout;
+        let deadline = Instant::now() + self.plugin.inner.shared.spec.limits.pause_timeout;
         let mut paused = action == Action::Pause;
         loop {
             let wake = {
@@ -247,7 +249,7 @@ impl HttpStream {
                 .await
                 .is_err()
             {
-                let plugin = &self.plugin.shared.spec.name;
+                let plugin = &self.plugin.inner.shared.spec.name;
                 tracing::warn!(
                     plugin,
                     ?phase,
@@ -262,9 +264,16 @@ impl HttpStream {
         }
     }
 
-    fn active_vm(&self) -> Option<SharedVm> {
+    /// The stream's VM while it can run the filter, creating the context on the first phase.
+    async fn active_vm(&mut self) -> Option<SharedVm> {
         if self.bypass {
             return None;
+        }
+        if let Some(info) = self.pending.take() {
+            if let Some((cell, id)) = self.plugin.create_context(info).await {
+                self.vm = Some(cell);
+                self.id = id;
+            }
         }
         self.vm
             .clone()
@@ -280,14 +289,12 @@ impl HttpStream {
     }
 
     fn policy_verdict(&mut self, code: &str, message: &str) -> Verdict {
-        match self.plugin.shared.spec.failure_policy {
+        match self.plugin.inner.shared.spec.failure_policy {
             FailurePolicy::FailOpen => {
                 self.bypass = true;
                 Verdict::Continue
             }
-            FailurePolicy::FailClosed | FailurePolicy::Reload => {
-                Verdict::Respond(self.error_response(code, message))
-            }
+            FailurePolicy::FailClosed => Verdict::Respond(self.error_response(code, message)),
         }
     }
 
@@ -297,7 +304,7 @@ impl HttpStream {
             status: 503,
             headers: Headers::from_pairs([("content-type", "application/json")]),
             body: filter_common::error_body(503, code, message, self.request_id.as_deref()),
-            details: format!("{code}: {}", self.plugin.shared.spec.name),
+            details: format!("{code}: {}", self.plugin.inner.shared.spec.name),
         }
     }
 }

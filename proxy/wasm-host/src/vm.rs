@@ -5,11 +5,12 @@ use crate::abi::Action;
 use crate::callout::CalloutResponse;
 use crate::hostcalls::flush_stdio;
 use crate::plugin::{LoadError, PluginInner};
-use crate::state::{HostState, StreamState};
+use crate::state::{GuestClock, HostState, StreamState};
 use crate::stream::StreamInfo;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
@@ -187,6 +188,7 @@ impl PluginVm {
             callout_response: None,
             last_error_log: None,
             stdio_lines: Default::default(),
+            clock: GuestClock::start(plugin.shared.spec.limits.start_deadline),
         };
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -241,7 +243,7 @@ impl PluginVm {
 
     async fn start_root(&mut self) -> Result<(), LoadError> {
         let root = ROOT_CONTEXT_ID as i32;
-        let deadline = self.plugin.start_ticks();
+        let deadline = self.plugin.shared.spec.limits.start_deadline;
         let spec = self.plugin.shared.spec.clone();
         let create = self.callbacks.on_context_create.clone();
         self.invoke_with(ROOT_CONTEXT_ID, Some(create), (root, 0), deadline)
@@ -304,8 +306,8 @@ impl PluginVm {
         P: WasmParams + Sync,
         R: WasmResults + Sync,
     {
-        let ticks = self.plugin.callback_ticks();
-        self.invoke_with(context_id, func, params, ticks).await
+        let deadline = self.plugin.shared.spec.limits.callback_deadline;
+        self.invoke_with(context_id, func, params, deadline).await
     }
 
     async fn invoke_with<P, R>(
@@ -313,7 +315,7 @@ impl PluginVm {
         context_id: u32,
         func: Option<TypedFunc<P, R>>,
         params: P,
-        ticks: u64,
+        deadline: Duration,
     ) -> Result<Option<R>, Trapped>
     where
         P: WasmParams + Sync,
@@ -324,7 +326,9 @@ impl PluginVm {
         }
         let Some(func) = func else { return Ok(None) };
         self.store.data_mut().effective_context = context_id;
-        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().clock = GuestClock::start(deadline);
+        self.store
+            .set_epoch_deadline(crate::engine::ticks_for(deadline));
         let result = func.call_async(&mut self.store, params).await;
         flush_stdio(self.store.data_mut());
         self.start_callouts();

@@ -4,7 +4,12 @@
 mod common;
 
 use common::*;
-use proxy_wasm_host::{FailurePolicy, LoadError, Plugin, PluginSpec, Verdict, VmLimits};
+use proxy_wasm_host::abi::Status;
+use proxy_wasm_host::{
+    BoxFuture, FailurePolicy, Host, HostOptions, LoadError, MemoryLimits, MemorySharedData, Plugin,
+    PluginSpec, SharedDataBackend, SharedValue, Unavailable, Verdict, VmLimits,
+};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn spec(policy: FailurePolicy) -> PluginSpec {
@@ -37,39 +42,11 @@ fn assert_503(verdict: &Verdict) {
 }
 
 #[tokio::test]
-async fn fail_closed_rejects_every_request_after_a_trap() {
+async fn fail_closed_refuses_the_failing_request_and_a_fresh_vm_serves_the_next() {
     let host = host();
     let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailClosed)).await;
-    assert!(matches!(
-        send(&plugin, "/ok").await,
-        (Verdict::Continue, Some(_))
-    ));
-    assert_503(&send(&plugin, "/panic").await.0);
-    assert_503(&send(&plugin, "/ok").await.0);
-    let metrics = host.metrics().render_prometheus();
-    assert!(
-        metrics.contains("wasm_filter_traps_total{plugin=\"misbehaving\"} 1"),
-        "{metrics}"
-    );
-}
-
-#[tokio::test]
-async fn fail_open_skips_the_broken_filter() {
-    let host = host();
-    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailOpen)).await;
-    assert_eq!(send(&plugin, "/panic").await, (Verdict::Continue, None));
-    assert_eq!(
-        send(&plugin, "/ok").await,
-        (Verdict::Continue, None),
-        "skipped: no header from the filter"
-    );
-}
-
-#[tokio::test]
-async fn reload_recreates_the_vm_for_the_next_request() {
-    let host = host();
-    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::Reload)).await;
-    let (_, first_vm) = send(&plugin, "/ok").await;
+    let (verdict, first_vm) = send(&plugin, "/ok").await;
+    assert_eq!(verdict, Verdict::Continue);
     assert_503(&send(&plugin, "/panic").await.0);
     let (verdict, second_vm) = send(&plugin, "/ok").await;
     assert_eq!(verdict, Verdict::Continue);
@@ -77,12 +54,99 @@ async fn reload_recreates_the_vm_for_the_next_request() {
         second_vm.is_some() && second_vm != first_vm,
         "a fresh VM served the request"
     );
+    let metrics = host.metrics().render_prometheus();
+    for counter in ["filter_traps_total", "filter_vm_restarts_total"] {
+        assert!(
+            metrics.contains(&format!("wasm_{counter}{{plugin=\"misbehaving\"}} 1")),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fail_open_lets_the_failing_request_through_and_the_filter_runs_again() {
+    let host = host();
+    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailOpen)).await;
+    assert_eq!(send(&plugin, "/panic").await, (Verdict::Continue, None));
+    assert!(
+        matches!(send(&plugin, "/ok").await, (Verdict::Continue, Some(_))),
+        "the filter ran on a fresh VM"
+    );
+}
+
+/// Two worker threads, each with its own runtime and VM as in the gateway, each running four
+/// concurrent clients that alternate traps and valid requests.
+#[test]
+fn hundreds_of_traps_under_concurrent_load_cost_only_the_trapping_requests() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let host = host();
+    let plugin = runtime.block_on(load(
+        &host,
+        "misbehaving_filter",
+        spec(FailurePolicy::FailClosed),
+    ));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let plugin = plugin.clone();
+            std::thread::spawn(move || {
+                let worker = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                let clients = (0..4).map(|client| client_rounds(plugin.clone(), client));
+                worker
+                    .block_on(futures_join_all(clients))
+                    .into_iter()
+                    .sum::<usize>()
+            })
+        })
+        .collect();
+    let served: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    assert_eq!(served, 240, "every valid request was served by the filter");
+    let metrics = host.metrics().render_prometheus();
+    assert!(
+        metrics.contains("wasm_filter_traps_total{plugin=\"misbehaving\"} 240"),
+        "{metrics}"
+    );
+}
+
+/// 60 requests, every other one a trap; returns how many valid ones the filter served.
+async fn client_rounds(plugin: Plugin, client: usize) -> usize {
+    let mut served = 0;
+    for round in 0..60 {
+        if (client + round) % 2 == 0 {
+            assert_503(&send(&plugin, "/panic").await.0);
+        } else {
+            let (verdict, vm) = send(&plugin, "/ok").await;
+            assert_eq!(verdict, Verdict::Continue, "client {client} round {round}");
+            assert!(vm.is_some(), "the filter ran");
+            served += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    served
+}
+
+/// Runs the futures concurrently on the current task and collects their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    let local = tokio::task::LocalSet::new();
+    let handles: Vec<_> = futures.map(|f| local.spawn_local(f)).collect();
+    local.await;
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.expect("client"));
+    }
+    outputs
 }
 
 #[tokio::test]
 async fn endless_loop_is_cut_off_and_the_next_request_is_served() {
     let host = host();
-    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::Reload)).await;
+    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailClosed)).await;
     let started = Instant::now();
     assert_503(&send(&plugin, "/loop").await.0);
     let took = started.elapsed();
@@ -99,7 +163,7 @@ async fn endless_loop_is_cut_off_and_the_next_request_is_served() {
 #[tokio::test]
 async fn memory_cap_traps_instead_of_growing() {
     let host = host();
-    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::Reload)).await;
+    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailClosed)).await;
     assert_503(&send(&plugin, "/oom").await.0);
     assert!(matches!(
         send(&plugin, "/ok").await,
@@ -158,4 +222,66 @@ async fn non_proxy_wasm_modules_are_refused() {
         .err()
         .unwrap();
     assert!(matches!(error, LoadError::Abi(_)), "{error}");
+}
+
+/// Shared data that answers after `delay`, as a remote store on a slow day.
+struct SlowSharedData {
+    memory: MemorySharedData,
+    delay: Duration,
+}
+
+impl SharedDataBackend for SlowSharedData {
+    fn get<'a>(
+        &'a self,
+        vm_id: &'a str,
+        key: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<SharedValue>, Unavailable>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.memory.get(vm_id, key).await
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        vm_id: &'a str,
+        key: &'a [u8],
+        value: &'a [u8],
+        cas: u32,
+    ) -> BoxFuture<'a, Result<Status, Unavailable>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.memory.set(vm_id, key, value, cas).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn time_waiting_on_shared_data_does_not_count_against_the_callback_deadline() {
+    let host = Host::new(HostOptions {
+        shared_data: Arc::new(SlowSharedData {
+            memory: MemorySharedData::new(MemoryLimits::default()),
+            delay: Duration::from_millis(150),
+        }),
+        ..HostOptions::default()
+    })
+    .expect("host");
+    let mut spec = PluginSpec::new("probe", b"shared".to_vec());
+    spec.limits.callback_deadline = Duration::from_millis(100);
+    let plugin = load(&host, "abi_probe_filter", spec).await;
+    for hits in 1..=2 {
+        let mut s = stream(&plugin).await;
+        let mut headers = request("/count");
+        // A read and a compare-and-swap write: 300 ms waiting, well under 100 ms of CPU.
+        assert_eq!(
+            s.on_request_headers(&mut headers, true).await,
+            Verdict::Continue
+        );
+        assert_eq!(headers.get_str("x-hits"), Some(hits.to_string()));
+        s.finish().await;
+    }
+    assert!(!host
+        .metrics()
+        .render_prometheus()
+        .contains("wasm_filter_traps_total"));
 }

@@ -1,6 +1,6 @@
 //! Shared data (`proxy_get/set_shared_data`, with compare-and-swap) and shared queues.
 //! Shared-data calls are asynchronous: the backend may be remote, and the guest waits while the
-//! worker thread serves other requests. When the backend refuses (unavailable under a fail-closed
+//! worker thread serves other requests; the wait does not count against its CPU deadline. When the backend refuses (unavailable under a fail-closed
 //! policy), the guest sees an absent key or a CAS conflict, the only statuses the SDK accepts, and
 //! the host answers the request 503 once the callback returns.
 
@@ -8,7 +8,7 @@ use crate::abi::Status;
 use crate::memory::{finish, read, read_string, return_bytes, write_u32, Failure, HostResult};
 use crate::queues::QueueSubscriber;
 use crate::state::HostState;
-use wasmtime::{Caller, Linker};
+use wasmtime::{AsContextMut, Caller, Linker};
 
 /// Largest value a filter may store in one key.
 pub const MAX_SHARED_VALUE_BYTES: usize = 1 << 20;
@@ -43,9 +43,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                         }
                         let plugin = caller.data().plugin.clone();
                         let backend = &plugin.services.shared_data;
-                        let stored = backend
-                            .set(&plugin.spec.vm_id, &key, &value, cas as u32)
-                            .await;
+                        let stored = off_the_clock(
+                            &mut caller,
+                            backend.set(&plugin.spec.vm_id, &key, &value, cas as u32),
+                        )
+                        .await;
                         match stored.unwrap_or_else(|_| refuse(&mut caller, Status::CasMismatch)) {
                             Status::Ok => Ok(()),
                             status => Err(status.into()),
@@ -153,17 +155,29 @@ async fn get_shared_data(
 ) -> Result<(), Failure> {
     let key = read(caller, key, key_len)?;
     let plugin = caller.data().plugin.clone();
-    let found = plugin
-        .services
-        .shared_data
-        .get(&plugin.spec.vm_id, &key)
-        .await;
+    let lookup = plugin.services.shared_data.get(&plugin.spec.vm_id, &key);
+    let found = off_the_clock(caller, lookup).await;
     let value = match found {
         Ok(found) => found.ok_or(Status::NotFound)?,
         Err(_) => return Err(refuse(caller, Status::NotFound).into()),
     };
     write_u32(caller, cas_ptr, value.cas)?;
     return_bytes(caller, &value.value, data_ptr, size_ptr).await
+}
+
+/// Awaits `call` with the guest's CPU deadline stopped: the time it waits is given back to the
+/// callback, so a slow backend never traps a filter that has used little CPU.
+async fn off_the_clock<T>(
+    caller: &mut Caller<'_, HostState>,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    let waiting = std::time::Instant::now();
+    let output = call.await;
+    let remaining = caller.data_mut().clock.resume_after(waiting.elapsed());
+    caller
+        .as_context_mut()
+        .set_epoch_deadline(crate::engine::ticks_for(remaining));
+    output
 }
 
 /// Marks the current stream as failed by unavailable shared data; returns the status the guest sees.

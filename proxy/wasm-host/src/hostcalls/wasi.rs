@@ -1,7 +1,7 @@
 //! The WASI preview1 calls that proxy-wasm SDK guests import. Filters get no files, environment,
 //! arguments or network: stdout and stderr go to the log, the clocks and randomness are real.
 
-use crate::memory::{read, write, write_u32, write_u64};
+use crate::memory::{read, write_u32, write_u64};
 use crate::state::HostState;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
@@ -14,6 +14,8 @@ const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
+/// Most bytes one `fd_write` takes (a log line is cut at 16 KiB anyway).
+pub(crate) const MAX_STDIO_WRITE: usize = 64 << 10;
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -28,17 +30,23 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             if !(1..=2).contains(&fd) {
                 return ERRNO_BADF;
             }
+            // Iovecs may all point at the same large region: the total, not each vector, is
+            // capped. A short write is reported, as POSIX allows; writers retry the rest.
             let Ok(vectors) = read(&mut caller, iovs, iovs_len.saturating_mul(8)) else {
                 return ERRNO_FAULT;
             };
             let mut bytes = Vec::new();
             for iov in vectors.chunks_exact(8) {
                 let ptr = i32::from_le_bytes(iov[0..4].try_into().expect("4 bytes"));
-                let len = i32::from_le_bytes(iov[4..8].try_into().expect("4 bytes"));
-                let Ok(chunk) = read(&mut caller, ptr, len) else {
+                let len = u32::from_le_bytes(iov[4..8].try_into().expect("4 bytes"));
+                let room = (MAX_STDIO_WRITE - bytes.len()) as u32;
+                let Ok(chunk) = read(&mut caller, ptr, len.min(room) as i32) else {
                     return ERRNO_FAULT;
                 };
                 bytes.extend_from_slice(&chunk);
+                if bytes.len() == MAX_STDIO_WRITE {
+                    break;
+                }
             }
             super::logging::write_stdio(caller.data_mut(), fd as usize, &bytes);
             match write_u32(&mut caller, written_ptr, bytes.len() as u32) {
@@ -69,13 +77,21 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         MODULE,
         "random_get",
         |mut caller: Caller<'_, HostState>, buf: i32, len: i32| -> i32 {
-            let mut bytes = vec![0u8; len as u32 as usize];
-            if getrandom::fill(&mut bytes).is_err() {
-                return ERRNO_NOSYS;
-            }
-            match write(&mut caller, buf, &bytes) {
+            // Filled in place: the length is the guest's, so nothing is allocated for it.
+            let Some(memory) = caller.data().memory else {
+                return ERRNO_FAULT;
+            };
+            let data = memory.data_mut(&mut caller);
+            let start = buf as u32 as usize;
+            let Some(target) = start
+                .checked_add(len as u32 as usize)
+                .and_then(|end| data.get_mut(start..end))
+            else {
+                return ERRNO_FAULT;
+            };
+            match getrandom::fill(target) {
                 Ok(()) => ERRNO_SUCCESS,
-                Err(_) => ERRNO_FAULT,
+                Err(_) => ERRNO_NOSYS,
             }
         },
     )?;

@@ -1,5 +1,6 @@
 //! Exercises the host's ABI areas; the plugin configuration (a mode name) picks the behaviour.
-//! Results are made observable through headers, bodies, shared data and metrics.
+//! Results are made observable through headers, bodies, shared data, metrics and logs (mode
+//! `root-log`: the root context only logs its start, configuration and ticks).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
@@ -21,9 +22,15 @@ struct ProbeRoot {
 impl Context for ProbeRoot {}
 
 impl RootContext for ProbeRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        log::info!("probe: vm started");
+        true
+    }
+
     fn on_configure(&mut self, _size: usize) -> bool {
         self.mode = String::from_utf8(self.get_plugin_configuration().unwrap_or_default())
             .unwrap_or_default();
+        log::info!("probe: configured in mode {:?}", self.mode);
         self.requests_metric =
             proxy_wasm::hostcalls::define_metric(MetricType::Counter, "probe.requests").unwrap();
         self.sizes_metric =
@@ -33,10 +40,17 @@ impl RootContext for ProbeRoot {
             self.queue = Some(self.register_shared_queue("events"));
             self.set_tick_period(Duration::from_millis(20));
         }
+        if self.mode == "root-log" {
+            self.set_tick_period(Duration::from_millis(100));
+        }
         true
     }
 
     fn on_tick(&mut self) {
+        if self.mode == "root-log" {
+            log::info!("probe: tick");
+            return;
+        }
         cas_increment("ticks");
     }
 
