@@ -403,6 +403,12 @@ impl ApiKeyConfig {
                         "must not be empty",
                     ))
                 }
+                (Some(key), None) if filter_common::is_malformed(key) => {
+                    return Err(ConfigError::new(
+                        format!("{field}.key"),
+                        "must not contain U+FFFD, which stands for invalid bytes in a request",
+                    ))
+                }
                 (Some(_), None) => {}
                 (None, Some(digest)) => {
                     if digest.len() != 64 || hex::decode(digest).is_err() {
@@ -605,6 +611,10 @@ mod tests {
             (
                 r#"{"api_key": {"keys": [{"identity": "a", "sha256": "zz"}]}}"#,
                 "api_key.keys[0].sha256",
+            ),
+            (
+                r#"{"api_key": {"keys": [{"identity": "a", "key": "k\ufffd"}]}}"#,
+                "api_key.keys[0].key",
             ),
             (
                 r#"{"api_key": {"keys": [{"identity": "", "key": "k"}]}}"#,

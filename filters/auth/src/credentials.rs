@@ -2,11 +2,12 @@
 //! token (header with prefix, query parameter or cookie).
 
 use crate::config::{ApiKeyConfig, TokenSource};
-use filter_common::query_param;
+use filter_common::{is_malformed, query_param};
 
 /// Read access to the request, so the search works on real requests and on test maps alike.
 pub trait RequestView {
-    /// First value of a request header (lowercase name).
+    /// First value of a request header (lowercase name); invalid UTF-8 arrives as U+FFFD
+    /// (`filter_common::header_text`).
     fn header(&self, name: &str) -> Option<String>;
     /// `:path`, with the query string.
     fn path(&self) -> String;
@@ -54,6 +55,14 @@ pub fn find_token(sources: &[TokenSource], request: &dyn RequestView) -> Option<
     sources.iter().find_map(|source| match source {
         TokenSource::Header { name, prefix } => {
             let value = request.header(name)?;
+            // Invalid bytes may hide the prefix: the header is presented as a (malformed) token
+            // rather than skipped, so it is refused instead of read as no credential.
+            if is_malformed(&value) {
+                return Some(Found {
+                    value,
+                    location: Location::Header(name.clone()),
+                });
+            }
             let token = strip_prefix_ignore_case(&value, prefix)?.trim();
             (!token.is_empty()).then(|| Found {
                 value: token.to_string(),
@@ -158,5 +167,22 @@ mod tests {
         );
         let none = TestRequest::get("/", &[("authorization", "Bearer  ")]);
         assert_eq!(find_token(&sources(), &none), None);
+    }
+
+    #[test]
+    fn malformed_credentials_are_found_not_skipped() {
+        use filter_common::header_text;
+        let hidden_prefix = header_text(b"Bea\xffrer abc".to_vec());
+        let header = TestRequest::get("/", &[("authorization", &hidden_prefix)]);
+        let found = find_token(&sources(), &header).unwrap();
+        assert_eq!(found.location, Location::Header("authorization".into()));
+        assert!(is_malformed(&found.value));
+        let cookie = header_text(b"a=1; session=\xfe\xff".to_vec());
+        let cookie = TestRequest::get("/", &[("cookie", &cookie)]);
+        assert!(is_malformed(
+            &find_token(&sources(), &cookie).unwrap().value
+        ));
+        let query = TestRequest::get("/?access_token=%FF", &[]);
+        assert!(is_malformed(&find_token(&sources(), &query).unwrap().value));
     }
 }

@@ -5,7 +5,7 @@ use crate::config::{AuthConfig, Rule};
 use crate::credentials::{find_api_key, find_token, Found, Location, RequestView};
 use crate::jwks_cache::JwksCache;
 use crate::jwt::{Identity, Provider, TokenError, TokenHeader};
-use filter_common::{remove_query_param, ConfigError};
+use filter_common::{is_malformed, remove_query_param, ConfigError};
 
 /// A configured authenticator: configuration, key store and token providers.
 pub struct Authenticator {
@@ -120,7 +120,13 @@ impl Authenticator {
                 return Decision::Allow(Allow::default())
             }
             None => return Decision::Deny(self.missing()),
-            Some(Credential::ApiKey(found)) => match self.keys.identify(found.value.as_bytes()) {
+            // Every invalid byte sequence reads as the same U+FFFD text: such a key is refused
+            // whatever the lookup says, so two different keys can never match one entry.
+            Some(Credential::ApiKey(found)) => match self
+                .keys
+                .identify(found.value.as_bytes())
+                .filter(|_| !is_malformed(&found.value))
+            {
                 Some(identity) => (identity.clone(), found),
                 None => {
                     return Decision::Deny(
@@ -165,6 +171,9 @@ impl Authenticator {
             .expect("tokens are looked for only with jwt");
         if token.len() > jwt.max_token_bytes {
             return Err(TokenVerdict::Invalid(TokenError::TooLarge));
+        }
+        if is_malformed(token) {
+            return Err(TokenVerdict::Invalid(TokenError::Malformed));
         }
         let header = TokenHeader::parse(token).map_err(TokenVerdict::Invalid)?;
         let (index, provider) = self

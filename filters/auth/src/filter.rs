@@ -13,8 +13,8 @@ use crate::credentials::RequestView;
 use crate::decision::{Authenticator, Decision};
 use crate::jwks_cache::JwksCache;
 use crate::keys::KeySet;
-use filter_common::error_body;
 use filter_common::host::{now, request_header};
+use filter_common::{error_body, header_text};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -61,7 +61,9 @@ impl Context for AuthRoot {
             return;
         };
         let name = &state.authenticator.providers()[provider].name;
-        let status = self.get_http_call_response_header(":status");
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .map(header_text);
         let result = match status.as_deref() {
             Some("200") => self
                 .get_http_call_response_body(0, body_size)

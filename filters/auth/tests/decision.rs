@@ -5,9 +5,11 @@ use auth_filter::credentials::RequestView;
 use auth_filter::decision::{Authenticator, Decision, Denial};
 use auth_filter::jwks_cache::{JwksCache, MIN_REFETCH_SECONDS};
 use auth_filter::keys::KeySet;
+use filter_common::header_text;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use sha2::Digest;
 use std::collections::HashMap;
 
 const NOW: u64 = 1_800_000_000;
@@ -410,4 +412,59 @@ fn remote_jwks_is_waited_for_refetched_on_unknown_kid_and_throttled() {
         denial(auth.authenticate(&token, NOW + 1, &unreachable)).code,
         "keys_unavailable"
     );
+}
+
+#[test]
+fn credentials_with_invalid_bytes_are_refused_not_missing() {
+    // What the shell reads for `x-api-key: k-batch\xff`, `Authorization: Bearer <token>\xfe`...
+    let malformed = |bytes: &[u8]| header_text(bytes.to_vec());
+    let keys = json!({"api_key": {"query_parameter": "api_key",
+                                  "keys": [{"identity": "svc", "key": "k-batch"}]}});
+    let auth = authenticator(hs_provider(), keys);
+    let api_key = malformed(b"k-batch\xff");
+    assert_eq!(
+        code(&auth, &request("/v1/x", &[("x-api-key", &api_key)])),
+        "invalid_api_key"
+    );
+    assert_eq!(
+        code(&auth, &request("/v1/x?api_key=k-batch%FF", &[])),
+        "invalid_api_key"
+    );
+    // Every invalid key reads as the same text; a key configured as that text never matches.
+    let replacement = hex::encode(sha2::Sha256::digest("\u{fffd}"));
+    let lookalike = json!({"api_key": {"keys": [{"identity": "svc", "sha256": replacement}]}});
+    let lookalike = authenticator(hs_provider(), lookalike);
+    let invalid = request("/v1/x", &[("x-api-key", &malformed(b"\xff"))]);
+    assert_eq!(code(&lookalike, &invalid), "invalid_api_key");
+
+    let token = hs256(&claims());
+    let mut bad_token = format!("Bearer {token}").into_bytes();
+    bad_token.push(0xfe);
+    for header in [malformed(&bad_token), malformed(b"\xffBearer abc")] {
+        let refused = denial(decide(
+            &auth,
+            &request("/v1/x", &[("authorization", &header)]),
+        ));
+        assert_eq!((refused.status, refused.code), (401, "malformed_token"));
+        assert!(refused.www_authenticate.contains("error=\"invalid_token\""));
+        // Sent credentials must be valid, on anonymous paths too.
+        let public = request("/public/docs", &[("authorization", &header)]);
+        assert_eq!(code(&auth, &public), "malformed_token");
+    }
+
+    let sources = json!({"jwt": {"providers": [hs_provider()],
+                                 "from": [{"cookie": "session"}, {"query": "access_token"}]}});
+    let auth =
+        Authenticator::new(AuthConfig::from_json(sources.to_string().as_bytes()).unwrap()).unwrap();
+    let mut cookie = format!("a=1; session={token}").into_bytes();
+    cookie.push(0xff);
+    let cookie = malformed(&cookie);
+    assert_eq!(
+        code(&auth, &request("/v1/x", &[("cookie", &cookie)])),
+        "malformed_token"
+    );
+    let query = format!("/v1/x?access_token={token}%FF");
+    assert_eq!(code(&auth, &request(&query, &[])), "malformed_token");
+    let valid = request("/v1/x", &[("cookie", &format!("session={token}"))]);
+    assert!(matches!(decide(&auth, &valid), Decision::Allow(_)));
 }

@@ -4,7 +4,7 @@
 use crate::cache_control::CacheControl;
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Freshness};
-use filter_common::SharedStore;
+use filter_common::{is_malformed, SharedStore};
 use sha2::{Digest, Sha256};
 
 /// Prefix of every entry key in shared data.
@@ -34,6 +34,7 @@ const UNSTORED_HEADERS: &[&str] = &[
 /// What the request side reads.
 pub trait RequestFacts {
     /// A request header (lowercase name); pseudo-headers `:method`, `:path`, `:authority` too.
+    /// Invalid UTF-8 arrives as U+FFFD (`filter_common::header_text`).
     fn header(&self, name: &str) -> Option<String>;
 }
 
@@ -59,8 +60,10 @@ pub struct Use {
     pub needs_body: bool,
     /// A HEAD request: served from the GET entry, never stored.
     pub head: bool,
-    /// The request carried `Authorization`.
+    /// The request carried `Authorization` or an identity header the auth filter set.
     pub authorized: bool,
+    /// The key includes an identity or tenant header the request carries: it separates callers.
+    pub partitioned: bool,
 }
 
 /// A configured cache.
@@ -86,15 +89,26 @@ impl Cache {
         let Some(rule) = self.config.rule_for(&method, &path) else {
             return Plan::Skip;
         };
-        if self
-            .config
+        let config = &self.config;
+        if config
             .unkeyed_headers
             .iter()
             .any(|h| request.header(h).is_some())
         {
             return Plan::Bypass;
         }
-        if let Some(bypass) = &self.config.bypass {
+        // Every invalid byte sequence reads as the same U+FFFD text: two different values would
+        // share one entry.
+        let malformed = [":authority", ":path"]
+            .iter()
+            .copied()
+            .chain(config.key_headers.iter().map(String::as_str))
+            .chain(config.partition_headers.iter().map(String::as_str))
+            .any(|h| request.header(h).is_some_and(|v| is_malformed(&v)));
+        if malformed {
+            return Plan::Bypass;
+        }
+        if let Some(bypass) = &config.bypass {
             let asked = request
                 .header(&bypass.header)
                 .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
@@ -105,6 +119,7 @@ impl Cache {
                 return Plan::Bypass;
             }
         }
+        // A directive with invalid bytes matches none and is ignored.
         let cc = CacheControl::parse(&request.header("cache-control").unwrap_or_default());
         if cc.no_store {
             return Plan::Bypass;
@@ -117,7 +132,15 @@ impl Cache {
             lookup: !(cc.no_cache || cc.max_age == Some(0) || pragma_no_cache),
             needs_body: method == "POST",
             head: method == "HEAD",
-            authorized: request.header("authorization").is_some(),
+            authorized: request.header("authorization").is_some()
+                || config
+                    .identity_headers
+                    .iter()
+                    .any(|h| request.header(h).is_some()),
+            partitioned: config
+                .partition_headers
+                .iter()
+                .any(|h| config.identity_headers.contains(h) && request.header(h).is_some()),
         })
     }
 
@@ -203,12 +226,9 @@ impl Cache {
                 return None;
             }
         }
-        // RFC 9111 §3.5: an authorised request's response is shared only when marked so, or
-        // when the key separates callers.
-        if plan.authorized
-            && self.config.partition_headers.is_empty()
-            && !(cc.public || cc.s_maxage.is_some())
-        {
+        // What an identified caller received is shared only when the upstream marks it `public`,
+        // or kept for that caller alone by a key partitioned by its identity or tenant.
+        if plan.authorized && !plan.partitioned && !cc.public {
             return None;
         }
         let rule = &self.config.rules[plan.rule];
@@ -218,6 +238,31 @@ impl Cache {
         }
         let stale = cc.stale_if_error.unwrap_or(rule.stale_if_error_seconds);
         Some((clamp_u32(fresh), clamp_u32(stale)))
+    }
+
+    /// The entry a response starts (its body still to come) at `now`, if it may be stored. A
+    /// response with a header value that is not UTF-8 is not: stored as text, it would come back
+    /// altered.
+    pub fn start_entry(
+        &self,
+        plan: &Use,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        now: u64,
+    ) -> Option<Entry> {
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
+            .collect::<Option<Vec<_>>>()?;
+        let (fresh_seconds, stale_seconds) = self.storable(plan, status, &headers)?;
+        Some(Entry {
+            stored_at: now,
+            fresh_seconds,
+            stale_seconds,
+            status,
+            headers: stored_headers(headers),
+            body: Vec::new(),
+        })
     }
 
     /// Stores `entry` at `key` within the byte budget. Returns false when it does not fit.
@@ -254,6 +299,15 @@ impl Cache {
         }
         false
     }
+}
+
+/// A response's status from its `:status` header; 0 when absent or not a number.
+pub fn response_status(headers: &[(String, Vec<u8>)]) -> u16 {
+    headers
+        .iter()
+        .find(|(name, _)| name == ":status")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Response headers worth storing.

@@ -19,6 +19,9 @@ pub const DEFAULT_UNKEYED_HEADERS: &[&str] = &[
     "forwarded",
 ];
 
+/// The auth filter's default identity and tenant headers.
+pub const DEFAULT_IDENTITY_HEADERS: &[&str] = &["x-gateway-identity", "x-gateway-tenant"];
+
 /// The validated configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +35,11 @@ pub struct CacheConfig {
     /// part of the key, so one tenant never gets another's answer.
     #[serde(default)]
     pub partition_headers: Vec<String>,
+    /// Headers the auth filter sets on requests it identified (its `identity_header` and
+    /// `tenant_header`). A request carrying one, or `Authorization`, is authorised: its response
+    /// is stored only under a key partitioned by one of these headers, or when marked `public`.
+    #[serde(default = "default_identity_headers")]
+    pub identity_headers: Vec<String>,
     /// Requests with any of these headers bypass the cache (see [`DEFAULT_UNKEYED_HEADERS`]).
     #[serde(default = "default_unkeyed_headers")]
     pub unkeyed_headers: Vec<String>,
@@ -86,6 +94,12 @@ fn default_unkeyed_headers() -> Vec<String> {
         .map(|h| h.to_string())
         .collect()
 }
+fn default_identity_headers() -> Vec<String> {
+    DEFAULT_IDENTITY_HEADERS
+        .iter()
+        .map(|h| h.to_string())
+        .collect()
+}
 fn default_max_entry_bytes() -> usize {
     1 << 20
 }
@@ -114,6 +128,7 @@ impl CacheConfig {
             .key_headers
             .iter_mut()
             .chain(&mut config.partition_headers)
+            .chain(&mut config.identity_headers)
             .chain(&mut config.unkeyed_headers)
         {
             header.make_ascii_lowercase();
@@ -169,6 +184,7 @@ impl CacheConfig {
         for (field, headers) in [
             ("key_headers", &self.key_headers),
             ("partition_headers", &self.partition_headers),
+            ("identity_headers", &self.identity_headers),
             ("unkeyed_headers", &self.unkeyed_headers),
         ] {
             if let Some(h) = headers.iter().find(|h| h.is_empty() || h.starts_with(':')) {
@@ -222,6 +238,10 @@ mod tests {
         assert!(config
             .unkeyed_headers
             .contains(&"x-forwarded-host".to_string()));
+        assert_eq!(
+            config.identity_headers,
+            ["x-gateway-identity", "x-gateway-tenant"]
+        );
     }
 
     #[test]
@@ -251,6 +271,10 @@ mod tests {
             (
                 r#"{"rules": [{"path_prefix": "/", "ttl_seconds": 1}], "key_headers": [":path"]}"#,
                 "key_headers",
+            ),
+            (
+                r#"{"rules": [{"path_prefix": "/", "ttl_seconds": 1}], "identity_headers": [""]}"#,
+                "identity_headers",
             ),
             (
                 r#"{"rules": [{"path_prefix": "/", "ttl_seconds": 1}], "max_entry_bytes": 10, "max_total_bytes": 5}"#,

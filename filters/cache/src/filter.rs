@@ -6,10 +6,11 @@
 //! response is copied as it streams by and stored at its end; a 5xx replaced by a stale entry
 //! within its `stale-if-error` window (`X-Cache: STALE`).
 
-use crate::cache::{stored_headers, Cache, Plan, RequestFacts};
+use crate::cache::{response_status, Cache, Plan, RequestFacts};
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Freshness};
 use filter_common::host::{now, request_header, HostSharedData};
+use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -18,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// How often the root context deletes expired entries this VM stored.
+/// How often the root context deletes expired entries this VM stored (a bounded number per tick).
 const SWEEP_PERIOD: Duration = Duration::from_secs(5);
 /// Most entry keys one VM remembers for expiry.
 const MAX_TRACKED_KEYS: usize = 65_536;
@@ -33,7 +34,7 @@ struct FilterState {
     /// Keys with a miss on its way upstream → requests waiting for it.
     in_flight: RefCell<HashMap<String, Vec<u32>>>,
     /// Keys stored by this VM, for expiry.
-    stored: RefCell<HashSet<String>>,
+    stored: RefCell<Sweep>,
     /// Waiting requests another request answered from cache (their response is our reply).
     answered: RefCell<HashSet<u32>>,
 }
@@ -53,7 +54,7 @@ impl RootContext for CacheRoot {
                 self.state = Some(Rc::new(FilterState {
                     cache: Cache::new(config),
                     in_flight: RefCell::default(),
-                    stored: RefCell::default(),
+                    stored: RefCell::new(Sweep::new(MAX_TRACKED_KEYS)),
                     answered: RefCell::default(),
                 }));
                 self.set_tick_period(SWEEP_PERIOD);
@@ -71,10 +72,9 @@ impl RootContext for CacheRoot {
             return;
         };
         let now = now().as_secs();
-        state
-            .stored
-            .borrow_mut()
-            .retain(|key| !state.cache.expire(&HostSharedData, key, now));
+        state.stored.borrow_mut().tick(KEYS_PER_TICK, |key| {
+            state.cache.expire(&HostSharedData, key, now)
+        });
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -168,12 +168,10 @@ impl HttpContext for CacheRequest {
         if answered_by_leader || matches!(self.response, Response::Untouched) {
             return Action::Continue; // our own HIT reply
         }
-        let headers = self.get_http_response_headers();
-        let status: u16 = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
+        // Bytes: the SDK's `String` accessor panics on values that are not UTF-8, which an
+        // upstream can send. (Names are tokens; both hosts refuse others.)
+        let headers = self.get_http_response_headers_bytes();
+        let status = response_status(&headers);
         let now = now().as_secs();
         if status >= 500 {
             if let Some(entry) = self.stale.take() {
@@ -190,17 +188,8 @@ impl HttpContext for CacheRequest {
             }
         }
         self.set_http_response_header("x-cache", Some("MISS"));
-        self.response = match self.state.cache.storable(plan, status, &headers) {
-            Some((fresh_seconds, stale_seconds)) if self.key.is_some() => {
-                Response::Capture(Entry {
-                    stored_at: now,
-                    fresh_seconds,
-                    stale_seconds,
-                    status,
-                    headers: stored_headers(headers),
-                    body: Vec::new(),
-                })
-            }
+        self.response = match self.state.cache.start_entry(plan, status, headers, now) {
+            Some(entry) if self.key.is_some() => Response::Capture(entry),
             _ => Response::Label("MISS"),
         };
         Action::Continue
@@ -230,7 +219,7 @@ impl HttpContext for CacheRequest {
                     self.release_waiters();
                 } else if end_of_stream {
                     let captured = std::mem::replace(&mut self.response, Response::Untouched);
-                    if let (Response::Capture(entry), Some(key)) = (captured, self.key.clone()) {
+                    if let (Response::Capture(entry), Some(key)) = (captured, self.key.as_deref()) {
                         self.store(key, &entry);
                     }
                     self.release_waiters();
@@ -287,12 +276,9 @@ impl CacheRequest {
         }
     }
 
-    fn store(&self, key: String, entry: &Entry) {
-        if self.state.cache.store(&HostSharedData, &key, entry) {
-            let mut stored = self.state.stored.borrow_mut();
-            if stored.len() < MAX_TRACKED_KEYS {
-                stored.insert(key);
-            }
+    fn store(&self, key: &str, entry: &Entry) {
+        if self.state.cache.store(&HostSharedData, key, entry) {
+            self.state.stored.borrow_mut().insert(key);
         } else {
             log::info!("cache: response not stored (over the entry or total size limit)");
         }

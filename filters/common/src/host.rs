@@ -1,7 +1,7 @@
 //! Host access shared by the filters' wasm shells: the clock, request headers, properties and
 //! shared data, all acting on the current (effective) context.
 
-use crate::SharedStore;
+use crate::{header_text, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 use std::time::{Duration, UNIX_EPOCH};
@@ -14,11 +14,13 @@ pub fn now() -> Duration {
         .unwrap_or_default()
 }
 
-/// A request header of the current context.
+/// A request header of the current context. Read as bytes (the SDK's `String` accessor panics on
+/// invalid UTF-8, which a client can send); invalid bytes become U+FFFD, see [`header_text`].
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+        .map(header_text)
 }
 
 /// A property such as `source.address`, as text.

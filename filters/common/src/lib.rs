@@ -5,6 +5,7 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod host;
+pub mod sweep;
 pub mod testing;
 
 use serde::de::DeserializeOwned;
@@ -99,10 +100,27 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: u32) -> bool;
 }
 
+/// A header value the host handed over as bytes, as text. Bytes that are not UTF-8 (obs-text is
+/// legal on the wire) become U+FFFD, which no API key, base64url token, number or directive the
+/// filters act on contains: a malformed value is refused or ignored instead of trapping the VM,
+/// as the SDK's `String` accessors would.
+pub fn header_text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    }
+}
+
+/// Whether a value read through [`header_text`] (or [`query_param`]) had invalid bytes. A value
+/// that really contained U+FFFD reads as malformed too, which only errs on the side of refusing.
+pub fn is_malformed(text: &str) -> bool {
+    text.contains(char::REPLACEMENT_CHARACTER)
+}
+
 /// Returns the value of query parameter `name` in a request path such as `/a?b=1&c=2`.
 ///
 /// The value is percent-decoded; `+` is not treated as a space (API keys and tokens never contain it
-/// as a space).
+/// as a space). Decoded bytes that are not UTF-8 become U+FFFD, as in [`header_text`].
 pub fn query_param(path: &str, name: &str) -> Option<String> {
     let query = path.split_once('?')?.1;
     let query = query.split('#').next().unwrap_or_default();
@@ -187,6 +205,16 @@ mod tests {
         assert_eq!(query_param("/a?key=v#frag", "key").as_deref(), Some("v"));
         assert_eq!(query_param("/a?key=%zz", "key").as_deref(), Some("%zz"));
         assert_eq!(query_param("/a?key=%4", "key").as_deref(), Some("%4"));
+    }
+
+    #[test]
+    fn invalid_header_bytes_become_a_malformed_value() {
+        assert_eq!(header_text(b"abc".to_vec()), "abc");
+        assert!(!is_malformed(&header_text("caf\u{e9}".as_bytes().to_vec())));
+        let bad = header_text(b"k\xff\xfe".to_vec());
+        assert!(bad.starts_with('k') && is_malformed(&bad));
+        assert!(is_malformed(&header_text(vec![0xc3])), "truncated sequence");
+        assert!(is_malformed(&query_param("/a?key=%FF", "key").unwrap()));
     }
 
     #[test]

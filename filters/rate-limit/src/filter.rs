@@ -1,18 +1,18 @@
 //! proxy-wasm shell of the rate-limit filter: takes from the buckets on request headers, answers
 //! 429 or lets the request through, and reports the tightest limit on the response.
 //!
-//! The root context sweeps the buckets this VM touched: a bucket that has refilled is deleted, so
-//! shared data holds only callers seen recently.
+//! The root context sweeps the buckets this VM touched, a bounded number per tick: a bucket that
+//! has refilled is deleted, so shared data holds only callers seen recently.
 
 use crate::config::RateLimitConfig;
 use crate::limiter::{expire, Limiter, Report, RequestFacts};
 use filter_common::error_body;
 use filter_common::host::{now, property, request_header, HostSharedData};
+use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ proxy_wasm::main! {{
 
 struct FilterState {
     limiter: Limiter,
-    touched: RefCell<HashSet<String>>,
+    touched: RefCell<Sweep>,
     refused_metric: Option<u32>,
     shadow_refused_metric: Option<u32>,
 }
@@ -61,7 +61,7 @@ impl RootContext for RateLimitRoot {
         let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
         self.state = Some(Rc::new(FilterState {
             limiter: Limiter::new(config),
-            touched: RefCell::default(),
+            touched: RefCell::new(Sweep::new(MAX_TRACKED_KEYS)),
             refused_metric: counter("rate_limit_refused_total"),
             shadow_refused_metric: counter("rate_limit_shadow_refused_total"),
         }));
@@ -77,7 +77,7 @@ impl RootContext for RateLimitRoot {
         state
             .touched
             .borrow_mut()
-            .retain(|key| !expire(&HostSharedData, key, now));
+            .tick(KEYS_PER_TICK, |key| expire(&HostSharedData, key, now));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -108,10 +108,8 @@ impl HttpContext for RateLimitRequest {
             .check(&CurrentRequest, &HostSharedData, now_ns());
         {
             let mut touched = self.state.touched.borrow_mut();
-            for key in verdict.touched {
-                if touched.len() < MAX_TRACKED_KEYS {
-                    touched.insert(key);
-                }
+            for key in &verdict.touched {
+                touched.insert(key);
             }
         }
         self.report = verdict.report;

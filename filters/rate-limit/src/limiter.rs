@@ -18,7 +18,8 @@ pub const KEY_PREFIX: &str = "ratelimit|";
 
 /// What the limiter reads from a request.
 pub trait RequestFacts {
-    /// A request header (lowercase name).
+    /// A request header (lowercase name); invalid UTF-8 arrives as U+FFFD
+    /// (`filter_common::header_text`).
     fn header(&self, name: &str) -> Option<String>;
     /// The client's address (`ip:port` or `[ip]:port`).
     fn client_address(&self) -> Option<String>;
@@ -147,6 +148,9 @@ impl Limiter {
         verdict
     }
 
+    /// The bucket a request counts against. Header values with invalid bytes all read as the
+    /// same U+FFFD text, so they share one bucket per limit: conservative, since such callers
+    /// limit each other rather than escape the limit.
     fn key_value(&self, limit: &LimitConfig, request: &dyn RequestFacts) -> Option<String> {
         let value = match &limit.key {
             KeyConfig::Identity => request.header(&self.config.identity_header)?,
@@ -335,6 +339,29 @@ mod tests {
         assert!(!expire(&store, key, SECOND));
         assert!(expire(&store, key, 2 * SECOND));
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn invalid_header_bytes_share_one_bucket_per_limit() {
+        use filter_common::header_text;
+        let limiter = limiter(
+            r#"{"limits": [
+                {"name": "user", "key": "identity", "requests": 2, "per": "hour"},
+                {"name": "tenant", "key": {"header": "x-tenant"}, "requests": 2, "per": "hour"},
+                {"name": "key", "key": {"api_key": "x-api-key"}, "requests": 2, "per": "hour"}
+            ]}"#,
+        );
+        // `a\xff` and `a\xfe` read alike; the limiter sees that text.
+        assert_eq!(header_text(b"a\xff".to_vec()), "a\u{fffd}");
+        assert_eq!(header_text(b"a\xfe".to_vec()), "a\u{fffd}");
+        for header in ["x-gateway-identity", "x-tenant", "x-api-key"] {
+            let store = Store::default();
+            let malformed = Facts(HashMap::from([(header, "a\u{fffd}")]), "/");
+            assert_eq!(limiter.check(&malformed, &store, SECOND).touched.len(), 1);
+            limiter.check(&malformed, &store, SECOND);
+            let refused = limiter.check(&malformed, &store, SECOND);
+            assert!(refused.refused_by.is_some(), "{header}");
+        }
     }
 
     #[test]

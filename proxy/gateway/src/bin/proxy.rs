@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             } else {
                 NameLookup::Resolve
             };
-            match load(&config, lookup) {
+            match load(&config, lookup, false) {
                 Ok(_) => {
                     println!("{}: configuration is valid", config.display());
                     ExitCode::SUCCESS
@@ -67,14 +67,13 @@ fn main() -> ExitCode {
                 config,
                 read,
                 runtime,
-            } = match load(&path, NameLookup::Resolve) {
+            } = match load(&path, NameLookup::Resolve, true) {
                 Ok(loaded) => loaded,
                 Err(message) => {
                     eprintln!("{message}");
                     return ExitCode::FAILURE;
                 }
             };
-            gateway::telemetry::init(&config.logging);
             let server = match gateway::server::build(&path, &config, read, runtime, upgrade) {
                 Ok(server) => server,
                 Err(error) => {
@@ -95,9 +94,14 @@ struct Loaded {
     runtime: Runtime,
 }
 
-fn load(path: &Path, lookup: NameLookup) -> Result<Loaded, String> {
+/// Reads and loads a configuration; with `serving`, logging starts before the filters load, so
+/// what their root contexts log while starting is in the log (as in Envoy).
+fn load(path: &Path, lookup: NameLookup, serving: bool) -> Result<Loaded, String> {
     let invalid = |e| format!("{}: invalid configuration: {e}", path.display());
     let config = Config::from_file(path).map_err(invalid)?;
+    if serving {
+        gateway::telemetry::init(&config.logging);
+    }
     // Before the filters compile: a file changed meanwhile is reloaded once the proxy serves.
     let read = FileStamps::of(path, &config);
     let runtime = gateway::server::load(&config, lookup).map_err(invalid)?;
