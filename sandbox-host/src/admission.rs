@@ -33,6 +33,22 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// One place in the queue, given up when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn join(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Self(waiting)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Admission {
     /// An empty queue with these bounds.
     pub fn new(settings: &ConcurrencySettings) -> Self {
@@ -51,13 +67,13 @@ impl Admission {
         if let Ok(permit) = self.running.clone().try_acquire_owned() {
             return Ok(Slot { _permit: permit });
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Counted out on drop: a caller that goes away while queued leaves the queue too.
+        let _queued = Queued::join(&self.waiting);
+        if self.waiting.load(Ordering::Acquire) > self.max_queued {
             return Err(Rejection::QueueFull);
         }
         let acquired =
             tokio::time::timeout(self.queue_timeout, self.running.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match acquired {
             Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
             _ => Err(Rejection::QueueTimeout),
@@ -95,6 +111,24 @@ mod tests {
         drop(slot);
         assert!(admission.admit().await.is_ok());
         assert_eq!((admission.running(), admission.waiting()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_while_queued_leaves_the_queue() {
+        let admission = Admission::new(&ConcurrencySettings {
+            max_running: 1,
+            max_queued: 1,
+            queue_timeout_ms: 60_000,
+        });
+        let _slot = admission.admit().await.unwrap();
+        for _ in 0..3 {
+            let waiter = Box::pin(admission.admit());
+            let mut waiter = waiter;
+            assert!(futures_poll_once(&mut waiter).await.is_none(), "queued");
+            assert_eq!(admission.waiting(), 1);
+            drop(waiter);
+            assert_eq!(admission.waiting(), 0, "its place is given up");
+        }
     }
 
     /// Polls a future once; `None` when it is still pending.

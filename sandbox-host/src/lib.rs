@@ -5,6 +5,7 @@ pub mod admission;
 pub mod api;
 pub mod capabilities;
 pub mod config;
+pub mod guest_wait;
 pub mod limits;
 pub mod metrics;
 pub mod output;

@@ -7,6 +7,7 @@
 
 use crate::capabilities::Mount;
 use crate::config::{GuestSettings, Settings};
+use crate::guest_wait::{self, Cancel, Cancelled, Watch, Watched};
 use crate::limits::{LimitSettings, Limits};
 use crate::output::CappedOutput;
 use crate::runtimes::{read_verified, Language, RuntimeError};
@@ -16,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasm_engine_common::{EpochTicker, ModuleCache};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
     PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -99,7 +101,10 @@ pub enum ExecutionError {
         /// Why.
         message: String,
     },
-    /// The service failed (a guest thread could not start, the pool is exhausted).
+    /// Every instance slot is taken (admission normally prevents this); retry shortly.
+    #[error("every execution slot is busy; retry shortly")]
+    Busy,
+    /// The service failed (a guest thread could not start).
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -132,6 +137,23 @@ struct Interpreter {
 struct GuestState {
     wasi: WasiP1Ctx,
     limiter: GuestLimiter,
+    watch: Watch,
+}
+
+impl Watched for GuestState {
+    fn watch(&self) -> &Watch {
+        &self.watch
+    }
+}
+
+/// Cancels its execution when dropped: when the caller's request future is dropped (the client
+/// went away), the guest stops and gives its slot back.
+struct CancelOnDrop(Arc<Cancel>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// Memory and table caps, remembering whether the memory cap was hit.
@@ -177,7 +199,8 @@ pub struct Sandbox {
     interpreters: BTreeMap<Language, Interpreter>,
     limits: LimitSettings,
     guest: GuestSettings,
-    ticker: EpochTicker,
+    /// Advances the epoch that the deadline callback of every store runs on.
+    _ticker: EpochTicker,
 }
 
 impl Sandbox {
@@ -192,6 +215,18 @@ impl Sandbox {
             &mut state.wasi
         })
         .map_err(engine_error)?;
+        // Sleeping must end at the deadline or on cancellation; see `guest_wait`.
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap(
+                "wasi_snapshot_preview1",
+                "poll_oneoff",
+                |caller: Caller<'_, GuestState>, subs: i32, events: i32, n: i32, out: i32| {
+                    guest_wait::poll_oneoff(caller, subs, events, n, out)
+                },
+            )
+            .map_err(engine_error)?;
+        linker.allow_shadowing(false);
         let mut interpreters = BTreeMap::new();
         for (name, runtime) in &settings.runtimes {
             let language = Language::interpreted(name).expect("validated language");
@@ -225,7 +260,7 @@ impl Sandbox {
             interpreters,
             limits: settings.limits.clone(),
             guest: settings.guest.clone(),
-            ticker,
+            _ticker: ticker,
         })
     }
 
@@ -248,15 +283,20 @@ impl Sandbox {
     }
 
     /// Runs `program` on a new guest thread and waits for its report without blocking the caller's
-    /// runtime.
-    pub async fn execute(
+    /// runtime. The guest holds `held` (an admission slot, a scratch directory) until it has
+    /// really stopped; dropping this future (the caller went away) cancels the guest.
+    pub async fn execute<H: Send + 'static>(
         self: &Arc<Self>,
         program: Program,
         limits: Limits,
         mounts: Vec<Mount>,
+        held: H,
     ) -> Result<Report, ExecutionError> {
+        let cancel = Arc::new(Cancel::default());
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.spawn_guest(program, limits, mounts, move |result| {
+        self.spawn_guest(program, limits, mounts, cancel, move |result| {
+            drop(held);
             let _ = sender.send(result);
         })?;
         receiver.await.map_err(|_| thread_lost())?
@@ -270,7 +310,8 @@ impl Sandbox {
         mounts: Vec<Mount>,
     ) -> Result<Report, ExecutionError> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        self.spawn_guest(program, limits, mounts, move |result| {
+        let cancel = Arc::new(Cancel::default());
+        self.spawn_guest(program, limits, mounts, cancel, move |result| {
             let _ = sender.send(result);
         })?;
         receiver.recv().map_err(|_| thread_lost())?
@@ -282,13 +323,14 @@ impl Sandbox {
         program: Program,
         limits: Limits,
         mounts: Vec<Mount>,
+        cancel: Arc<Cancel>,
         reply: impl FnOnce(Result<Report, ExecutionError>) + Send + 'static,
     ) -> Result<(), ExecutionError> {
         let sandbox = self.clone();
         std::thread::Builder::new()
             .name("sandbox-guest".into())
             .stack_size(self.guest.thread_stack_bytes)
-            .spawn(move || reply(sandbox.run(&program, limits, &mounts)))
+            .spawn(move || reply(sandbox.run(&program, limits, &mounts, cancel)))
             .map(drop)
             .map_err(|e| ExecutionError::Internal(format!("cannot start a guest thread: {e}")))
     }
@@ -300,12 +342,20 @@ impl Sandbox {
         program: &Program,
         limits: Limits,
         mounts: &[Mount],
+        cancel: Arc<Cancel>,
     ) -> Result<Report, ExecutionError> {
         let (pre, argv) = self.prepare(program)?;
+        let started = Instant::now();
+        let watch = Watch {
+            started,
+            deadline: started + Duration::from_millis(limits.timeout_ms),
+            cancel,
+        };
         let stdout = CappedOutput::new(limits.stdout_bytes);
         let stderr = CappedOutput::new(limits.stderr_bytes);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&argv)
+            .monotonic_clock(watch.monotonic_clock())
             .stdin(MemoryInputPipe::new(program.stdin.clone()))
             .stdout(stdout.clone())
             .stderr(stderr.clone());
@@ -328,19 +378,20 @@ impl Sandbox {
                 table_elements: self.limits.max_table_elements,
                 memory_exceeded: false,
             },
+            watch,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store
             .set_fuel(limits.fuel)
             .map_err(|e| ExecutionError::Internal(e.to_string()))?;
-        store.set_epoch_deadline(
-            self.ticker
-                .ticks_for(Duration::from_millis(limits.timeout_ms)),
-        );
-        store.epoch_deadline_trap();
+        // Every tick: past the deadline is a timeout, a cancelled execution stops.
+        store.epoch_deadline_callback(|store| {
+            store.data().watch.check()?;
+            Ok(UpdateDeadline::Continue(1))
+        });
+        store.set_epoch_deadline(1);
 
-        let started = Instant::now();
         let result = pre.instantiate(&mut store).and_then(|instance| {
             instance
                 .get_typed_func::<(), ()>(&mut store, "_start")?
@@ -352,7 +403,7 @@ impl Sandbox {
         let (stderr, stderr_truncated) = stderr.finish();
         if let Err(error) = &result {
             if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-                return Err(ExecutionError::Internal("no free instance slot".into()));
+                return Err(ExecutionError::Busy);
             }
         }
         let memory_exceeded = store.data().limiter.memory_exceeded;
@@ -473,6 +524,9 @@ fn classify(
             Outcome::Error
         };
         return (outcome, Some(exit.0), None);
+    }
+    if let Some(cancelled) = error.downcast_ref::<Cancelled>() {
+        return (Outcome::Trap, None, Some(cancelled.to_string()));
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => (

@@ -208,7 +208,7 @@ async fn run_execution(
         None
     };
 
-    let _slot = service
+    let slot = service
         .admission
         .admit()
         .await
@@ -231,13 +231,16 @@ async fn run_execution(
         stdin: request.stdin.into_bytes(),
         args: request.args,
     };
+    // The guest holds its slot and scratch directory until it has stopped, even if this
+    // request is dropped first (which cancels it).
     let report = sandbox
-        .execute(program, limits, mounts)
+        .execute(program, limits, mounts, (slot, scratch))
         .await
         .map_err(|error| {
             let (status, code) = match &error {
                 ExecutionError::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
                 ExecutionError::NoRuntime(_) => (StatusCode::BAD_REQUEST, "unsupported_language"),
+                ExecutionError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
                 ExecutionError::Mount { .. } | ExecutionError::Internal(_) => {
                     tracing::error!(request_id, %error, "execution failed to start");
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
@@ -245,7 +248,6 @@ async fn run_execution(
             };
             fail(status, code, error.to_string())
         })?;
-    drop(scratch);
     service.metrics.record(language, &report);
     tracing::info!(
         request_id,

@@ -386,3 +386,99 @@ fn a_scratch_directory_is_writable() {
         .unwrap();
     assert_eq!(report.stdout, "kept\n");
 }
+
+/// Runs `code` with a 1 s deadline and checks it ends as a timeout soon after that.
+fn assert_sleep_ends_at_the_deadline(language: Language, code: &str) {
+    let limits = Limits {
+        timeout_ms: 1_000,
+        ..limits()
+    };
+    let started = std::time::Instant::now();
+    let report = run_with(language, code, limits);
+    let took = started.elapsed();
+    assert_eq!(report.outcome, Outcome::Timeout, "{language:?}: {report:?}");
+    assert!(report.detail.as_deref().unwrap_or("").contains("deadline"));
+    assert!(
+        took < std::time::Duration::from_millis(1_500),
+        "{language:?} ended {took:?} after start, for a 1 s deadline"
+    );
+}
+
+#[test]
+fn sleeping_in_python_ends_at_the_deadline() {
+    assert_sleep_ends_at_the_deadline(Language::Python, "import time\ntime.sleep(100)");
+}
+
+#[test]
+fn sleeping_in_javascript_ends_at_the_deadline() {
+    // `--std` makes `os` a global.
+    assert_sleep_ends_at_the_deadline(Language::Javascript, "os.sleep(100000);");
+    assert_sleep_ends_at_the_deadline(
+        Language::Javascript,
+        "os.setTimeout(() => console.log('late'), 100000);",
+    );
+}
+
+#[test]
+fn a_raw_poll_oneoff_ends_at_the_deadline() {
+    // One relative clock subscription of 100 s at address 0; the event goes to 64, the count to 96.
+    let module = r#"(module
+         (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+         (memory (export "memory") 1)
+         (data (i32.const 8) "\00")
+         (data (i32.const 16) "\01\00\00\00")
+         (data (i32.const 24) "\00\e8\76\48\17\00\00\00")
+         (func (export "_start") (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 96)))))"#;
+    assert_sleep_ends_at_the_deadline(Language::Wat, module);
+}
+
+#[test]
+fn a_short_sleep_still_sleeps_and_returns() {
+    let started = std::time::Instant::now();
+    let report = python(
+        "import time\nt = time.monotonic()\ntime.sleep(0.2)\nprint(time.monotonic() - t >= 0.2)",
+    );
+    assert_eq!(
+        (report.outcome, report.stdout.as_str()),
+        (Outcome::Ok, "True\n"),
+        "{report:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn a_dropped_execution_cancels_its_sleeping_guest_and_frees_its_slot() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Arc::new(Sandbox::new(&settings(1)).unwrap());
+    let limits = Limits {
+        timeout_ms: 60_000,
+        ..limits()
+    };
+    runtime.block_on(async {
+        let (held, released) = tokio::sync::oneshot::channel::<()>();
+        let sleeper = sandbox.execute(
+            program(Language::Python, "import time\ntime.sleep(100)"),
+            limits.clone(),
+            vec![],
+            held,
+        );
+        // The client gives up after 300 ms: its request future is dropped.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), sleeper)
+                .await
+                .is_err()
+        );
+        let started = std::time::Instant::now();
+        // The guest lets go of what it held once it has stopped.
+        let _ = released.await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        let report = sandbox
+            .execute(program(Language::Python, "print(6*7)"), limits, vec![], ())
+            .await
+            .expect("the only slot is free again");
+        assert_eq!(report.stdout, "42\n");
+    });
+}

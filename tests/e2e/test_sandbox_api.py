@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import socket
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -210,3 +213,39 @@ def test_fifty_concurrent_hostile_executions_and_a_benign_one(sandbox: SandboxHo
     metrics = requests.get(f"{sandbox.url}/metrics", timeout=10).text
     assert 'sandbox_executions_total{language="python",outcome="timeout"}' in metrics
     assert requests.get(f"{sandbox.url}/readyz", timeout=10).status_code == 200
+
+
+def test_sleeping_code_ends_at_its_deadline(sandbox: SandboxHost) -> None:
+    for language, code in [
+        ("python", "import time\ntime.sleep(100)"),
+        ("javascript", "os.sleep(100000)"),
+    ]:
+        started = time.monotonic()
+        response = sandbox.execute({"language": language, "code": code, "limits": {"timeout_ms": 1000}})
+        took = time.monotonic() - started
+        assert response.status_code == 200, response.text
+        assert response.json()["outcome"] == "timeout", response.text
+        assert took < 2.0, f"{language}: answered after {took:.1f} s for a 1 s deadline"
+
+
+def test_clients_that_hang_up_mid_sleep_give_their_slots_back(small_sandbox: Callable[..., SandboxHost]) -> None:
+    host = small_sandbox(max_running=4, max_queued=32, queue_timeout_ms=30000)
+    body = json.dumps({"language": "python", "code": "import time\ntime.sleep(25)", "limits": {"timeout_ms": 30000}})
+    request = (
+        f"POST /v1/executions HTTP/1.1\r\nhost: sandbox\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    hung_up = []
+    for _ in range(20):
+        conn = socket.create_connection(("127.0.0.1", host.port), timeout=5)
+        conn.sendall(request)
+        hung_up.append(conn)
+    time.sleep(1.0)  # the first four are asleep in the guest, the rest queued
+    for conn in hung_up:
+        conn.close()
+    time.sleep(0.5)
+    started = time.monotonic()
+    response = host.execute({"language": "python", "code": "print(6*7)"})
+    assert response.status_code == 200, response.text
+    assert response.json()["stdout"] == "42\n"
+    assert time.monotonic() - started < 1.0, "the slots came back at once"

@@ -26,7 +26,8 @@ AUTH = {"api_key": {"keys": [{"identity": "svc-shared", "key": API_KEY}]}}
 RATE_LIMIT = {
     "limits": [{"name": "global", "key": "identity", "requests": 100, "per": "hour", "path_prefix": "/limited"}]
 }
-CACHE = {"rules": [{"path_prefix": "/cached", "ttl_seconds": 60}]}
+# Identified callers' answers are stored only in their own partition (docs/filters/cache.md).
+CACHE = {"rules": [{"path_prefix": "/cached", "ttl_seconds": 60}], "partition_headers": ["x-gateway-identity"]}
 # Replicas sit behind one name: the cache key includes the authority, so every request carries it.
 HEADERS = {"x-api-key": API_KEY, "host": "api.example.com"}
 

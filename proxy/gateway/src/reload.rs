@@ -13,6 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
@@ -232,16 +233,33 @@ fn restart_only_changes(serving: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+/// Set by a SIGHUP that arrives before [`ReloadTrigger`] listens; it reloads once when it starts.
+static HANGUP_WHILE_STARTING: AtomicBool = AtomicBool::new(false);
+
 /// Replaces SIGHUP's default action (ending the process) for the life of the process, so that a
-/// SIGHUP arriving while the proxy starts (compiling filters can take seconds) is not fatal; once
-/// the proxy serves, [`ReloadTrigger`] handles it.
+/// SIGHUP arriving while the proxy starts (compiling filters can take seconds) is not fatal, and
+/// remembers it: once the proxy serves, [`ReloadTrigger`] applies it and handles later ones.
+/// A listener of its own is needed because a runtime's signal driver hands a signal only to the
+/// listeners that exist when it sees it (the filters load on a runtime that may see it first).
 pub fn survive_early_hangups() -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
-    let _entered = runtime.enter();
     // Tokio installs its handler once per signal and never removes it.
-    signal(SignalKind::hangup()).map(drop)
+    let mut hangups = {
+        let _entered = runtime.enter();
+        signal(SignalKind::hangup())?
+    };
+    std::thread::Builder::new()
+        .name("early-sighup".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                while hangups.recv().await.is_some() {
+                    HANGUP_WHILE_STARTING.store(true, Ordering::Release);
+                }
+            })
+        })
+        .map(drop)
 }
 
 /// Triggers reloads: SIGHUP always, file changes when `server.reload.watch` is set.
@@ -267,6 +285,10 @@ impl BackgroundService for ReloadTrigger {
                 return;
             }
         };
+        // Listening now: a SIGHUP from here on reaches `hangup`; one before it is the flag's.
+        if HANGUP_WHILE_STARTING.swap(false, Ordering::AcqRel) {
+            let _ = self.reloader.reload(Trigger::Signal).await;
+        }
         let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changing = None;
