@@ -111,6 +111,7 @@ run: setup filters proxy sandbox
 	@echo "     curl -H 'x-api-key: demo-key-change-me' -d '{\"language\": \"python\", \"code\": \"print(1+1)\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/executions"
 	@echo "     curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
 	@trap 'kill 0' EXIT; \
+	export GATEWAY_SIGNING_KEY=$${GATEWAY_SIGNING_KEY:-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}; \
 	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) --name demo & \
 	$(CARGO_TARGET_DIR)/debug/sandbox-host --config sandbox-host/config/default.yaml \
 	  --listen 127.0.0.1:$(RUN_SANDBOX_PORT) --cache-dir $(SANDBOX_CACHE) & \

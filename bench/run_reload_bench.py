@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -88,6 +89,8 @@ def main() -> int:
     for built in (target / "wasm32-wasip1" / "release").glob("*.wasm"):
         shutil.copy(built, wasm_dir)
     os.environ["WASM_DIR"] = str(wasm_dir)
+    # make run's configuration signs identity headers for sandbox-host with this variable's key.
+    os.environ.setdefault("GATEWAY_SIGNING_KEY", secrets.token_hex(32))
     config: dict[str, Any] = yaml.safe_load((REPO / "proxy" / "config" / "example.yaml").read_text())
     config["server"]["reload"] = {"watch": False}
     config["logging"] = {"format": "json", "level": "warn", "access_log": False}

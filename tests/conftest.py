@@ -13,7 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "envoy-config"))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
+import os  # noqa: E402
+
 from echo_upstream import EchoServer, start_echo_upstream  # noqa: E402
+from gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY  # noqa: E402
+
+# Every proxy and sandbox-host the suites start inherits the key their identity signatures use.
+os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
 from gateway import Gateway, start_gateway, target_dir  # noqa: E402
 
 

@@ -40,6 +40,43 @@ pub struct Settings {
     /// SHA-256 digests (hex) of the approval tokens that unlock destructive capabilities.
     #[serde(default)]
     pub approval_token_sha256: Vec<String>,
+    /// How callers prove they are the gateway (identity, scopes and approvals count only then).
+    #[serde(default)]
+    pub gateway: GatewayTrust,
+}
+
+/// Who is trusted to say who the caller is: only a request signed by the gateway
+/// (`x-gateway-signature`, see the `gateway-identity` crate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayTrust {
+    /// Environment variable holding the key shared with the gateway. Unset (or the variable
+    /// empty): no caller is trusted, and every execution is pure computation.
+    pub signing_key_env: Option<String>,
+    /// Accepted age of a signature, either way (clock skew), in seconds.
+    pub max_signature_age_seconds: u64,
+    /// What a caller without a valid signature gets.
+    pub unsigned_callers: UnsignedCallers,
+}
+
+impl Default for GatewayTrust {
+    fn default() -> Self {
+        Self {
+            signing_key_env: None,
+            max_signature_age_seconds: 60,
+            unsigned_callers: UnsignedCallers::ComputeOnly,
+        }
+    }
+}
+
+/// Treatment of callers the service cannot authenticate as the gateway.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsignedCallers {
+    /// Run their code with no identity, scopes or approvals: pure computation only.
+    ComputeOnly,
+    /// Answer 401 `untrusted_caller`.
+    Refuse,
 }
 
 /// One interpreter: a WASI command module from a pinned registry package.

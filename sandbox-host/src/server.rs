@@ -3,7 +3,7 @@
 use crate::admission::{Admission, Rejection};
 use crate::api::{ApiError, ExecutionRequest};
 use crate::capabilities::{grant, Caller, Mount, Refusal};
-use crate::config::Settings;
+use crate::config::{Settings, UnsignedCallers};
 use crate::metrics::Metrics;
 use crate::runtimes::Language;
 use crate::sandbox::{ExecutionError, Program, Report, Sandbox};
@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use gateway_identity::{Claims, SignatureError, SigningKey};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,8 @@ use tokio::net::TcpListener;
 /// The service's shared state.
 pub struct Service {
     settings: Settings,
+    /// The key gateway signatures are checked with; `None` trusts no caller.
+    gateway_key: Option<SigningKey>,
     sandbox: OnceLock<Arc<Sandbox>>,
     admission: Admission,
     metrics: Metrics,
@@ -41,7 +44,9 @@ struct ExecutionResponse<'a> {
 impl Service {
     /// A service that is not ready until [`Service::load`] has built its sandbox.
     pub fn new(settings: Settings) -> Arc<Self> {
+        let gateway_key = gateway_key(&settings);
         Arc::new(Self {
+            gateway_key,
             admission: Admission::new(&settings.concurrency),
             settings,
             sandbox: OnceLock::new(),
@@ -171,7 +176,19 @@ async fn run_execution(
                 e.to_string(),
             )
         })?;
-    let caller = caller(headers);
+    let caller = match authenticated_caller(service, headers) {
+        Ok(caller) => caller,
+        Err(_) if service.settings.gateway.unsigned_callers == UnsignedCallers::ComputeOnly => {
+            Caller::default()
+        }
+        Err(error) => {
+            return Err(fail(
+                StatusCode::UNAUTHORIZED,
+                "untrusted_caller",
+                format!("{error}; only the gateway may call this service"),
+            ))
+        }
+    };
     let mut mounts = grant(
         &request.capabilities,
         &caller,
@@ -350,18 +367,49 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// The caller as the gateway's auth filter forwarded it.
-fn caller(headers: &HeaderMap) -> Caller {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+/// The caller the gateway vouches for: identity, scopes and approval count only when the
+/// request carries a valid, fresh gateway signature over them.
+fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller, SignatureError> {
+    let key = service
+        .gateway_key
+        .as_ref()
+        .ok_or(SignatureError::Malformed)?;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let claims = Claims {
+        request_id: text(gateway_identity::REQUEST_ID_HEADER).unwrap_or(""),
+        identity: text(gateway_identity::IDENTITY_HEADER).unwrap_or(""),
+        scopes: text(gateway_identity::SCOPES_HEADER).unwrap_or(""),
+        tenant: text(gateway_identity::TENANT_HEADER).unwrap_or(""),
     };
-    Caller {
-        identity: text("x-gateway-identity"),
-        scopes: text("x-gateway-scopes")
-            .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default(),
-        approval_token: text("x-sandbox-approval"),
+    let signature = text(gateway_identity::SIGNATURE_HEADER).ok_or(SignatureError::Malformed)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let max_age = service.settings.gateway.max_signature_age_seconds;
+    key.verify(signature, &claims, now, max_age)?;
+    Ok(Caller {
+        identity: Some(claims.identity.to_string()).filter(|i| !i.is_empty()),
+        scopes: claims
+            .scopes
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        approval_token: text("x-sandbox-approval").map(str::to_string),
+    })
+}
+
+/// The gateway key named by `gateway.signing_key_env`, if it is set and usable.
+fn gateway_key(settings: &Settings) -> Option<SigningKey> {
+    let Some(name) = &settings.gateway.signing_key_env else {
+        tracing::warn!("gateway.signing_key_env is not set: no caller is trusted with scopes");
+        return None;
+    };
+    let value = std::env::var(name).unwrap_or_default();
+    match SigningKey::new(value) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            tracing::warn!(variable = name, %error, "no usable gateway key: no caller is trusted with scopes");
+            None
+        }
     }
 }

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+from gateway_identity import signed_headers
 from sandbox_host import SandboxHost, start_sandbox
 
 HELLO_WAT = """(module
@@ -147,16 +148,43 @@ def test_a_dataset_needs_the_scope_the_gateway_forwarded(sandbox: SandboxHost) -
         "code": "print(open('/data/demo/cities.csv').read().splitlines()[1])",
         "capabilities": {"datasets": [{"name": "demo"}]},
     }
-    refused = sandbox.execute(body, headers={"x-gateway-identity": "bob", "x-gateway-scopes": "other"})
+    refused = sandbox.execute(body, headers=signed_headers(identity="bob", scopes="other"))
     assert refused.status_code == 403
     assert error_of(refused)["code"] == "insufficient_scope"
-    granted = sandbox.execute(body, headers={"x-gateway-identity": "alice", "x-gateway-scopes": "sandbox:dataset:demo"})
+    granted = sandbox.execute(body, headers=signed_headers(identity="alice", scopes="sandbox:dataset:demo"))
     assert granted.json()["stdout"] == "Lisbon,545000\n"
+
+
+def test_scopes_count_only_with_a_valid_fresh_gateway_signature(sandbox: SandboxHost) -> None:
+    body = {
+        "language": "python",
+        "code": "print(open('/data/demo/cities.csv').read().splitlines()[1])",
+        "capabilities": {"datasets": [{"name": "demo"}]},
+    }
+    granted = signed_headers(identity="alice", scopes="sandbox:dataset:demo", request_id="r-1")
+    forged_cases = {
+        "unsigned": {"x-gateway-identity": "alice", "x-gateway-scopes": "sandbox:dataset:demo"},
+        "wrong key": signed_headers(identity="alice", scopes="sandbox:dataset:demo", key="not-the-gateways-key-at-all"),
+        "expired": signed_headers(identity="alice", scopes="sandbox:dataset:demo", at=int(time.time()) - 600),
+        "scopes widened": {
+            **signed_headers(identity="alice", scopes="other"),
+            "x-gateway-scopes": "sandbox:dataset:demo",
+        },
+        "moved to another request": {**granted, "x-request-id": "r-2"},
+        "garbage": {**granted, "x-gateway-signature": "v1;t=x;sig=\u00ff"},
+    }
+    for case, headers in forged_cases.items():
+        refused = sandbox.execute(body, headers=headers)
+        assert (refused.status_code, error_of(refused)["code"]) == (403, "insufficient_scope"), case
+        # Pure computation still runs for such a caller.
+        plain = sandbox.execute({"language": "python", "code": "print(6*7)"}, headers=headers)
+        assert plain.json()["stdout"] == "42\n", case
+    assert sandbox.execute(body, headers=granted).json()["stdout"] == "Lisbon,545000\n"
 
 
 def test_writing_a_dataset_is_destructive_and_needs_approval(sandbox: SandboxHost) -> None:
     body = {"language": "python", "code": "print(1)", "capabilities": {"datasets": [{"name": "demo", "write": True}]}}
-    headers = {"x-gateway-scopes": "sandbox:dataset:demo"}
+    headers = signed_headers(scopes="sandbox:dataset:demo")
     refused = sandbox.execute(body, headers=headers)
     assert (refused.status_code, error_of(refused)["code"]) == (403, "approval_required")
     approved = sandbox.execute(body, headers={**headers, "x-sandbox-approval": "approve-e2e"})

@@ -9,6 +9,7 @@ import pytest
 import requests
 from conftest import built_filter
 from gateway import Gateway, start_gateway
+from gateway_identity import SIGNING_KEY_ENV
 from sandbox_host import SandboxHost, start_sandbox
 
 AUTH = {
@@ -47,7 +48,14 @@ def gateway(tmp_path: Path, sandbox: SandboxHost) -> Iterator[Gateway]:
         "routes": [
             {"name": "sandbox", "match": {"path": {"prefix": "/v1/"}}, "cluster": "sandbox", "filter_chain": "sandbox"}
         ],
-        "clusters": [{"name": "sandbox", "endpoints": [f"127.0.0.1:{sandbox.port}"], "timeouts": {"read": "60s"}}],
+        "clusters": [
+            {
+                "name": "sandbox",
+                "endpoints": [f"127.0.0.1:{sandbox.port}"],
+                "timeouts": {"read": "60s"},
+                "identity_signature": {"key_env": SIGNING_KEY_ENV},
+            }
+        ],
     }
     proxy = start_gateway(config, tmp_path)
     yield proxy

@@ -526,6 +526,19 @@ pub struct ClusterConfig {
     /// Retries of idempotent requests.
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Sign the identity headers sent to this cluster, so its services can tell them from forged
+    /// ones (see the `gateway-identity` crate).
+    #[serde(default)]
+    pub identity_signature: Option<IdentitySignatureConfig>,
+}
+
+/// Where the key that signs a cluster's identity headers comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySignatureConfig {
+    /// Name of the environment variable holding the key (at least 16 bytes; kept out of the file
+    /// and the logs).
+    pub key_env: String,
 }
 
 /// Load-balancing policy: `round_robin`, `least_connections` or

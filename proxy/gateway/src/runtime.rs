@@ -13,6 +13,7 @@ use crate::routing::{RequestFacts, RouteMatcher};
 use crate::shared_data::SharedData;
 use crate::upstream_tls::UpstreamCredentials;
 use arc_swap::ArcSwap;
+use gateway_identity::SigningKey;
 use pingora::http::RequestHeader;
 use proxy_wasm_host::{Host, HostOptions};
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ pub struct Generation {
     pub reserved_headers: ReservedHeaders,
     /// `server.trusted_proxies`.
     pub trusted_proxies: TrustedProxies,
+    /// Identity-signing keys of the clusters that have one, by cluster name.
+    signing_keys: HashMap<String, SigningKey>,
 }
 
 impl Generation {
@@ -72,6 +75,18 @@ impl Generation {
                 _ => Arc::new(Cluster::new(c.clone(), endpoints, credentials)),
             };
             clusters.insert(c.name.clone(), cluster);
+        }
+        let mut signing_keys = HashMap::new();
+        for (i, c) in config.clusters.iter().enumerate() {
+            if let Some(signature) = &c.identity_signature {
+                let field = format!("clusters[{i}].identity_signature.key_env");
+                let value = std::env::var(&signature.key_env).map_err(|_| {
+                    ConfigError::new(&field, format!("{} is not set", signature.key_env))
+                })?;
+                let key =
+                    SigningKey::new(value).map_err(|e| ConfigError::new(&field, e.to_string()))?;
+                signing_keys.insert(c.name.clone(), key);
+            }
         }
         let mut chains = HashMap::new();
         for (i, chain) in config.filter_chains.iter().enumerate() {
@@ -100,6 +115,7 @@ impl Generation {
             paths: config.server.paths.clone(),
             reserved_headers: config.server.reserved_headers.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            signing_keys,
         })
     }
 
@@ -125,6 +141,11 @@ impl Generation {
             header: &header,
         };
         self.routes.iter().find(|r| r.matcher.matches(&facts))
+    }
+
+    /// The key that signs identity headers sent to `cluster`, if it has one.
+    pub fn signing_key(&self, cluster: &str) -> Option<&SigningKey> {
+        self.signing_keys.get(cluster)
     }
 
     /// A cluster by name (routes are checked to name existing clusters).
