@@ -15,7 +15,9 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 
 import os  # noqa: E402
 
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from echo_upstream import EchoServer, start_echo_upstream  # noqa: E402
+from filter_stack import Stack, run_stack  # noqa: E402
 from gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY  # noqa: E402
 
 # Every proxy and sandbox-host the suites start inherits the key their identity signatures use.
@@ -84,3 +86,19 @@ def gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Gateway]]:
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    """The test identity provider's RSA key (gateways know only its JWKS)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module", params=["proxy", "envoy"])
+def stack(
+    request: pytest.FixtureRequest, signing_key: rsa.RSAPrivateKey, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The three filters chained in front of an echo upstream, in our proxy or in Envoy: every
+    test that uses it runs once per gateway."""
+    wasm = {name: built_filter(name) for name in ("auth_filter", "rate_limit_filter", "cache_filter")}
+    yield from run_stack(request.param, signing_key, wasm, tmp_path_factory.mktemp(request.param))

@@ -18,14 +18,8 @@ import pytest
 import requests
 from conftest import built_filter
 from echo_upstream import EchoServer
+from filter_stack import BATCH_KEY, Stack
 from gateway import Gateway
-from test_gateway_filters import (  # noqa: F401 - signing_key and stack are fixtures
-    BATCH_KEY,
-    Stack,
-    error_code,
-    signing_key,
-    stack,
-)
 from test_proxy_routing import cluster
 
 VALID = {"x-api-key": BATCH_KEY}
