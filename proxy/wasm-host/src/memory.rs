@@ -191,6 +191,49 @@ pub fn decode_map(bytes: &[u8]) -> Result<MapPairs, Status> {
 }
 
 #[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_map_round_trips(pairs in proptest::collection::vec((".{0,40}", proptest::collection::vec(any::<u8>(), 0..64)), 0..32)) {
+            let encoded = encode_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+            let decoded = decode_map(&encoded).unwrap();
+            let expected: MapPairs = pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect();
+            prop_assert_eq!(decoded, expected);
+        }
+
+        #[test]
+        fn guest_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(pairs) = decode_map(&bytes) {
+                let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                prop_assert!(total <= bytes.len(), "decoded more than was given");
+            }
+        }
+
+        #[test]
+        fn forged_counts_and_lengths_are_refused_without_allocating(count in any::<u32>(), key_len in any::<u32>(), value_len in any::<u32>(), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = count.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&key_len.to_le_bytes());
+            bytes.extend_from_slice(&value_len.to_le_bytes());
+            bytes.extend_from_slice(&tail);
+            if let Ok(pairs) = decode_map(&bytes) {
+                prop_assert!(pairs.len() <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn guest_ranges_stay_inside_memory(ptr in any::<i32>(), len in any::<i32>(), memory_size in 0usize..(1 << 33)) {
+            if let Ok(range) = range(ptr, len, memory_size) {
+                prop_assert!(range.start <= range.end && range.end <= memory_size);
+                prop_assert_eq!(range.len(), len as u32 as usize);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
