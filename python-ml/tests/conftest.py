@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from python_ml.app import create_app
+from python_ml.dependencies import ServiceState
 from python_ml.embedding import Embedder, bundled_model_dir
 from python_ml.evaluation import load_corpus
 from python_ml.settings import Settings
@@ -32,16 +34,24 @@ class RunningService:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    app: FastAPI
 
     def client(self, **kwargs: Any) -> httpx.Client:  # noqa: ANN401 - passed through to httpx
         """An HTTP client for this service."""
         return httpx.Client(base_url=self.url, **{"timeout": 30, **kwargs})
 
+    @property
+    def state(self) -> ServiceState:
+        """The running application's state (its model, store and settings)."""
+        state: ServiceState = self.app.state.service
+        return state
+
 
 def start_service(settings: Settings, wait_ready: bool = True) -> RunningService:
     """Serves `create_app(settings)` on a free port; waits for /readyz unless told not to."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -51,7 +61,7 @@ def start_service(settings: Settings, wait_ready: bool = True) -> RunningService
         try:
             status = httpx.get(f"{url}/readyz" if wait_ready else f"{url}/healthz", timeout=2).status_code
             if status == 200:
-                return RunningService(url, server, thread)
+                return RunningService(url, server, thread, app)
         except httpx.TransportError:
             pass
         time.sleep(0.05)

@@ -2,8 +2,8 @@
 
 It speaks just enough of Anthropic's Messages API and OpenAI's chat completions (both streamed as
 server-sent events) for the generators, and follows a script: each request takes the next planned
-reply (a status to fail with, a delay, or text to stream). It records what it was sent and whether
-a client hung up mid-stream.
+reply (a status to fail with, a delay, or text to stream, and how the stream ends). It records what
+it was sent and whether a client hung up mid-stream.
 """
 
 from __future__ import annotations
@@ -13,18 +13,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
+
+Ending = Literal["complete", "cut", "malformed", "unexpected"]
+"""How a streamed reply ends after its text: with the provider's end mark; cut off without it;
+with a `data:` line that is not JSON; or with a JSON event shaped unlike anything the provider sends."""
 
 
 @dataclass
 class Reply:
-    """One planned answer: fail with `status`, or stream `text` word by word."""
+    """One planned answer: fail with `status`, or stream `text` word by word and end as `ending` says."""
 
     status: int = 200
     text: str = "Paris is the capital of France [1]."
     delay_before: float = 0.0
     delay_between: float = 0.0
     retry_after: str | None = None
+    ending: Ending = "complete"
 
 
 @dataclass
@@ -98,10 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                 self.wfile.flush()
                 time.sleep(reply.delay_between)
-            if anthropic:
-                self.wfile.write(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
-            else:
-                self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.write(_ENDINGS[reply.ending][int(anthropic)])
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.server.recorded.hung_up.set()
@@ -109,3 +111,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature from the base class
         pass
+
+
+# (OpenAI, Anthropic) bytes for each ending.
+_ENDINGS: dict[Ending, tuple[bytes, bytes]] = {
+    "complete": (b"data: [DONE]\n\n", b'event: message_stop\ndata: {"type": "message_stop"}\n\n'),
+    "cut": (b"", b""),
+    "malformed": (b"data: {not json\n\n", b"event: content_block_delta\ndata: {not json\n\n"),
+    "unexpected": (
+        b'data: {"choices": "not a list"}\n\n',
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {"type": "text_delta"}}\n\n',
+    ),
+}

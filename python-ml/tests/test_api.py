@@ -97,7 +97,15 @@ def test_health_readiness_and_openapi(corpus_service: RunningService) -> None:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["dimensions"] == 384
         paths = client.get("/openapi.json").json()["paths"]
-        assert {"/v1/embeddings", "/v1/rag/documents", "/v1/rag/query", "/healthz", "/readyz"} <= set(paths)
+        assert {
+            "/v1/embeddings",
+            "/v1/rag/documents",
+            "/v1/rag/documents/{document_id}",
+            "/v1/rag/query",
+            "/healthz",
+            "/readyz",
+        } <= set(paths)
+        assert "401" in paths["/v1/rag/query"]["post"]["responses"]
 
 
 def test_not_ready_when_the_model_cannot_load(service_factory: Callable[..., RunningService], tmp_path: object) -> None:
@@ -218,3 +226,23 @@ def test_per_request_chunking(service_factory: Callable[..., RunningService]) ->
     with service_factory().client() as client:
         body = {"documents": [{"id": "d", "text": text}], "chunking": {"size": 100, "overlap": 20}}
         assert client.post("/v1/rag/documents", json=body).json()["chunks"] >= 8
+
+
+def test_documents_can_be_read_and_deleted(service_factory: Callable[..., RunningService]) -> None:
+    text = "First sentence of the handbook. " * 10 + "\n\n" + "Second part of it. " * 10
+    document = {"id": "team/handbook 7", "text": text, "metadata": {"team": "infra"}}
+    with service_factory().client() as client:
+        stored = client.post("/v1/rag/documents", json={"documents": [document]}).json()
+        # Ids may hold slashes and spaces; the path takes them percent-encoded or not.
+        got = client.get("/v1/rag/documents/team/handbook%207").json()
+        assert got["id"] == "team/handbook 7" and got["metadata"] == {"team": "infra"}
+        assert [c["chunk_index"] for c in got["chunks"]] == list(range(stored["chunks"]))
+        assert all(text[c["start"] : c["end"]] == c["text"] for c in got["chunks"])
+
+        assert client.delete("/v1/rag/documents/team%2Fhandbook%207").json() == {
+            "id": "team/handbook 7",
+            "chunks": stored["chunks"],
+        }
+        assert_error(client.get("/v1/rag/documents/team/handbook%207"), 404, "document_not_found")
+        assert_error(client.delete("/v1/rag/documents/team/handbook%207"), 404, "document_not_found")
+        assert_error(client.get("/v1/rag/documents/" + "x" * 257), 422, "invalid_request")

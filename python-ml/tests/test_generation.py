@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import RunningService
-from fake_llm import FakeLLM, Reply
+from fake_llm import Ending, FakeLLM, Reply
 from test_api import assert_error, parse_events
 
 DOCUMENT = {"id": "geo", "text": "Paris is the capital of France. Berlin is the capital of Germany."}
@@ -144,7 +144,9 @@ def test_client_going_away_cancels_the_provider_request(
 ) -> None:
     llm = fake_llm([Reply(text=" ".join(["word"] * 200), delay_between=0.05)])
     service = ingested(service_factory(**provider_settings("anthropic", llm)))
-    with service.client(timeout=1.0) as client:
+    # The stream case hangs up itself after the first token; a 1 s read timeout there only fails the
+    # test on a busy machine.
+    with service.client(timeout=10.0 if stream else 1.0) as client:
         if stream:
             with client.stream("POST", "/v1/rag/query", json={**QUESTION, "stream": True}) as r:
                 next(r.iter_lines())  # the first token arrived; now hang up
@@ -153,3 +155,54 @@ def test_client_going_away_cancels_the_provider_request(
                 client.post("/v1/rag/query", json=QUESTION)
     # 200 words at 50 ms would take 10 s; the fake sees the hang-up long before.
     assert llm.recorded.hung_up.wait(timeout=5), "the provider request was not cancelled"
+
+
+STREAM_FAILURES = [
+    # (how the provider's stream ends after a few words, the status and code of the error event)
+    ("cut", 502, "llm_unavailable"),
+    ("malformed", 502, "llm_unavailable"),
+    ("unexpected", 500, "internal_error"),
+]
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+@pytest.mark.parametrize(("ending", "status", "code"), STREAM_FAILURES)
+def test_a_stream_failing_midway_ends_with_an_error_event(
+    provider: str,
+    ending: Ending,
+    status: int,
+    code: str,
+    service_factory: Callable[..., RunningService],
+    fake_llm: Callable[[list[Reply]], FakeLLM],
+) -> None:
+    llm = fake_llm([Reply(text="Paris is", ending=ending), Reply(text="It is Paris [1].")])
+    service = ingested(service_factory(**provider_settings(provider, llm)))
+    with service.client() as client:
+        with client.stream("POST", "/v1/rag/query", json={**QUESTION, "stream": True}) as r:
+            assert r.status_code == 200
+            events = parse_events(r.iter_lines())
+        assert [name for name, _ in events] == ["token", "token", "error"]
+        error = events[-1][1]["error"]
+        assert (error["status"], error["code"]) == (status, code)
+        assert error["request_id"] == r.headers["x-request-id"]
+        assert "Traceback" not in error["message"]
+
+        # The next answer, from a provider behaving again, is whole.
+        with client.stream("POST", "/v1/rag/query", json={**QUESTION, "stream": True}) as r:
+            events = parse_events(r.iter_lines())
+        assert [name for name, _ in events][-3:] == ["token", "sources", "done"]
+
+
+@pytest.mark.parametrize(("ending", "status", "code"), STREAM_FAILURES)
+def test_an_answer_failing_midway_is_an_error_not_a_shorter_answer(
+    ending: Ending,
+    status: int,
+    code: str,
+    service_factory: Callable[..., RunningService],
+    fake_llm: Callable[[list[Reply]], FakeLLM],
+) -> None:
+    llm = fake_llm([Reply(text="Paris is", ending=ending), Reply(text="It is Paris [1].")])
+    service = ingested(service_factory(**provider_settings("anthropic", llm)))
+    with service.client() as client:
+        assert_error(client.post("/v1/rag/query", json=QUESTION), status, code)
+        assert client.post("/v1/rag/query", json=QUESTION).json()["answer"] == "It is Paris [1]."

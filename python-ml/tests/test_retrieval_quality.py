@@ -15,11 +15,11 @@ import pytest
 from python_ml.chunking import split_text
 from python_ml.embedding import Embedder
 from python_ml.evaluation import LabelledQuestion, load_corpus, load_questions, score_retrieval
-from python_ml.models import Chunking
 from python_ml.rag import Rag
 from python_ml.settings import Settings
 from python_ml.store import Hit, VectorStore
 
+TENANT = "quality"
 RECALL_AT_5_MIN = 0.90
 NDCG_AT_10_MIN = 0.80
 
@@ -27,9 +27,9 @@ NDCG_AT_10_MIN = 0.80
 @pytest.fixture(scope="module")
 def rag(embedder: Embedder) -> Rag:
     store = VectorStore(Settings(_env_file=None, qdrant_path=":memory:"), embedder.dimensions)
-    rag = Rag(embedder, store, Chunking(size=1000, overlap=200))
+    rag = Rag(embedder, store)
     for document in load_corpus():
-        rag.ingest(document)
+        rag.ingest(TENANT, document, split_text(document.text, 1000, 200))
     return rag
 
 
@@ -49,13 +49,13 @@ def test_retrieval_quality_meets_the_threshold(rag: Rag) -> None:
     def count(q: LabelledQuestion) -> int:
         return sum(q.contains in text for text in chunks[q.document])
 
-    scores = score_retrieval(load_questions(), lambda question, k: rag.retrieve(question, k, None), count)
+    scores = score_retrieval(load_questions(), lambda question, k: rag.retrieve(TENANT, question, k, None), count)
     print(f"recall@5={scores.recall_at_5:.3f} nDCG@10={scores.ndcg_at_10:.3f} over {scores.questions} questions")
     assert scores.recall_at_5 >= RECALL_AT_5_MIN
     assert scores.ndcg_at_10 >= NDCG_AT_10_MIN
 
     # The thresholds mean something: the same chunks in an order unrelated to the question fail them.
-    every_chunk = rag.retrieve("", 100, None)
+    every_chunk = rag.retrieve(TENANT, "", 100, None)
     shuffled = random.Random(7)
 
     def unrelated(_question: str, k: int) -> Sequence[Hit]:

@@ -55,6 +55,15 @@ def split_text(text: str, size: int = 1000, overlap: int = 200) -> list[Chunk]:
     return [Chunk(text[start:end], start, end) for start, end in _pack(text, pieces, size, overlap)]
 
 
+def estimated_chunk_count(length: int, size: int, overlap: int) -> int:
+    """The chunks `split_text` makes of `length` characters if every chunk is full and repeats
+    exactly `overlap` characters: what the service checks its caps against before splitting. Real
+    chunks end at sentences and paragraphs, so the exact count can differ either way."""
+    if length == 0:
+        return 0
+    return max(1, -(-(length - overlap) // (size - overlap)))
+
+
 def split_sentences(text: str) -> list[str]:
     """The sentences of `text`, whitespace-trimmed, blank ones dropped."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]

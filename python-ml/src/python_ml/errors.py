@@ -78,7 +78,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error (request %s)", request_id_of(request))
-        return _response(request, 500, "internal_error", "internal error; see the service log")
+        response = _response(request, 500, "internal_error", "internal error; see the service log")
+        # Starlette answers unhandled errors outside every middleware, RequestIdMiddleware included.
+        if (request_id := request_id_of(request)) is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        # Starlette re-raises after this answer and the server then closes the connection; saying
+        # so keeps a keep-alive client from sending its next request into the closed socket.
+        response.headers["connection"] = "close"
+        return response
 
 
 class RequestIdMiddleware:

@@ -142,7 +142,9 @@ class _HostedGenerator:
         return base * (0.5 + random.random() / 2)  # jitter so replicas do not retry in step
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-        """The JSON `data:` payloads of a server-sent event stream, until `[DONE]` or the end."""
+        """The JSON `data:` payloads of a server-sent event stream, up to the provider's end mark
+        (OpenAI's `[DONE]`, Anthropic's `message_stop`). A stream that stops before its end mark
+        was cut off, and is a `GenerationError` rather than a shorter answer."""
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -151,11 +153,17 @@ class _HostedGenerator:
                 if data == "[DONE]":
                     return
                 try:
-                    yield json.loads(data)
+                    event = json.loads(data)
                 except json.JSONDecodeError as exc:
                     raise GenerationError(f"{self.name} sent malformed event data") from exc
+                if not isinstance(event, dict):
+                    raise GenerationError(f"{self.name} sent malformed event data")
+                if event.get("type") == "message_stop":
+                    return
+                yield event
         except httpx.TransportError as exc:
             raise GenerationError(f"{self.name}: {type(exc).__name__} while streaming") from exc
+        raise GenerationError(f"{self.name}: the stream ended before the answer was complete")
 
 
 def _retry_after(value: str | None) -> float | None:

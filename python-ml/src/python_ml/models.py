@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .embedding import MODEL_NAME
 
@@ -55,7 +55,8 @@ class EmbeddingResponse(BaseModel):
 
 
 class Document(BaseModel):
-    """A document to index. Its id is the caller's; sending it again replaces the earlier version."""
+    """A document to index. Its id is the tenant's: sending it again replaces that tenant's earlier
+    version, and no other tenant's document of the same id."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -70,7 +71,15 @@ class Chunking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: int = Field(ge=50, le=20_000)
-    overlap: int = Field(ge=0)
+    overlap: int = Field(ge=0, description="At most half of `size`.")
+
+    @model_validator(mode="after")
+    def _chunks_move_on(self) -> Chunking:
+        # Each chunk must bring at least half a chunk of new text: at size 50 and overlap 49 a
+        # megabyte would be a million chunks, every one embedded and stored.
+        if self.overlap * 2 > self.size:
+            raise ValueError(f"overlap must be at most half of size ({self.size // 2} for size {self.size})")
+        return self
 
 
 class IngestRequest(BaseModel):
@@ -99,6 +108,30 @@ class IngestResponse(BaseModel):
     embedded: int
     reused: int
     duration_ms: float
+
+
+class DocumentChunk(BaseModel):
+    """One stored chunk: `text` is the document's `text[start:end]`."""
+
+    chunk_index: int
+    text: str
+    start: int
+    end: int
+
+
+class StoredDocument(BaseModel):
+    """`GET /v1/rag/documents/{id}`: a document as the store holds it, chunks in order."""
+
+    id: str
+    metadata: dict[str, Any]
+    chunks: list[DocumentChunk]
+
+
+class DeletedDocument(BaseModel):
+    """`DELETE /v1/rag/documents/{id}` result: the chunks removed."""
+
+    id: str
+    chunks: int
 
 
 class QueryRequest(BaseModel):

@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_SIGNING_KEY_BYTES = 16
+"""128 bits, as the gateway requires of the same key."""
+
 
 class Settings(BaseSettings):
     """Everything the service can be told. Defaults run offline with no server and no key."""
@@ -34,9 +37,26 @@ class Settings(BaseSettings):
 
     chunk_size: int = Field(1000, ge=50, le=20_000)
     chunk_overlap: int = Field(200, ge=0)
+    """At most half of `chunk_size`, as for a request's own `chunking`."""
     max_documents_per_request: int = Field(100, ge=1)
     max_document_chars: int = Field(1_000_000, ge=1)
+    max_chunks_per_document: int = Field(2_000, ge=1)
+    """Checked from the document's length before splitting, and exactly after, before any embedding."""
+    max_chunks_per_request: int = Field(10_000, ge=1)
+    """The sum over a request's documents, checked the same way."""
+    max_metadata_bytes: int = Field(8 * 1024, ge=2)
+    """A document's `metadata` as compact UTF-8 JSON. Every chunk stores a copy."""
+    max_metadata_depth: int = Field(4, ge=1)
+    """Nesting of objects and arrays in `metadata`; the metadata object itself is level 1."""
+    max_body_bytes: int = Field(12 * 1024 * 1024, ge=1)
+    """Any request body, declared or streamed, counted before it is parsed."""
     default_top_k: int = Field(5, ge=1, le=50)
+
+    gateway_signing_key: SecretStr | None = None
+    """The HMAC key (at least 16 bytes) the gateway signs its identity headers with. Unset (local
+    development): identity headers are ignored and every caller is the tenant `public`."""
+    gateway_signature_max_age_seconds: int = Field(60, ge=1)
+    """How far a signature's timestamp may be from now, either way."""
 
     generator: Literal["auto", "extractive", "anthropic", "openai"] = "auto"
     """`auto`: Anthropic when its key is set, else OpenAI-compatible when its key is set, else extractive."""
@@ -60,7 +80,13 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(1024, ge=1)
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> Settings:
-        if self.chunk_overlap >= self.chunk_size:
-            raise ValueError("chunk_overlap must be smaller than chunk_size")
+    def _consistent(self) -> Settings:
+        if self.chunk_overlap * 2 > self.chunk_size:
+            raise ValueError("chunk_overlap must be at most half of chunk_size")
+        # A short key is a guessable one (and the gateway refuses it): fail at start, not per request.
+        key = self.gateway_signing_key
+        if key is not None and len(key.get_secret_value().encode("utf-8")) < MIN_SIGNING_KEY_BYTES:
+            raise ValueError(
+                f"gateway_signing_key must be at least {MIN_SIGNING_KEY_BYTES} bytes; unset it to run without tenants"
+            )
         return self
