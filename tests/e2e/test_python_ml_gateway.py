@@ -1,5 +1,6 @@
 """python-ml behind our proxy, as it is deployed: the auth and rate-limit filters in front, the
-service (a real uvicorn process with the real model) behind. The service has no auth of its own."""
+service (a real uvicorn process with the real model) behind. The service authenticates nobody
+itself; it scopes documents to the tenant the gateway signed for (`identity_signature`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import requests
 from conftest import REPO, built_filter
 from gateway import Gateway
+from gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY
 from python_ml_service import start_python_ml
 from run_envoy import free_port
 from test_proxy_filters import DEMO_KEY, auth_filter
@@ -23,7 +25,8 @@ KEY = {"x-api-key": DEMO_KEY}
 def python_ml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """python-ml on a free port, with an in-memory store and the offline generator."""
     port = free_port()
-    process = start_python_ml(port, tmp_path_factory.mktemp("python-ml") / "service.log")
+    log = tmp_path_factory.mktemp("python-ml") / "service.log"
+    process = start_python_ml(port, log, signing_key=TEST_SIGNING_KEY)
     yield port
     process.terminate()
     process.wait(timeout=15)
@@ -42,9 +45,14 @@ def ml_gateway(gateway: Callable[[dict[str, Any]], Gateway], python_ml: int) -> 
         {
             "filter_chains": [{"name": "ml", "filters": [auth_filter(), rate_limit]}],
             "routes": [{"name": "ml", "match": {"path": {"prefix": "/v1/"}}, "cluster": "ml", "filter_chain": "ml"}],
-            "clusters": [{"name": "ml", "endpoints": [f"127.0.0.1:{python_ml}"]}],
+            "clusters": [ml_cluster(python_ml)],
         }
     )
+
+
+def ml_cluster(port: int) -> dict[str, Any]:
+    """python-ml, with the identity headers signed for it."""
+    return {"name": "ml", "endpoints": [f"127.0.0.1:{port}"], "identity_signature": {"key_env": SIGNING_KEY_ENV}}
 
 
 def test_the_gateway_authenticates_before_the_model_is_reached(ml_gateway: Gateway) -> None:
@@ -102,3 +110,34 @@ def test_streamed_answers_pass_through_the_gateway(ml_gateway: Gateway) -> None:
         assert response.headers["content-type"].startswith("text/event-stream")
         names = [line[6:].strip() for line in response.iter_lines(decode_unicode=True) if line.startswith("event:")]
     assert names[0] == "token" and names[-2:] == ["sources", "done"]
+
+
+def test_tenants_see_only_their_own_documents(gateway: Callable[[dict[str, Any]], Gateway], python_ml: int) -> None:
+    keys = [
+        {"identity": "ann", "key": "k-acme", "tenant": "acme"},
+        {"identity": "bob", "key": "k-globex", "tenant": "globex"},
+    ]
+    auth = {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration": {"api_key": {"keys": keys}}}
+    proxy = gateway(
+        {
+            "filter_chains": [{"name": "ml", "filters": [auth]}],
+            "routes": [{"name": "ml", "match": {"path": {"prefix": "/v1/"}}, "cluster": "ml", "filter_chain": "ml"}],
+            "clusters": [ml_cluster(python_ml)],
+        }
+    )
+    acme, globex = {"x-api-key": "k-acme"}, {"x-api-key": "k-globex"}
+    document = {"id": "plan", "text": "Acme's secret plan is to sell espresso machines on the moon."}
+    stored = requests.post(proxy.url + "/v1/rag/documents", json={"documents": [document]}, headers=acme, timeout=30)
+    assert stored.status_code == 200, stored.text
+    assert requests.get(proxy.url + "/v1/rag/documents/plan", headers=acme, timeout=10).status_code == 200
+    other = requests.get(proxy.url + "/v1/rag/documents/plan", headers=globex, timeout=10)
+    assert other.status_code == 404, other.text
+    assert requests.delete(proxy.url + "/v1/rag/documents/plan", headers=globex, timeout=10).status_code == 404
+    # Forged identity headers are stripped by the gateway; sent directly, they carry no signature.
+    forged = {**globex, "x-gateway-tenant": "acme"}
+    assert requests.get(proxy.url + "/v1/rag/documents/plan", headers=forged, timeout=10).status_code == 404
+    direct = requests.get(
+        f"http://127.0.0.1:{python_ml}/v1/rag/documents/plan", headers={"x-gateway-tenant": "acme"}, timeout=10
+    )
+    assert (direct.status_code, direct.json()["error"]["code"]) == (401, "untrusted_caller")
+    assert requests.get(proxy.url + "/v1/rag/documents/plan", headers=acme, timeout=10).status_code == 200

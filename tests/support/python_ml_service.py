@@ -12,11 +12,16 @@ from pathlib import Path
 import requests
 
 
-def start_python_ml(port: int, log_path: Path | None = None, timeout: float = 60) -> subprocess.Popen[bytes]:
-    """The service on `127.0.0.1:port`, returned once `/readyz` says the model is loaded.
+def start_python_ml(
+    port: int, log_path: Path | None = None, timeout: float = 60, signing_key: str | None = None
+) -> subprocess.Popen[bytes]:
+    """The service on `127.0.0.1:port`, returned once `/readyz` says the model is loaded; with
+    `signing_key`, it scopes documents to the tenant the gateway signed for.
 
     Its output goes to `log_path` (quoted if it fails to start), or nowhere."""
     env = {**os.environ, "PYML_PORT": str(port), "PYML_QDRANT_PATH": ":memory:", "PYML_GENERATOR": "extractive"}
+    if signing_key is not None:
+        env["PYML_GATEWAY_SIGNING_KEY"] = signing_key
     with (log_path or Path(os.devnull)).open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "python_ml"], env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
