@@ -73,6 +73,17 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
         f"sandbox-host.{namespace}.svc.cluster.local:{sandbox_service['spec']['ports'][0]['port']}"
     ]
 
+    # Secrets come from the environment, never the file: the admin token and the signing key.
+    secret_env = {e["name"] for e in sidecar["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert proxy_config["admin"]["bearer_token_env"] in secret_env
+    assert clusters["sandbox-host"]["identity_signature"]["key_env"] in secret_env
+    routes = {route["name"]: route for route in proxy_config["routes"]}
+    assert all(route.get("filter_chain") for route in routes.values()), "every route has the auth filter"
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == sandbox_service["spec"]["selector"]
+    (allowed,) = policy["spec"]["ingress"]
+    assert allowed["from"] == [{"podSelector": {"matchLabels": spec["selector"]["matchLabels"]}}]
+
     # The filters ConfigMap (built with --from-file) holds the built modules the config names.
     filters_dir = next(path for path, m in mounts.items() if m["name"] == "filters")
     assert {"name": "WASM_DIR", "value": filters_dir} in sidecar["env"]

@@ -94,3 +94,47 @@ def test_graceful_shutdown_finishes_in_flight_requests(
     slow.join()
     assert results == [200]
     assert proxy.stop(timeout=15) == 0
+
+
+def test_admin_metrics_and_config_need_the_bearer_token_when_one_is_set(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "admin-token-0123456789")
+    proxy = gateway(
+        {
+            "admin": {"bearer_token_env": "ADMIN_TOKEN"},
+            "routes": [{"name": "all", "cluster": "app"}],
+            "clusters": [cluster("app", upstreams("app"))],
+        }
+    )
+    for path in ("/metrics", "/config"):
+        for headers in (
+            {},
+            {"authorization": "Bearer wrong-token-0123456789"},
+            {"authorization": "admin-token-0123456789"},
+        ):
+            refused = requests.get(proxy.admin_url + path, headers=headers, timeout=5)
+            assert refused.status_code == 401, (path, headers)
+            assert refused.json()["error"]["code"] == "unauthorized"
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        granted = requests.get(
+            proxy.admin_url + path, headers={"authorization": "Bearer admin-token-0123456789"}, timeout=5
+        )
+        assert granted.status_code == 200
+    for probe in ("/healthz", "/readyz"):
+        assert requests.get(proxy.admin_url + probe, timeout=5).status_code == 200
+
+
+def test_the_upgrade_socket_directory_must_be_private(tmp_path: Path, upstreams: Callable[..., EchoServer]) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    config = {
+        "server": {"upgrade_socket": str(shared / "upgrade.sock")},
+        "routes": [{"name": "all", "cluster": "app"}],
+        "clusters": [cluster("app", upstreams("app"))],
+    }
+    with pytest.raises(GatewayStartError) as refused:
+        start_gateway(config, tmp_path)
+    assert "server.upgrade_socket" in refused.value.log
+    assert "writable by other users" in refused.value.log

@@ -110,7 +110,7 @@ def start_gateway(config: dict[str, Any], work_dir: Path, timeout: float = 60) -
     port = free_port()
     admin_port = free_port()
     config.setdefault("listeners", [{"name": "public", "address": f"127.0.0.1:{port}"}])
-    config.setdefault("admin", {"address": f"127.0.0.1:{admin_port}"})
+    config.setdefault("admin", {}).setdefault("address", f"127.0.0.1:{admin_port}")
     config.setdefault("logging", {"format": "json", "level": "info"})
     port = port_of(config["listeners"][0]["address"], port)
     admin_port = port_of(config["admin"]["address"], admin_port)

@@ -8,18 +8,43 @@ use crate::runtime::Runtime;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// The admin endpoints.
 pub struct AdminApp {
     runtime: Arc<Runtime>,
     reloader: Arc<Reloader>,
+    /// SHA-256 of the bearer token `/config` and `/metrics` require, if any.
+    token_digest: Option<[u8; 32]>,
 }
 
 impl AdminApp {
-    /// Serves `runtime`'s state and `reloader`'s history.
-    pub fn new(runtime: Arc<Runtime>, reloader: Arc<Reloader>) -> Self {
-        Self { runtime, reloader }
+    /// Serves `runtime`'s state and `reloader`'s history; with `token`, `/config` and `/metrics`
+    /// need it as a bearer token.
+    pub fn new(runtime: Arc<Runtime>, reloader: Arc<Reloader>, token: Option<String>) -> Self {
+        Self {
+            runtime,
+            reloader,
+            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+
+    /// Whether the request may read `/config` and `/metrics`. Digests are compared, so the time
+    /// taken says nothing about the token.
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(expected) = &self.token_digest else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest == *expected
     }
 
     fn config(&self) -> serde_json::Value {
@@ -49,7 +74,18 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let open = matches!(path.as_str(), "/healthz" | "/readyz");
         let (status, content_type, body) = match path.as_str() {
+            _ if !open && !self.authorized(session) => (
+                401,
+                "application/json",
+                filter_common::error_body(
+                    401,
+                    "unauthorized",
+                    "the admin API needs its bearer token",
+                    None,
+                ),
+            ),
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => (
                 200,
@@ -73,11 +109,13 @@ impl ServeHttp for AdminApp {
                 filter_common::error_body(404, "not_found", "unknown admin endpoint", None),
             ),
         };
-        http::Response::builder()
+        let mut response = http::Response::builder()
             .status(status)
             .header("content-type", content_type)
-            .header("content-length", body.len())
-            .body(body)
-            .expect("a valid response")
+            .header("content-length", body.len());
+        if status == 401 {
+            response = response.header("www-authenticate", "Bearer realm=\"gateway-admin\"");
+        }
+        response.body(body).expect("a valid response")
     }
 }

@@ -95,7 +95,7 @@ impl Default for ServerSettings {
             max_request_body_bytes: 10 << 20,
             module_cache_dir: None,
             reload: ReloadSettings::default(),
-            upgrade_socket: PathBuf::from("/tmp/gateway-upgrade.sock"),
+            upgrade_socket: crate::private_dir::default_upgrade_socket(),
             paths: PathSettings::default(),
             reserved_headers: ReservedHeaders::default(),
             trusted_proxies: TrustedProxies::default(),
@@ -296,12 +296,17 @@ pub enum LogFormat {
 pub struct AdminSettings {
     /// Address of the admin listener; keep it on loopback or a private network.
     pub address: String,
+    /// Environment variable holding a token that `/config` and `/metrics` require as
+    /// `Authorization: Bearer <token>` (for an admin listener bound beyond loopback); `/healthz`
+    /// and `/readyz` stay open for probes.
+    pub bearer_token_env: Option<String>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:9901".into(),
+            bearer_token_env: None,
         }
     }
 }

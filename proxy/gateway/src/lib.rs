@@ -17,6 +17,7 @@ pub mod metrics;
 mod offload;
 pub mod path_normalization;
 pub mod peer_identity;
+pub mod private_dir;
 pub mod proxy;
 pub mod reload;
 pub mod responses;

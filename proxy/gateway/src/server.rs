@@ -43,6 +43,12 @@ pub fn build(
     let runtime = Arc::new(runtime);
     let grace = config.server.shutdown_grace_period;
     let upgrade_socket = config.resolve(&config.server.upgrade_socket);
+    if let Some(dir) = upgrade_socket.parent() {
+        crate::private_dir::ensure_private(dir).map_err(|e| {
+            ConfigError::new("server.upgrade_socket", format!("unsafe directory: {e}"))
+        })?;
+    }
+    let admin_token = admin_token(config)?;
     let conf = ServerConf {
         threads: config.server.threads,
         // Pingora waits this long after SIGTERM while in-flight requests finish.
@@ -115,7 +121,7 @@ pub fn build(
     ));
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(runtime.clone(), reloader.clone()),
+        AdminApp::new(runtime.clone(), reloader.clone(), admin_token),
     );
     admin.add_tcp(&config.admin.address);
     server.add_service(admin);
@@ -128,4 +134,30 @@ pub fn build(
         ReloadTrigger::new(reloader, config.server.reload.clone()),
     ));
     Ok(server)
+}
+
+/// The admin bearer token from `admin.bearer_token_env`; warns when the admin listener is
+/// reachable beyond loopback without one.
+fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
+    let Some(name) = &config.admin.bearer_token_env else {
+        let loopback = config
+            .admin
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if !loopback {
+            tracing::warn!(
+                address = config.admin.address,
+                "the admin listener is not on loopback and has no bearer token"
+            );
+        }
+        return Ok(None);
+    };
+    match std::env::var(name) {
+        Ok(token) if token.len() >= 16 => Ok(Some(token)),
+        _ => Err(ConfigError::new(
+            "admin.bearer_token_env",
+            format!("{name} must hold a token of at least 16 bytes"),
+        )),
+    }
 }
