@@ -461,7 +461,7 @@ fn a_dropped_execution_cancels_its_sleeping_guest_and_frees_its_slot() {
         let (held, released) = tokio::sync::oneshot::channel::<()>();
         let sleeper = sandbox.execute(
             program(Language::Python, "import time\ntime.sleep(100)"),
-            limits.clone(),
+            limits,
             vec![],
             held,
         );

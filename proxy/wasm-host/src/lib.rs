@@ -10,6 +10,7 @@
 //! area), guest callbacks in `vm`, and the request driver in `stream`.
 
 pub mod abi;
+pub mod bounds;
 pub mod callout;
 mod engine;
 pub mod headers;

@@ -1,6 +1,7 @@
 //! Process-wide shared queues: registered by one VM (per `vm_id` and name), fed by any.
 
 use crate::abi::Status;
+use crate::bounds::{MAX_QUEUE_BYTES, MAX_QUEUE_ITEM_BYTES};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
@@ -17,6 +18,8 @@ pub(crate) struct QueueSubscriber {
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Vec<u8>>,
+    /// Bytes in `items`.
+    bytes: usize,
     subscribers: Vec<QueueSubscriber>,
 }
 
@@ -62,9 +65,16 @@ impl SharedQueues {
         let Some(queue) = inner.queues.get_mut(&id) else {
             return Status::NotFound;
         };
-        if queue.items.len() >= MAX_QUEUE_ITEMS {
-            queue.items.pop_front();
+        if item.len() > MAX_QUEUE_ITEM_BYTES {
+            return Status::BadArgument;
         }
+        while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + item.len() > MAX_QUEUE_BYTES {
+            let Some(dropped) = queue.items.pop_front() else {
+                break;
+            };
+            queue.bytes -= dropped.len();
+        }
+        queue.bytes += item.len();
         queue.items.push_back(item);
         queue.subscribers.retain(|s| s.notify.send(id).is_ok());
         Status::Ok
@@ -74,6 +84,8 @@ impl SharedQueues {
     pub(crate) fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, Status> {
         let mut inner = self.inner.lock().expect("queues lock");
         let queue = inner.queues.get_mut(&id).ok_or(Status::NotFound)?;
-        Ok(queue.items.pop_front())
+        let item = queue.items.pop_front();
+        queue.bytes -= item.as_ref().map_or(0, Vec::len);
+        Ok(item)
     }
 }

@@ -1,6 +1,7 @@
 //! [`HttpStream`]: one request through one filter, driven phase by phase by the proxy.
 
 use crate::abi::Action;
+use crate::bounds::MAX_BODY_BYTES;
 use crate::headers::Headers;
 use crate::plugin::{FailurePolicy, Plugin};
 use crate::vm::{Phase, SharedVm};
@@ -183,6 +184,12 @@ impl HttpStream {
                 return self.failure_verdict();
             };
             let body = body(stream, phase);
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                // The filter holds more than the host keeps for it: the request is refused (a
+                // response's headers are already out, so it can only be reset).
+                drop(vm);
+                return self.body_too_large(phase);
+            }
             body.append(chunk);
             let size = body.len();
             reset_resume(stream, phase);
@@ -300,12 +307,28 @@ impl HttpStream {
 
     /// A 503 JSON error in the gateway's shape, naming this filter in the access log.
     fn error_response(&self, code: &str, message: &str) -> LocalResponse {
+        self.error_with_status(503, code, message)
+    }
+
+    fn error_with_status(&self, status: u16, code: &str, message: &str) -> LocalResponse {
         LocalResponse {
-            status: 503,
+            status,
             headers: Headers::from_pairs([("content-type", "application/json")]),
-            body: filter_common::error_body(503, code, message, self.request_id.as_deref()),
+            body: filter_common::error_body(status, code, message, self.request_id.as_deref()),
             details: format!("{code}: {}", self.plugin.inner.shared.spec.name),
         }
+    }
+
+    /// The verdict for a body that outgrew [`MAX_BODY_BYTES`] while the filter buffered it.
+    fn body_too_large(&self, phase: Phase) -> Verdict {
+        if is_response(phase) {
+            return Verdict::Reset;
+        }
+        Verdict::Respond(self.error_with_status(
+            413,
+            "filter_buffer_exceeded",
+            "the request body is larger than a filter may buffer",
+        ))
     }
 }
 

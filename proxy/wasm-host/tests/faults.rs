@@ -285,3 +285,53 @@ async fn time_waiting_on_shared_data_does_not_count_against_the_callback_deadlin
         .render_prometheus()
         .contains("wasm_filter_traps_total"));
 }
+
+#[tokio::test]
+async fn a_filter_asking_the_host_to_hold_past_its_bounds_traps_and_the_next_request_is_served() {
+    let host = host();
+    let mut spec = spec(FailurePolicy::FailClosed);
+    spec.limits.max_memory_bytes = 64 << 20;
+    let plugin = load(&host, "misbehaving_filter", spec).await;
+    for path in [
+        "/grow-body",
+        "/grow-headers",
+        "/big-property",
+        "/many-properties",
+        "/queue-flood",
+    ] {
+        assert_503(&send(&plugin, path).await.0);
+        assert!(
+            matches!(send(&plugin, "/ok").await, (Verdict::Continue, Some(_))),
+            "{path}: the next request runs on a fresh VM"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_past_what_a_filter_may_buffer_is_refused_with_413() {
+    let host = host();
+    let plugin = load(
+        &host,
+        "abi_probe_filter",
+        PluginSpec::new("probe", b"buffer".to_vec()),
+    )
+    .await;
+    let mut s = stream(&plugin).await;
+    let mut headers = request("/upload");
+    s.on_request_headers(&mut headers, false).await;
+    let mut verdict = Verdict::Buffer;
+    for _ in 0..20 {
+        let mut chunk = vec![b'b'; 1 << 20];
+        verdict = s.on_request_body(&mut chunk, false).await;
+        if verdict != Verdict::Buffer {
+            break;
+        }
+    }
+    let Verdict::Respond(response) = verdict else {
+        panic!("expected a 413, got {verdict:?}")
+    };
+    assert_eq!(response.status, 413);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"]["code"], "filter_buffer_exceeded");
+    s.finish().await;
+}

@@ -1,6 +1,7 @@
 //! `proxy_get_buffer_bytes`, `proxy_set_buffer_bytes`, `proxy_get_buffer_status`.
 
 use crate::abi::{BufferType, Status};
+use crate::bounds::{self, MAX_BODY_BYTES};
 use crate::memory::{finish, read, return_bytes, write_u32, Failure, HostResult};
 use crate::state::HostState;
 use wasmtime::{Caller, Linker};
@@ -124,7 +125,9 @@ fn set_buffer_bytes(
     data: i32,
     len: i32,
 ) -> Result<(), Failure> {
-    let bytes = read(caller, data, len)?;
+    if !bounds::within(len, MAX_BODY_BYTES) {
+        return Err(Status::BadArgument.into());
+    }
     let kind = BufferType::from_i32(kind).ok_or(Status::BadArgument)?;
     if !matches!(
         kind,
@@ -132,9 +135,13 @@ fn set_buffer_bytes(
     ) {
         return Err(Status::NotFound.into());
     }
-    let body = body_mut(caller.data_mut(), kind)?;
-    let start = (start as u32 as usize).min(body.len());
-    let end = start.saturating_add(size as u32 as usize).min(body.len());
-    body.splice(start..end, bytes);
+    let current = body_mut(caller.data_mut(), kind)?.len();
+    let start = (start as u32 as usize).min(current);
+    let end = start.saturating_add(size as u32 as usize).min(current);
+    if current - (end - start) + len as u32 as usize > MAX_BODY_BYTES {
+        return Err(Status::BadArgument.into());
+    }
+    let bytes = read(caller, data, len)?;
+    body_mut(caller.data_mut(), kind)?.splice(start..end, bytes);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! trailers and for HTTP callout responses.
 
 use crate::abi::{MapType, Status};
+use crate::bounds::{self, MAX_HEADER_MAP_BYTES};
 use crate::headers::{is_valid_header, Headers};
 use crate::memory::{
     decode_map, encode_map, finish, read, read_string, return_bytes, write_u32, Failure, HostResult,
@@ -44,6 +45,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_set_header_map_pairs",
         |mut caller: Caller<'_, HostState>, map: i32, data: i32, len: i32| -> HostResult {
             finish((|| {
+                if !bounds::within(len, MAX_HEADER_MAP_BYTES) {
+                    return Err(Status::BadArgument.into());
+                }
                 let pairs = decode_map(&read(&mut caller, data, len)?)?;
                 let plugin = caller.data().plugin_name().to_string();
                 let mut headers = Headers::new();
@@ -162,6 +166,19 @@ fn modify(
     value: Option<(i32, i32)>,
     apply: impl FnOnce(&mut Headers, &str, &[u8]),
 ) -> Result<(), Failure> {
+    let value_len = value.map_or(0, |(_, len)| len);
+    if !bounds::within(key_len, MAX_HEADER_MAP_BYTES)
+        || !bounds::within(value_len, MAX_HEADER_MAP_BYTES)
+    {
+        return Err(Status::BadArgument.into());
+    }
+    let grown = map_ref(caller.data_mut(), map)?.map_or(0, encoded_size)
+        + (key_len as u32 as usize)
+        + (value_len as u32 as usize)
+        + 10;
+    if grown > MAX_HEADER_MAP_BYTES {
+        return Err(Status::BadArgument.into());
+    }
     let name = read_string(caller, key, key_len)?;
     let value = match value {
         Some((ptr, len)) => read(caller, ptr, len)?,

@@ -5,6 +5,7 @@
 //! context and read back first, so filters can pass data between phases and to each other.
 
 use crate::abi::Status;
+use crate::bounds::{self, MAX_PROPERTIES, MAX_PROPERTY_BYTES, MAX_PROPERTY_PATH_BYTES};
 use crate::headers::Headers;
 use crate::memory::{encode_map, finish, read, return_bytes, Failure};
 use crate::state::{HostState, StreamState};
@@ -31,13 +32,22 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          value_len: i32|
          -> wasmtime::Result<i32> {
             finish((|| {
+                if !bounds::within(path_len, MAX_PROPERTY_PATH_BYTES)
+                    || !bounds::within(value_len, MAX_PROPERTY_BYTES)
+                {
+                    return Err(Status::BadArgument.into());
+                }
                 let path = read(&mut caller, path, path_len)?;
                 let value = read(&mut caller, value, value_len)?;
                 let state = caller.data_mut();
-                match state.stream() {
-                    Some(stream) => stream.properties.insert(path, value),
-                    None => state.root_properties.insert(path, value),
+                let properties = match state.stream() {
+                    Some(stream) => &mut stream.properties,
+                    None => &mut state.root_properties,
                 };
+                if properties.len() >= MAX_PROPERTIES && !properties.contains_key(&path) {
+                    return Err(Status::BadArgument.into());
+                }
+                properties.insert(path, value);
                 Ok(())
             })())
         },

@@ -34,13 +34,13 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 finish(
                     async {
-                        let key = read(&mut caller, key, key_len)?;
-                        let value = read(&mut caller, value, value_len)?;
-                        if value.len() > MAX_SHARED_VALUE_BYTES {
+                        if !crate::bounds::within(value_len, MAX_SHARED_VALUE_BYTES) {
                             // The SDK accepts only OK or CAS_MISMATCH here; an oversized value is
                             // refused as a conflict so a CAS loop re-reads instead of trapping.
                             return Err(Status::CasMismatch.into());
                         }
+                        let key = read(&mut caller, key, key_len)?;
+                        let value = read(&mut caller, value, value_len)?;
                         let plugin = caller.data().plugin.clone();
                         let backend = &plugin.services.shared_data;
                         let stored = off_the_clock(
@@ -113,6 +113,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_enqueue_shared_queue",
         |mut caller: Caller<'_, HostState>, id: i32, value: i32, value_len: i32| -> HostResult {
             finish((|| {
+                if !crate::bounds::within(value_len, crate::bounds::MAX_QUEUE_ITEM_BYTES) {
+                    return Err(Status::BadArgument.into());
+                }
                 let value = read(&mut caller, value, value_len)?;
                 match caller
                     .data()

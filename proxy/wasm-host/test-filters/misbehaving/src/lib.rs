@@ -1,7 +1,9 @@
 //! A filter that misbehaves on demand, to test the host's fault isolation and limits.
 //! Behaviour by request path: `/panic` panics (a trap), `/loop` spins forever, `/oom` grows memory
-//! without bound, `/bad-pointers` passes out-of-bounds pointers to host calls; anything else passes
-//! with `x-vm-id` naming this VM. The plugin configuration `refuse` makes `on_configure` fail.
+//! without bound, `/bad-pointers` passes out-of-bounds pointers to host calls, `/grow-body`,
+//! `/grow-headers`, `/big-property`, `/many-properties` and `/queue-flood` ask the host to hold
+//! more than its bounds; anything else passes with `x-vm-id` naming this VM. The plugin
+//! configuration `refuse` makes `on_configure` fail.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -75,6 +77,37 @@ impl HttpContext for Request {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            // Past each of the host's bounds (`proxy_wasm_host::bounds`): the host refuses, the
+            // SDK panics, the VM traps; the host never holds what was asked.
+            "/grow-body" => {
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..64 {
+                    self.set_http_request_body(usize::MAX, 0, &chunk);
+                }
+                Action::Continue
+            }
+            "/grow-headers" => {
+                let value = "v".repeat(8 << 10);
+                for i in 0..1024 {
+                    self.add_http_request_header(&format!("x-grow-{i}"), &value);
+                }
+                Action::Continue
+            }
+            "/big-property" => {
+                self.set_property(vec!["big"], Some(&vec![b'p'; 1 << 20]));
+                Action::Continue
+            }
+            "/many-properties" => {
+                for i in 0..1024 {
+                    self.set_property(vec!["p", &i.to_string()], Some(b"v"));
+                }
+                Action::Continue
+            }
+            "/queue-flood" => {
+                let queue = self.register_shared_queue("flood");
+                let _ = self.enqueue_shared_queue(queue, Some(&vec![b'q'; 4 << 20]));
+                Action::Continue
             }
             "/bad-pointers" => {
                 let far = 0xFFFF_FF00usize as *const u8;

@@ -1,0 +1,28 @@
+//! What a guest can make the host hold, bounded: every size a guest passes is checked against
+//! these before the host allocates for it. A call past a bound gets `BAD_ARGUMENT` (the Rust SDK
+//! then panics, so the misbehaving filter traps and its VM is replaced); incoming data past a
+//! bound fails the request, never the process.
+
+/// Largest request or response body held for a filter (buffered while it pauses, or grown with
+/// `proxy_set_buffer_bytes`). A request past it gets a 413, a response is reset.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// Largest header or trailer map a filter may build, in its encoded size.
+pub const MAX_HEADER_MAP_BYTES: usize = 1 << 20;
+
+/// Largest property path and value a filter may set.
+pub const MAX_PROPERTY_PATH_BYTES: usize = 1 << 10;
+/// Largest property value a filter may set.
+pub const MAX_PROPERTY_BYTES: usize = 64 << 10;
+/// Most properties one context may set.
+pub const MAX_PROPERTIES: usize = 256;
+
+/// Largest item a filter may put in a shared queue.
+pub const MAX_QUEUE_ITEM_BYTES: usize = 1 << 20;
+/// Most bytes one shared queue holds; older items are dropped beyond it.
+pub const MAX_QUEUE_BYTES: usize = 16 << 20;
+
+/// Whether a guest-given length is within `max`.
+pub(crate) fn within(len: i32, max: usize) -> bool {
+    (len as u32 as usize) <= max
+}
