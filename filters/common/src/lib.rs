@@ -59,8 +59,26 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8], expected: &str) -> Result
         } else {
             field
         };
-        ConfigError::new(field, e.into_inner().to_string())
+        ConfigError::new(field, redact_values(&e.into_inner().to_string()))
     })
+}
+
+/// A serde error message with the values it quotes taken out: configurations hold API keys and
+/// secrets, and their errors are logged. serde quotes values in double quotes (`invalid type:
+/// string "sk-…", expected …`) and names fields and variants in backticks, which are kept.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = true;
+    for part in parts {
+        out.push('"');
+        out.push_str(if inside { "…" } else { part });
+        inside = !inside;
+    }
+    out
 }
 
 /// The JSON error body every component of the gateway returns to clients.
@@ -175,6 +193,29 @@ fn hex_byte(high: u8, low: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_errors_never_quote_the_values() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Keys {
+            keys: Vec<u64>,
+        }
+        let error = parse_config::<Keys>(br#"{"keys": ["sk-live-secret"]}"#, "keys").unwrap_err();
+        assert_eq!(error.field, "keys[0]");
+        assert!(
+            !error.message.contains("sk-live-secret"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("invalid type"), "{}", error.message);
+        let unknown = parse_config::<Keys>(br#"{"kes": []}"#, "keys").unwrap_err();
+        assert!(
+            unknown.message.contains("`kes`"),
+            "field names stay: {}",
+            unknown.message
+        );
+    }
 
     #[test]
     fn error_body_has_stable_shape() {

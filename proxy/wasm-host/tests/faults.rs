@@ -114,7 +114,7 @@ fn hundreds_of_traps_under_concurrent_load_cost_only_the_trapping_requests() {
 async fn client_rounds(plugin: Plugin, client: usize) -> usize {
     let mut served = 0;
     for round in 0..60 {
-        if (client + round) % 2 == 0 {
+        if (client + round).is_multiple_of(2) {
             assert_503(&send(&plugin, "/panic").await.0);
         } else {
             let (verdict, vm) = send(&plugin, "/ok").await;
