@@ -209,11 +209,11 @@ mod tests {
             error.message
         );
         assert!(error.message.contains("invalid type"), "{}", error.message);
-        let unknown = parse_config::<Keys>(br#"{"kes": []}"#, "keys").unwrap_err();
+        let missing = parse_config::<Keys>(br#"{"kes": []}"#, "keys").unwrap_err();
         assert!(
-            unknown.message.contains("`kes`"),
+            missing.message.contains("`keys`"),
             "field names stay: {}",
-            unknown.message
+            missing.message
         );
     }
 
