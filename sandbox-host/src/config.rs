@@ -37,7 +37,12 @@ pub struct Settings {
     /// Read-only data an execution may mount with a scope (`capabilities.datasets`).
     #[serde(default)]
     pub datasets: Vec<DatasetSettings>,
-    /// SHA-256 digests (hex) of the approval tokens that unlock destructive capabilities.
+    /// Environment variable holding the key approvals of destructive capabilities are signed
+    /// with; unset, nothing destructive is granted.
+    #[serde(default)]
+    pub approval_key_env: Option<String>,
+    /// Replaced by `approval_key_env` (a static token could be replayed for any code); a file that
+    /// still sets it is refused with that explanation.
     #[serde(default)]
     pub approval_token_sha256: Vec<String>,
     /// How callers prove they are the gateway (identity, scopes and approvals count only then).
@@ -232,14 +237,13 @@ impl Settings {
                 ));
             }
         }
-        if let Some(bad) = self
-            .approval_token_sha256
-            .iter()
-            .find(|d| !is_sha256_hex(d))
-        {
-            return Err(format!(
-                "approval_token_sha256: {bad:?} is not a hex SHA-256"
-            ));
+        if !self.approval_token_sha256.is_empty() {
+            return Err(
+                "approval_token_sha256: static approval tokens are no longer accepted \
+                 (one could be replayed for any code); set approval_key_env and issue approvals \
+                 bound to identity, dataset and code (docs/sandbox-security.md)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use crate::admission::{Admission, Rejection};
 use crate::api::{ApiError, ExecutionRequest};
-use crate::capabilities::{grant, Caller, Mount, Refusal};
+use crate::capabilities::{grant, ApprovalKey, Caller, Mount, Refusal};
 use crate::config::{Settings, UnsignedCallers};
 use crate::metrics::Metrics;
 use crate::runtimes::Language;
@@ -26,6 +26,8 @@ pub struct Service {
     settings: Settings,
     /// The key gateway signatures are checked with; `None` trusts no caller.
     gateway_key: Option<SigningKey>,
+    /// The key approvals are checked with; `None` grants nothing destructive.
+    approval_key: Option<ApprovalKey>,
     sandbox: OnceLock<Arc<Sandbox>>,
     admission: Admission,
     metrics: Metrics,
@@ -45,8 +47,13 @@ impl Service {
     /// A service that is not ready until [`Service::load`] has built its sandbox.
     pub fn new(settings: Settings) -> Arc<Self> {
         let gateway_key = gateway_key(&settings);
+        let approval_key = settings
+            .approval_key_env
+            .as_ref()
+            .and_then(|name| ApprovalKey::new(std::env::var(name).unwrap_or_default()));
         Arc::new(Self {
             gateway_key,
+            approval_key,
             admission: Admission::new(&settings.concurrency),
             settings,
             sandbox: OnceLock::new(),
@@ -193,7 +200,9 @@ async fn run_execution(
         &request.capabilities,
         &caller,
         &service.settings.datasets,
-        &service.settings.approval_token_sha256,
+        service.approval_key.as_ref(),
+        &code,
+        unix_now(),
     )
     .map_err(|refusal| {
         let (status, code) = match refusal {
@@ -382,11 +391,8 @@ fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller
         tenant: text(gateway_identity::TENANT_HEADER).unwrap_or(""),
     };
     let signature = text(gateway_identity::SIGNATURE_HEADER).ok_or(SignatureError::Malformed)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let max_age = service.settings.gateway.max_signature_age_seconds;
-    key.verify(signature, &claims, now, max_age)?;
+    key.verify(signature, &claims, unix_now(), max_age)?;
     Ok(Caller {
         identity: Some(claims.identity.to_string()).filter(|i| !i.is_empty()),
         scopes: claims
@@ -396,6 +402,12 @@ fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller
             .collect(),
         approval_token: text("x-sandbox-approval").map(str::to_string),
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The gateway key named by `gateway.signing_key_env`, if it is set and usable.

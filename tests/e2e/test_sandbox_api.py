@@ -9,8 +9,8 @@ concurrent hostile load.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 from gateway_identity import signed_headers
-from sandbox_host import SandboxHost, start_sandbox
+from sandbox_host import APPROVAL_KEY_ENV, TEST_APPROVAL_KEY, SandboxHost, approve, start_sandbox
 
 HELLO_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -34,10 +34,11 @@ HELLO_WAT = """(module
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHost]:
-    """One service for the module's tests: an approval token for destructive capabilities, and a
+    """One service for the module's tests: an approval key for destructive capabilities, and a
     queue deep enough that a burst of 51 is all admitted."""
+    os.environ[APPROVAL_KEY_ENV] = TEST_APPROVAL_KEY
     overrides = {
-        "approval_token_sha256": [hashlib.sha256(b"approve-e2e").hexdigest()],
+        "approval_key_env": APPROVAL_KEY_ENV,
         "concurrency": {"max_running": 4, "max_queued": 64, "queue_timeout_ms": 60000},
     }
     host = start_sandbox(tmp_path_factory.mktemp("sandbox"), overrides)
@@ -182,13 +183,30 @@ def test_scopes_count_only_with_a_valid_fresh_gateway_signature(sandbox: Sandbox
     assert sandbox.execute(body, headers=granted).json()["stdout"] == "Lisbon,545000\n"
 
 
-def test_writing_a_dataset_is_destructive_and_needs_approval(sandbox: SandboxHost) -> None:
-    body = {"language": "python", "code": "print(1)", "capabilities": {"datasets": [{"name": "demo", "write": True}]}}
-    headers = signed_headers(scopes="sandbox:dataset:demo")
+def test_writing_a_dataset_needs_an_approval_of_this_code_by_this_caller(sandbox: SandboxHost) -> None:
+    code = "print(1)"
+    body = {"language": "python", "code": code, "capabilities": {"datasets": [{"name": "demo", "write": True}]}}
+    headers = signed_headers(identity="alice", scopes="sandbox:dataset:demo")
     refused = sandbox.execute(body, headers=headers)
     assert (refused.status_code, error_of(refused)["code"]) == (403, "approval_required")
-    approved = sandbox.execute(body, headers={**headers, "x-sandbox-approval": "approve-e2e"})
-    assert approved.json()["outcome"] == "ok"
+    later = int(time.time()) + 600
+    approval = approve("alice", "demo", code.encode(), later)
+    approved = sandbox.execute(body, headers={**headers, "x-sandbox-approval": approval})
+    assert approved.json()["outcome"] == "ok", approved.text
+    replays = {
+        "other code": {**body, "code": "import shutil; shutil.rmtree('/data/demo')"},
+        "another caller": body,
+        "expired": body,
+    }
+    for case, replayed in replays.items():
+        sent = {**headers, "x-sandbox-approval": approval}
+        if case == "another caller":
+            sent = {**signed_headers(identity="mallory", scopes="sandbox:dataset:demo"), "x-sandbox-approval": approval}
+        if case == "expired":
+            sent["x-sandbox-approval"] = approve("alice", "demo", code.encode(), int(time.time()) - 1)
+        refused = sandbox.execute(replayed, headers=sent)
+        assert (refused.status_code, error_of(refused)["code"]) == (403, "approval_required"), case
+    assert sandbox.execute({"language": "python", "code": "print(6*7)"}).json()["stdout"] == "42\n"
 
 
 def test_scratch_is_writable_and_discarded(sandbox: SandboxHost) -> None:

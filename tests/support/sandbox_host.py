@@ -6,6 +6,8 @@ datasets, with paths made absolute), applies the test's overrides, and gives it 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -98,3 +100,15 @@ def start_sandbox(work_dir: Path, overrides: dict[str, Any] | None = None, timeo
         return host
     host.stop()
     raise RuntimeError(f"sandbox-host {failure}:\n{host.log()}")
+
+
+APPROVAL_KEY_ENV = "SANDBOX_APPROVAL_KEY"
+# The approval key the suites give sandbox-host (an approver's key, not the gateway's).
+TEST_APPROVAL_KEY = "e2e-approval-key-0123456789"
+
+
+def approve(identity: str, dataset: str, code: bytes, expires_at: int, key: str = TEST_APPROVAL_KEY) -> str:
+    """An `x-sandbox-approval` for writing `dataset` with exactly `code`, by `identity`, until
+    `expires_at` (sandbox-host/src/capabilities.rs)."""
+    message = f"v1\n{identity}\n{dataset}\n{hashlib.sha256(code).hexdigest()}\n{expires_at}".encode()
+    return f"v1:{expires_at}:{hmac.new(key.encode(), message, hashlib.sha256).hexdigest()}"
