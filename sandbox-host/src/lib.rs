@@ -8,6 +8,7 @@ pub mod config;
 pub mod guest_wait;
 pub mod limits;
 pub mod metrics;
+pub mod module_shape;
 pub mod output;
 pub mod runtimes;
 pub mod sandbox;

@@ -1,6 +1,7 @@
 //! Per-execution limits: what a request may ask for, the server's defaults and maxima, and the
 //! resolved limits an execution runs under.
 
+use crate::module_shape::ShapeLimits;
 use serde::{Deserialize, Serialize};
 
 /// Limits as a request states them; absent fields take the server default.
@@ -62,6 +63,8 @@ pub struct LimitSettings {
     pub max_code_bytes: usize,
     /// Largest table a guest may grow to, in elements.
     pub max_table_elements: usize,
+    /// The shape a caller's own module (`wasm`, `wat`) may have before it is compiled.
+    pub module: ShapeLimits,
 }
 
 impl Default for LimitSettings {
@@ -90,6 +93,7 @@ impl Default for LimitSettings {
             },
             max_code_bytes: 1 << 20,
             max_table_elements: 100_000,
+            module: ShapeLimits::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::capabilities::Mount;
 use crate::config::{GuestSettings, Settings};
 use crate::guest_wait::{self, Cancel, Cancelled, Watch, Watched};
 use crate::limits::{LimitSettings, Limits};
+use crate::module_shape;
 use crate::output::CappedOutput;
 use crate::runtimes::{read_verified, Language, RuntimeError};
 use serde::Serialize;
@@ -444,8 +445,16 @@ impl Sandbox {
             }
             Language::Wasm | Language::Wat => {
                 // Caller modules are compiled per request, not cached: a disk cache keyed by
-                // untrusted input would let callers fill the disk.
-                let module = Module::new(&self.engine, &program.code)
+                // untrusted input would let callers fill the disk. Their shape is checked first,
+                // as compiling cannot be interrupted.
+                let binary = match program.language {
+                    Language::Wat => wat::parse_bytes(&program.code)
+                        .map_err(|e| ExecutionError::InvalidModule(format!("{e:#}")))?,
+                    _ => std::borrow::Cow::Borrowed(&program.code[..]),
+                };
+                module_shape::check(&binary, &self.limits.module)
+                    .map_err(|e| ExecutionError::InvalidModule(e.to_string()))?;
+                let module = Module::new(&self.engine, &binary)
                     .map_err(|e| ExecutionError::InvalidModule(format!("{e:#}")))?;
                 let has_start = module
                     .exports()

@@ -482,3 +482,25 @@ fn a_dropped_execution_cancels_its_sleeping_guest_and_frees_its_slot() {
         assert_eq!(report.stdout, "42\n");
     });
 }
+
+#[test]
+fn a_compile_heavy_module_is_refused_before_it_is_compiled() {
+    let huge_body = format!(
+        r#"(module (memory (export "memory") 1) (func (export "_start") {}))"#,
+        "nop ".repeat(500_000)
+    );
+    let many_functions = format!(
+        r#"(module (memory (export "memory") 1) {} (func (export "_start")))"#,
+        "(func)".repeat(20_000)
+    );
+    for code in [huge_body, many_functions] {
+        let started = std::time::Instant::now();
+        let refused = sandbox().execute_blocking(program(Language::Wat, &code), limits(), vec![]);
+        let Err(sandbox_host::sandbox::ExecutionError::InvalidModule(reason)) = refused else {
+            panic!("expected an invalid module, got {refused:?}")
+        };
+        assert!(reason.contains("at most"), "{reason}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+    assert_eq!(python("print(6*7)").stdout, "42\n");
+}

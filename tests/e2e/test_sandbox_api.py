@@ -295,3 +295,14 @@ def test_clients_that_hang_up_mid_sleep_give_their_slots_back(small_sandbox: Cal
     assert response.status_code == 200, response.text
     assert response.json()["stdout"] == "42\n"
     assert time.monotonic() - started < 1.0, "the slots came back at once"
+
+
+def test_binary_and_control_output_keeps_the_answer_bounded(sandbox: SandboxHost) -> None:
+    code = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 4096)"  # 1 MiB of every byte value
+    response = sandbox.execute({"language": "python", "code": code, "limits": {"stdout_bytes": 1 << 20}})
+    assert response.status_code == 200, response.text[:300]
+    body = response.json()
+    assert body["stdout_truncated"] is False
+    # JSON escapes a control character in 6 bytes and replaces an invalid byte by U+FFFD (3 bytes).
+    assert len(response.content) <= 6 * (1 << 20) + 4096
+    assert sandbox.execute({"language": "python", "code": "print(6*7)"}).json()["stdout"] == "42\n"
