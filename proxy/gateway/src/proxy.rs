@@ -600,9 +600,10 @@ fn identity_signature(key: &SigningKey, request: &pingora::http::RequestHeader) 
     key.sign(now, &claims)
 }
 
-/// Whether the body's length has one reading (RFC 9112 §6.3): no `Content-Length` beside
-/// `Transfer-Encoding`, and `Content-Length` values that agree. Otherwise the gateway and the
-/// upstream could see the request end in different places (request smuggling).
+/// Whether the body's length has one reading (RFC 9112 §6.3): `Content-Length` values that agree.
+/// Otherwise the gateway and the upstream could see the request end in different places (request
+/// smuggling). `Content-Length` beside `Transfer-Encoding` never gets here: Pingora drops the
+/// former and closes the connection after the response, as RFC 9112 §6.1 asks.
 fn unambiguous_framing(request: &pingora::http::RequestHeader) -> bool {
     let lengths = request.headers.get_all(http::header::CONTENT_LENGTH);
     let mut values = lengths
@@ -612,12 +613,7 @@ fn unambiguous_framing(request: &pingora::http::RequestHeader) -> bool {
     let Some(first) = values.next() else {
         return true;
     };
-    !request
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING)
-        && !first.is_empty()
-        && first.iter().all(u8::is_ascii_digit)
-        && values.all(|v| v == first)
+    !first.is_empty() && first.iter().all(u8::is_ascii_digit) && values.all(|v| v == first)
 }
 
 /// Replaces the request's path with its normal form (`server.paths`).
