@@ -67,7 +67,8 @@ def rss_kib(stack: Stack) -> int:
 
 
 def assert_still_serving(stack: Stack) -> None:
-    """Valid requests succeed on 20 new connections; ours is alive and no filter trapped."""
+    """Valid requests succeed on 20 new connections; ours is alive, no filter trapped, and its
+    memory is bounded."""
     for _ in range(20):
         response = requests.get(stack.url + "/v1/data", headers=VALID, timeout=5)
         assert response.status_code == 200, response.text
@@ -75,6 +76,8 @@ def assert_still_serving(stack: Stack) -> None:
         assert stack.proxy.process.poll() is None, "the proxy is alive"
         metrics = requests.get(stack.proxy.admin_url + "/metrics", timeout=5).text
         assert "wasm_filter_traps_total" not in metrics, "no filter trapped"
+        # Three filters on two workers settle near 100 MiB; a leak per case would show.
+        assert rss_kib(stack) < 256 * 1024, f"RSS {rss_kib(stack)} KiB"
 
 
 def test_invalid_bytes_in_every_header_a_filter_reads(stack: Stack) -> None:
