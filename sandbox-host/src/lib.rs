@@ -12,6 +12,7 @@ pub mod module_shape;
 pub mod output;
 pub mod runtimes;
 pub mod sandbox;
+pub mod scratch_quota;
 pub mod server;
 
 pub use config::Settings;

@@ -2,6 +2,7 @@
 //! resolved limits an execution runs under.
 
 use crate::module_shape::ShapeLimits;
+use crate::scratch_quota::ScratchQuota;
 use serde::{Deserialize, Serialize};
 
 /// Limits as a request states them; absent fields take the server default.
@@ -65,6 +66,8 @@ pub struct LimitSettings {
     pub max_table_elements: usize,
     /// The shape a caller's own module (`wasm`, `wat`) may have before it is compiled.
     pub module: ShapeLimits,
+    /// What an execution may keep in `/scratch`.
+    pub scratch: ScratchQuota,
 }
 
 impl Default for LimitSettings {
@@ -94,6 +97,7 @@ impl Default for LimitSettings {
             max_code_bytes: 1 << 20,
             max_table_elements: 100_000,
             module: ShapeLimits::default(),
+            scratch: ScratchQuota::default(),
         }
     }
 }

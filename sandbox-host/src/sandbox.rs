@@ -12,6 +12,7 @@ use crate::limits::{LimitSettings, Limits};
 use crate::module_shape;
 use crate::output::CappedOutput;
 use crate::runtimes::{read_verified, Language, RuntimeError};
+use crate::scratch_quota::{ScratchExceeded, ScratchWatch};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub enum Outcome {
     MemoryLimit,
     /// Wrote more than its stdout or stderr cap.
     OutputLimit,
+    /// Filled `/scratch` past its quota.
+    ScratchLimit,
     /// Any other trap: unreachable, stack overflow, out-of-bounds access.
     Trap,
 }
@@ -386,9 +389,19 @@ impl Sandbox {
         store
             .set_fuel(limits.fuel)
             .map_err(|e| ExecutionError::Internal(e.to_string()))?;
-        // Every tick: past the deadline is a timeout, a cancelled execution stops.
-        store.epoch_deadline_callback(|store| {
+        // Every tick: past the deadline is a timeout, a cancelled execution stops; every fifth,
+        // a scratch directory past its quota stops it too.
+        let scratch = mounts
+            .iter()
+            .find(|m| m.guest == "/scratch" && m.writable)
+            .map(|m| ScratchWatch::new(&m.host, self.limits.scratch));
+        let mut ticks = 0u32;
+        store.epoch_deadline_callback(move |store| {
             store.data().watch.check()?;
+            ticks = ticks.wrapping_add(1);
+            if let Some(scratch) = scratch.as_ref().filter(|_| ticks % 5 == 0) {
+                scratch.check()?;
+            }
             Ok(UpdateDeadline::Continue(1))
         });
         store.set_epoch_deadline(1);
@@ -533,6 +546,9 @@ fn classify(
             Outcome::Error
         };
         return (outcome, Some(exit.0), None);
+    }
+    if let Some(full) = error.downcast_ref::<ScratchExceeded>() {
+        return (Outcome::ScratchLimit, None, Some(full.to_string()));
     }
     if let Some(cancelled) = error.downcast_ref::<Cancelled>() {
         return (Outcome::Trap, None, Some(cancelled.to_string()));

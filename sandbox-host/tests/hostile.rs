@@ -504,3 +504,39 @@ fn a_compile_heavy_module_is_refused_before_it_is_compiled() {
     }
     assert_eq!(python("print(6*7)").stdout, "42\n");
 }
+
+#[test]
+fn a_scratch_flood_is_stopped_at_its_quota() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mount = Mount {
+        host: scratch.path().to_owned(),
+        guest: "/scratch".into(),
+        writable: true,
+    };
+    let floods = [
+        "f = open('/scratch/big', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))",
+        "i = 0\nwhile True:\n    open(f'/scratch/f{i}', 'w').close()\n    i += 1",
+    ];
+    for flood in floods {
+        let report = sandbox()
+            .execute_blocking(
+                program(Language::Python, flood),
+                limits(),
+                vec![mount.clone()],
+            )
+            .unwrap();
+        assert_eq!(report.outcome, Outcome::ScratchLimit, "{report:?}");
+        let (mut bytes, mut files) = (0, 0);
+        for entry in std::fs::read_dir(scratch.path()).unwrap() {
+            bytes += entry.unwrap().metadata().unwrap().len();
+            files += 1;
+        }
+        // Checked every 50 ms: what a guest writes in that time is the overshoot.
+        assert!(bytes <= 2 * (64 << 20), "{bytes} bytes reached the disk");
+        assert!(files <= 20_000, "{files} files reached the disk");
+        for entry in std::fs::read_dir(scratch.path()).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    }
+    assert_eq!(python("print(6*7)").stdout, "42\n");
+}
