@@ -399,7 +399,7 @@ impl Sandbox {
         store.epoch_deadline_callback(move |store| {
             store.data().watch.check()?;
             ticks = ticks.wrapping_add(1);
-            if let Some(scratch) = scratch.as_ref().filter(|_| ticks % 5 == 0) {
+            if let Some(scratch) = scratch.as_ref().filter(|_| ticks.is_multiple_of(5)) {
                 scratch.check()?;
             }
             Ok(UpdateDeadline::Continue(1))
