@@ -348,8 +348,10 @@ impl Sandbox {
         mounts: &[Mount],
         cancel: Arc<Cancel>,
     ) -> Result<Report, ExecutionError> {
-        let (pre, argv) = self.prepare(program)?;
+        // The deadline counts compiling a caller's module too: it cannot be interrupted, but a
+        // module that took the whole budget to compile does not then run.
         let started = Instant::now();
+        let (pre, argv) = self.prepare(program)?;
         let watch = Watch {
             started,
             deadline: started + Duration::from_millis(limits.timeout_ms),
@@ -406,11 +408,16 @@ impl Sandbox {
         });
         store.set_epoch_deadline(1);
 
-        let result = pre.instantiate(&mut store).and_then(|instance| {
-            instance
-                .get_typed_func::<(), ()>(&mut store, "_start")?
-                .call(&mut store, ())
-        });
+        let result = store
+            .data()
+            .watch
+            .check()
+            .and_then(|()| pre.instantiate(&mut store))
+            .and_then(|instance| {
+                instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")?
+                    .call(&mut store, ())
+            });
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
         let (stdout, stdout_truncated) = stdout.finish();

@@ -540,3 +540,19 @@ fn a_scratch_flood_is_stopped_at_its_quota() {
     }
     assert_eq!(python("print(6*7)").stdout, "42\n");
 }
+
+#[test]
+fn compiling_counts_against_the_deadline() {
+    // A module near the shape bounds compiles for longer than a 1 ms deadline allows.
+    let module = format!(
+        r#"(module (memory (export "memory") 1) {} (func (export "_start")))"#,
+        "(func (result i32) (i32.const 1))".repeat(5_000)
+    );
+    let limits = Limits {
+        timeout_ms: 1,
+        ..limits()
+    };
+    let report = run_with(Language::Wat, &module, limits);
+    assert_eq!(report.outcome, Outcome::Timeout, "{report:?}");
+    assert!(report.detail.unwrap().contains("deadline"));
+}
