@@ -146,6 +146,15 @@ def test_two_thousand_headers_are_refused(stack: Stack) -> None:
     assert_still_serving(stack)
 
 
+def test_too_many_or_too_large_headers_get_431(stack: Stack) -> None:
+    many = [(b"x-h%d" % i, b"v") for i in range(150)]
+    large = [(b"x-big-%d" % i, b"v" * 8000) for i in range(10)]
+    for headers in (many, large):
+        raw = exchange(stack, request(b"/v1/data", (b"x-api-key", BATCH_KEY.encode()), *headers))
+        assert statuses(raw) == [431], raw[:300]
+    assert_still_serving(stack)
+
+
 def test_hundreds_of_slow_half_sent_requests_do_not_block_others(stack: Stack) -> None:
     before = rss_kib(stack) if stack.proxy else 0
     slow = []

@@ -72,6 +72,10 @@ pub struct ServerSettings {
     pub shutdown_grace_period: Duration,
     /// Request bodies larger than this get a 413.
     pub max_request_body_bytes: u64,
+    /// Requests with more header fields than this get a 431 (Pingora refuses more than 256).
+    pub max_request_headers: usize,
+    /// Requests whose header names and values add up to more than this get a 431.
+    pub max_request_header_bytes: usize,
     /// Directory for compiled filter modules (faster restarts); none disables the cache.
     pub module_cache_dir: Option<PathBuf>,
     /// Reloading the configuration while serving.
@@ -93,6 +97,8 @@ impl Default for ServerSettings {
             threads: 2,
             shutdown_grace_period: Duration::from_secs(10),
             max_request_body_bytes: 10 << 20,
+            max_request_headers: 100,
+            max_request_header_bytes: 64 << 10,
             module_cache_dir: None,
             reload: ReloadSettings::default(),
             upgrade_socket: crate::private_dir::default_upgrade_socket(),

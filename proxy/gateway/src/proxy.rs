@@ -115,6 +115,18 @@ impl ProxyHttp for Gateway {
         // gateway, and routes, filters and the upstream see one normalised path.
         generation.reserved_headers.strip(session.req_header_mut());
         self.add_forwarding_headers(session, ctx)?;
+        let request = session.req_header();
+        let header_bytes: usize = request
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if request.headers.len() > generation.max_request_headers
+            || header_bytes > generation.max_request_header_bytes
+        {
+            session.set_keepalive(None);
+            return self.refuse(session, ctx, ProxyError::HeadersTooLarge).await;
+        }
         if !unambiguous_framing(session.req_header()) {
             // What follows the headers cannot be told apart from a next request: close after.
             session.set_keepalive(None);

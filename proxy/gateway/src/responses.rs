@@ -14,6 +14,9 @@ pub enum ProxyError {
     NoRoute,
     /// The request body exceeds `server.max_request_body_bytes`.
     BodyTooLarge,
+    /// The request has more header fields or bytes than `server.max_request_headers` /
+    /// `max_request_header_bytes` allow.
+    HeadersTooLarge,
     /// Every endpoint of the cluster is failing its health checks.
     NoHealthyUpstream,
     /// The upstream could not be reached.
@@ -38,6 +41,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => 404,
             ProxyError::BodyTooLarge => 413,
+            ProxyError::HeadersTooLarge => 431,
             ProxyError::NoHealthyUpstream | ProxyError::UpstreamUnavailable => 503,
             ProxyError::UpstreamTimeout => 504,
             ProxyError::BadGateway => 502,
@@ -52,6 +56,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::BodyTooLarge => "request_body_too_large",
+            ProxyError::HeadersTooLarge => "request_headers_too_large",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -68,6 +73,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::BodyTooLarge => "the request body is too large",
+            ProxyError::HeadersTooLarge => "the request has too many or too large header fields",
             ProxyError::NoHealthyUpstream => "no healthy upstream is available",
             ProxyError::UpstreamUnavailable => "the upstream service is unavailable",
             ProxyError::UpstreamTimeout => "the upstream service did not answer in time",

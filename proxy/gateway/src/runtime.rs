@@ -41,6 +41,10 @@ pub struct Generation {
     pub max_request_body_bytes: u64,
     /// Whether to write access-log lines.
     pub access_log: bool,
+    /// `server.max_request_headers`.
+    pub max_request_headers: usize,
+    /// `server.max_request_header_bytes`.
+    pub max_request_header_bytes: usize,
     /// `server.paths`.
     pub paths: PathSettings,
     /// `server.reserved_headers`.
@@ -112,6 +116,8 @@ impl Generation {
             clusters,
             max_request_body_bytes: config.server.max_request_body_bytes,
             access_log: config.logging.access_log,
+            max_request_headers: config.server.max_request_headers,
+            max_request_header_bytes: config.server.max_request_header_bytes,
             paths: config.server.paths.clone(),
             reserved_headers: config.server.reserved_headers.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
