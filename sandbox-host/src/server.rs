@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use gateway_identity::{Claims, SignatureError, SigningKey};
+use gateway_identity::{SignatureError, SigningKey};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -375,7 +375,6 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// The caller as the gateway's auth filter forwarded it.
 /// The caller the gateway vouches for: identity, scopes and approval count only when the
 /// request carries a valid, fresh gateway signature over them.
 fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller, SignatureError> {
@@ -383,16 +382,8 @@ fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller
         .gateway_key
         .as_ref()
         .ok_or(SignatureError::Malformed)?;
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let claims = Claims {
-        request_id: text(gateway_identity::REQUEST_ID_HEADER).unwrap_or(""),
-        identity: text(gateway_identity::IDENTITY_HEADER).unwrap_or(""),
-        scopes: text(gateway_identity::SCOPES_HEADER).unwrap_or(""),
-        tenant: text(gateway_identity::TENANT_HEADER).unwrap_or(""),
-    };
-    let signature = text(gateway_identity::SIGNATURE_HEADER).ok_or(SignatureError::Malformed)?;
     let max_age = service.settings.gateway.max_signature_age_seconds;
-    key.verify(signature, &claims, unix_now(), max_age)?;
+    let claims = key.verify_headers(headers, max_age)?;
     Ok(Caller {
         identity: Some(claims.identity.to_string()).filter(|i| !i.is_empty()),
         scopes: claims
@@ -400,10 +391,14 @@ fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller
             .split_whitespace()
             .map(str::to_string)
             .collect(),
-        approval_token: text("x-sandbox-approval").map(str::to_string),
+        approval_token: headers
+            .get("x-sandbox-approval")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     })
 }
 
+/// Unix seconds, the clock approvals expire on.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,6 +12,7 @@
 //! absent header is the empty string. python-ml implements the same check in Python.
 
 use hmac::{Hmac, Mac};
+use http::HeaderMap;
 use sha2::Sha256;
 
 /// The caller the gateway verified.
@@ -59,6 +60,24 @@ impl SigningKey {
         mac
     }
 
+    /// The `x-gateway-signature` value for the identity headers of `headers`, now.
+    pub fn sign_headers(&self, headers: &HeaderMap) -> String {
+        self.sign(unix_now(), &Claims::from_headers(headers))
+    }
+
+    /// The identity headers of `headers` when their `x-gateway-signature` verifies and is at most
+    /// `max_age_seconds` old (either way).
+    pub fn verify_headers<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        max_age_seconds: u64,
+    ) -> Result<Claims<'h>, SignatureError> {
+        let signature = text(headers, SIGNATURE_HEADER).ok_or(SignatureError::Malformed)?;
+        let claims = Claims::from_headers(headers);
+        self.verify(signature, &claims, unix_now(), max_age_seconds)?;
+        Ok(claims)
+    }
+
     /// The `x-gateway-signature` value for `claims` at unix time `t`.
     pub fn sign(&self, t: u64, claims: &Claims<'_>) -> String {
         let sig = hex::encode(self.mac(t, claims).finalize().into_bytes());
@@ -97,6 +116,29 @@ pub struct Claims<'a> {
     pub scopes: &'a str,
     /// `x-gateway-tenant`.
     pub tenant: &'a str,
+}
+
+impl<'a> Claims<'a> {
+    /// The identity headers of a request; absent (or non-ASCII) ones are empty.
+    pub fn from_headers(headers: &'a HeaderMap) -> Self {
+        let value = |name| text(headers, name).unwrap_or("");
+        Self {
+            request_id: value(REQUEST_ID_HEADER),
+            identity: value(IDENTITY_HEADER),
+            scopes: value(SCOPES_HEADER),
+            tenant: value(TENANT_HEADER),
+        }
+    }
+}
+
+fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `v1;t=<digits>;sig=<hex>` → (t, hex).
@@ -196,6 +238,35 @@ mod tests {
             Hmac::<Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
         expected.update(b"v1\n1000\nreq-1\nalice\nread write\nacme");
         assert_eq!(mac, expected.finalize().into_bytes());
+    }
+
+    #[test]
+    fn headers_signed_by_one_side_verify_on_the_other() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (REQUEST_ID_HEADER, "req-1"),
+            (IDENTITY_HEADER, "alice"),
+            (SCOPES_HEADER, "read write"),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        let signature = key().sign_headers(&headers);
+        headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
+        let claims = key().verify_headers(&headers, 60).unwrap();
+        assert_eq!(
+            (claims.identity, claims.scopes, claims.tenant),
+            ("alice", "read write", "")
+        );
+        headers.insert(SCOPES_HEADER, "read write admin".parse().unwrap());
+        assert_eq!(
+            key().verify_headers(&headers, 60).err(),
+            Some(SignatureError::Mismatch)
+        );
+        headers.remove(SIGNATURE_HEADER);
+        assert_eq!(
+            key().verify_headers(&headers, 60).err(),
+            Some(SignatureError::Malformed)
+        );
     }
 
     #[test]

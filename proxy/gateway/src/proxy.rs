@@ -12,7 +12,6 @@ use crate::responses::{self, ProxyError};
 use crate::runtime::{Generation, Route, Runtime};
 use async_trait::async_trait;
 use bytes::Bytes;
-use gateway_identity::SigningKey;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
@@ -244,8 +243,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
         let cluster = ctx.cluster.as_ref().expect("routed in request_filter");
+        // Over the identity headers as they leave: set by the filters, clients' own removed.
         if let Some(key) = ctx.generation.signing_key(&cluster.config.name) {
-            let signature = identity_signature(key, upstream_request);
+            let signature = key.sign_headers(&upstream_request.headers);
             upstream_request.insert_header(gateway_identity::SIGNATURE_HEADER, signature)?;
         }
         Ok(())
@@ -588,28 +588,6 @@ impl Gateway {
         ctx.responded = Some(error.status());
         Ok(true)
     }
-}
-
-/// The `x-gateway-signature` over the identity headers as they leave for the upstream (set by
-/// the filters; clients' own were removed before the filters ran).
-fn identity_signature(key: &SigningKey, request: &pingora::http::RequestHeader) -> String {
-    let text = |name: &str| {
-        request
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let claims = gateway_identity::Claims {
-        request_id: text(gateway_identity::REQUEST_ID_HEADER),
-        identity: text(gateway_identity::IDENTITY_HEADER),
-        scopes: text(gateway_identity::SCOPES_HEADER),
-        tenant: text(gateway_identity::TENANT_HEADER),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    key.sign(now, &claims)
 }
 
 /// Whether the body's length has one reading (RFC 9112 §6.3): `Content-Length` values that agree.
