@@ -68,18 +68,6 @@ impl Generation {
         lookup: NameLookup,
     ) -> Result<Self, ConfigError> {
         let mut clusters = HashMap::new();
-        for (i, c) in config.clusters.iter().enumerate() {
-            let credentials = match &c.tls {
-                Some(tls) => UpstreamCredentials::load(tls, config, &format!("clusters[{i}].tls"))?,
-                None => UpstreamCredentials::default(),
-            };
-            let endpoints = resolve_endpoints(c, &format!("clusters[{i}]"), lookup).await?;
-            let cluster = match previous.get(&c.name) {
-                Some(kept) if kept.built_from(c, &endpoints, &credentials) => kept.clone(),
-                _ => Arc::new(Cluster::new(c.clone(), endpoints, credentials)),
-            };
-            clusters.insert(c.name.clone(), cluster);
-        }
         let mut signing_keys = HashMap::new();
         for (i, c) in config.clusters.iter().enumerate() {
             if let Some(signature) = &c.identity_signature {
@@ -91,6 +79,16 @@ impl Generation {
                     SigningKey::new(value).map_err(|e| ConfigError::new(&field, e.to_string()))?;
                 signing_keys.insert(c.name.clone(), key);
             }
+            let credentials = match &c.tls {
+                Some(tls) => UpstreamCredentials::load(tls, config, &format!("clusters[{i}].tls"))?,
+                None => UpstreamCredentials::default(),
+            };
+            let endpoints = resolve_endpoints(c, &format!("clusters[{i}]"), lookup).await?;
+            let cluster = match previous.get(&c.name) {
+                Some(kept) if kept.built_from(c, &endpoints, &credentials) => kept.clone(),
+                _ => Arc::new(Cluster::new(c.clone(), endpoints, credentials)),
+            };
+            clusters.insert(c.name.clone(), cluster);
         }
         let mut chains = HashMap::new();
         for (i, chain) in config.filter_chains.iter().enumerate() {
