@@ -73,14 +73,36 @@ impl TryFrom<ReservedHeadersFile> for ReservedHeaders {
 /// Lower case with `_` read as `-`: `X_Gateway_Scopes` is the same header as `x-gateway-scopes`
 /// to every framework that maps one onto the other (CGI, WSGI, many others).
 fn canonical(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+    name.bytes()
+        .map(|b| char::from(canonical_byte(b)))
+        .collect()
+}
+
+fn canonical_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
 }
 
 impl ReservedHeaders {
-    /// Whether `name` (any case, `_` or `-`) is in the reserved namespace.
+    /// Whether `name` (any case, `_` or `-`) is in the reserved namespace. Compared byte by byte
+    /// against the canonical entries, without allocating: it runs for every header of every
+    /// request.
     pub fn contains(&self, name: &str) -> bool {
-        let name = canonical(name);
-        self.names.contains(&name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        let name = name.as_bytes();
+        let starts_with = |entry: &String| {
+            name.len() >= entry.len()
+                && name
+                    .iter()
+                    .zip(entry.as_bytes())
+                    .all(|(&b, &e)| canonical_byte(b) == e)
+        };
+        self.names
+            .iter()
+            .any(|n| n.len() == name.len() && starts_with(n))
+            || self.prefixes.iter().any(starts_with)
     }
 
     /// Removes every reserved header from the request; returns how many names were removed.

@@ -71,6 +71,12 @@ impl PathSettings {
             return Err(PathRejection::NotAbsolute);
         }
         let unescaped = self.unescape(path)?;
+        // Most paths are already normal: nothing to decode, merge or resolve.
+        let has_dot_segment = self.normalize && path.contains("/.");
+        let has_empty_segment = self.merge_slashes && path.contains("//");
+        if matches!(unescaped, Cow::Borrowed(_)) && !has_dot_segment && !has_empty_segment {
+            return Ok(Cow::Borrowed(path_and_query));
+        }
         let mut segments: Vec<&str> = Vec::new();
         // The first element is the empty segment before the leading slash.
         let mut parts = unescaped.split('/').skip(1).peekable();
