@@ -64,11 +64,12 @@ impl FilterChain {
     }
 
     /// Starts one request through every filter of the chain.
-    pub async fn start(&self, info: StreamInfo, metrics: Arc<GatewayMetrics>) -> ChainRun {
-        let mut streams = Vec::with_capacity(self.plugins.len());
-        for plugin in &self.plugins {
-            streams.push(plugin.new_http_stream(info.clone()).await);
-        }
+    pub fn start(&self, info: StreamInfo, metrics: Arc<GatewayMetrics>) -> ChainRun {
+        let streams = self
+            .plugins
+            .iter()
+            .map(|plugin| plugin.new_http_stream(info.clone()))
+            .collect();
         ChainRun {
             names: self.plugins.iter().map(|p| p.name().to_string()).collect(),
             streams,

@@ -240,7 +240,7 @@ impl Plugin {
     /// first phase runs, so a request that arrives while a broken VM is being replaced is served
     /// by the replacement. Never fails: a filter that cannot run yields its failure policy's
     /// verdict from every phase.
-    pub async fn new_http_stream(&self, info: StreamInfo) -> HttpStream {
+    pub fn new_http_stream(&self, info: StreamInfo) -> HttpStream {
         HttpStream {
             plugin: self.clone(),
             pending: Some(info),

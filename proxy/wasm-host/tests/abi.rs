@@ -20,16 +20,14 @@ fn spec(mode: &str) -> PluginSpec {
 async fn a_verified_client_certificate_is_the_source_principal() {
     let host = host();
     let plugin = load(&host, "abi_probe_filter", spec("headers")).await;
-    let mut s = plugin
-        .new_http_stream(StreamInfo {
-            peer_certificate: Some(PeerCertificate {
-                subject: "CN=svc-a,O=example".into(),
-                uri_sans: vec!["spiffe://example/ns/default/sa/svc-a".into()],
-                dns_sans: vec!["svc-a.default".into()],
-            }),
-            ..StreamInfo::default()
-        })
-        .await;
+    let mut s = plugin.new_http_stream(StreamInfo {
+        peer_certificate: Some(PeerCertificate {
+            subject: "CN=svc-a,O=example".into(),
+            uri_sans: vec!["spiffe://example/ns/default/sa/svc-a".into()],
+            dns_sans: vec!["svc-a.default".into()],
+        }),
+        ..StreamInfo::default()
+    });
     let mut headers = request("/");
     s.on_request_headers(&mut headers, true).await;
     assert_eq!(
@@ -47,7 +45,7 @@ async fn a_verified_client_certificate_is_the_source_principal() {
 async fn headers_properties_bodies_trailers_and_metrics() {
     let host = host();
     let plugin = load(&host, "abi_probe_filter", spec("headers")).await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
 
     let mut headers = request("/v1/x");
     headers.add("x-remove-me", b"secret");
@@ -124,7 +122,7 @@ async fn headers_properties_bodies_trailers_and_metrics() {
 async fn local_response_stops_the_request() {
     let host = host();
     let plugin = load(&host, "abi_probe_filter", spec("local-reply")).await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
     let Verdict::Respond(response) = s.on_request_headers(&mut request("/"), true).await else {
         panic!("expected a local response")
     };
@@ -161,7 +159,7 @@ async fn http_callout_pauses_and_resumes_the_request() {
     ));
     let plugin = load(&host, "abi_probe_filter", spec("callout")).await;
 
-    let mut allowed = stream(&plugin).await;
+    let mut allowed = stream(&plugin);
     let mut headers = request("/allowed");
     assert_eq!(
         allowed.on_request_headers(&mut headers, true).await,
@@ -172,7 +170,7 @@ async fn http_callout_pauses_and_resumes_the_request() {
         "verdict for /allowed"
     );
 
-    let mut denied = stream(&plugin).await;
+    let mut denied = stream(&plugin);
     let Verdict::Respond(response) = denied
         .on_request_headers(&mut request("/denied"), true)
         .await
@@ -182,7 +180,7 @@ async fn http_callout_pauses_and_resumes_the_request() {
     assert_eq!(response.status, 403);
     assert_eq!(response.headers.get_str("x-callout-status").unwrap(), "401");
 
-    let mut unknown = stream(&plugin).await;
+    let mut unknown = stream(&plugin);
     let Verdict::Respond(response) = unknown
         .on_request_headers(&mut request("/unknown-cluster"), true)
         .await
@@ -199,7 +197,7 @@ async fn http_callout_pauses_and_resumes_the_request() {
 async fn failed_callout_is_delivered_with_no_headers() {
     let host = host_with_callouts(FnDispatcher(|_: &str, _| None));
     let plugin = load(&host, "abi_probe_filter", spec("callout")).await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
     let Verdict::Respond(response) = s.on_request_headers(&mut request("/x"), true).await else {
         panic!()
     };
@@ -217,7 +215,7 @@ async fn shared_data_cas_queues_and_ticks_across_threads() {
     let plugin = load(&host, "abi_probe_filter", spec("shared")).await;
     // The key's first write has no CAS to compare against (cas 0 writes unconditionally, as in
     // Envoy), so two first writers could both store 1: one request creates it before the race.
-    let mut first = stream(&plugin).await;
+    let mut first = stream(&plugin);
     let mut headers = request("/event/0");
     first.on_request_headers(&mut headers, true).await;
     first.finish().await;
@@ -227,7 +225,7 @@ async fn shared_data_cas_queues_and_ticks_across_threads() {
     for i in 1..40 {
         let plugin = plugin.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = stream(&plugin).await;
+            let mut s = stream(&plugin);
             let mut headers = request(&format!("/event/{i}"));
             assert_eq!(
                 s.on_request_headers(&mut headers, true).await,

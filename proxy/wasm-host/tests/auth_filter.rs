@@ -36,7 +36,7 @@ fn assert_401(verdict: Verdict, code: &str) {
 #[tokio::test]
 async fn valid_key_forwards_identity_and_hides_the_key() {
     let (_host, plugin) = auth().await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
     let mut headers = request("/v1/echo");
     headers.add("x-api-key", b"alice-key-1");
     assert_eq!(
@@ -50,7 +50,7 @@ async fn valid_key_forwards_identity_and_hides_the_key() {
 #[tokio::test]
 async fn key_in_query_parameter_is_removed_from_the_path() {
     let (_host, plugin) = auth().await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
     let mut headers = request("/v1/echo?a=1&api_key=bob-key-2");
     assert_eq!(
         s.on_request_headers(&mut headers, true).await,
@@ -65,7 +65,6 @@ async fn missing_and_wrong_keys_get_401() {
     let (_host, plugin) = auth().await;
     assert_401(
         stream(&plugin)
-            .await
             .on_request_headers(&mut request("/"), true)
             .await,
         "missing_api_key",
@@ -73,10 +72,7 @@ async fn missing_and_wrong_keys_get_401() {
     let mut headers = request("/");
     headers.add("x-api-key", b"not-a-key");
     assert_401(
-        stream(&plugin)
-            .await
-            .on_request_headers(&mut headers, true)
-            .await,
+        stream(&plugin).on_request_headers(&mut headers, true).await,
         "invalid_api_key",
     );
 }
@@ -89,10 +85,7 @@ async fn forged_identity_is_replaced() {
     headers.add("x-gateway-identity", b"admin");
     headers.add("X-Gateway-Identity", b"root");
     assert_eq!(
-        stream(&plugin)
-            .await
-            .on_request_headers(&mut headers, true)
-            .await,
+        stream(&plugin).on_request_headers(&mut headers, true).await,
         Verdict::Continue
     );
     assert_eq!(headers.get_str("x-gateway-identity").unwrap(), "bob");

@@ -24,7 +24,7 @@ fn spec(policy: FailurePolicy) -> PluginSpec {
 }
 
 async fn send(plugin: &Plugin, path: &str) -> (Verdict, Option<String>) {
-    let mut s = stream(plugin).await;
+    let mut s = stream(plugin);
     let mut headers = request(path);
     let verdict = s.on_request_headers(&mut headers, true).await;
     s.finish().await;
@@ -175,7 +175,7 @@ async fn memory_cap_traps_instead_of_growing() {
 async fn bad_guest_pointers_get_invalid_memory_access() {
     let host = host();
     let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailClosed)).await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
     let mut headers = request("/bad-pointers");
     assert_eq!(
         s.on_request_headers(&mut headers, true).await,
@@ -270,7 +270,7 @@ async fn time_waiting_on_shared_data_does_not_count_against_the_callback_deadlin
     spec.limits.callback_deadline = Duration::from_millis(100);
     let plugin = load(&host, "abi_probe_filter", spec).await;
     for hits in 1..=2 {
-        let mut s = stream(&plugin).await;
+        let mut s = stream(&plugin);
         let mut headers = request("/count");
         // A read and a compare-and-swap write: 300 ms waiting, well under 100 ms of CPU.
         assert_eq!(
@@ -316,7 +316,7 @@ async fn a_body_past_what_a_filter_may_buffer_is_refused_with_413() {
         PluginSpec::new("probe", b"buffer".to_vec()),
     )
     .await;
-    let mut s = stream(&plugin).await;
+    let mut s = stream(&plugin);
     let mut headers = request("/upload");
     s.on_request_headers(&mut headers, false).await;
     let mut verdict = Verdict::Buffer;

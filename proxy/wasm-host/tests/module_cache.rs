@@ -38,7 +38,6 @@ async fn load_and_serve(dir: &Path) {
         .unwrap();
     let verdict = plugin
         .new_http_stream(Default::default())
-        .await
         .on_request_headers(&mut request("/"), true)
         .await;
     assert!(matches!(verdict, Verdict::Respond(r) if r.status == 418));

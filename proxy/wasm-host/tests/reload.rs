@@ -19,7 +19,7 @@ async fn dropped_plugins_release_their_vms_across_many_reloads() {
     // loads than the host has VM slots (256): each load starts a VM on this thread.
     let mut serving = load(&host, "misbehaving_filter", spec()).await;
     for round in 0..300 {
-        let mut stream = stream(&serving).await;
+        let mut stream = stream(&serving);
         let verdict = stream.on_request_headers(&mut request("/ok"), true).await;
         stream.finish().await;
         assert_eq!(verdict, Verdict::Continue, "round {round}");

@@ -54,14 +54,12 @@ pub fn request(path: &str) -> Headers {
 }
 
 /// A stream with a client address.
-pub async fn stream(plugin: &Plugin) -> HttpStream {
-    plugin
-        .new_http_stream(StreamInfo {
-            source: Some("127.0.0.7:5555".parse().unwrap()),
-            protocol: "HTTP/1.1".into(),
-            ..StreamInfo::default()
-        })
-        .await
+pub fn stream(plugin: &Plugin) -> HttpStream {
+    plugin.new_http_stream(StreamInfo {
+        source: Some("127.0.0.7:5555".parse().unwrap()),
+        protocol: "HTTP/1.1".into(),
+        ..StreamInfo::default()
+    })
 }
 
 /// A callout transport answering every request from a closure.
