@@ -127,20 +127,22 @@ impl Cache {
         let pragma_no_cache = request
             .header("pragma")
             .is_some_and(|p| p.to_ascii_lowercase().contains("no-cache"));
+        // Identity headers the request carries, each read once.
+        let identified: Vec<&String> = config
+            .identity_headers
+            .iter()
+            .filter(|h| request.header(h).is_some())
+            .collect();
         Plan::Use(Use {
             rule,
             lookup: !(cc.no_cache || cc.max_age == Some(0) || pragma_no_cache),
             needs_body: method == "POST",
             head: method == "HEAD",
-            authorized: request.header("authorization").is_some()
-                || config
-                    .identity_headers
-                    .iter()
-                    .any(|h| request.header(h).is_some()),
+            authorized: request.header("authorization").is_some() || !identified.is_empty(),
             partitioned: config
                 .partition_headers
                 .iter()
-                .any(|h| config.identity_headers.contains(h) && request.header(h).is_some()),
+                .any(|h| identified.contains(&h)),
         })
     }
 
