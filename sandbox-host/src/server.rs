@@ -384,13 +384,12 @@ fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller
         .ok_or(SignatureError::Malformed)?;
     let max_age = service.settings.gateway.max_signature_age_seconds;
     let claims = key.verify_headers(headers, max_age)?;
+    // Signed as sent; names and scopes that are not UTF-8 are none this service knows.
+    let text = |bytes| std::str::from_utf8(bytes).map_err(|_| SignatureError::Malformed);
+    let (identity, scopes) = (text(claims.identity)?, text(claims.scopes)?);
     Ok(Caller {
-        identity: Some(claims.identity.to_string()).filter(|i| !i.is_empty()),
-        scopes: claims
-            .scopes
-            .split_whitespace()
-            .map(str::to_string)
-            .collect(),
+        identity: Some(identity.to_string()).filter(|i| !i.is_empty()),
+        scopes: scopes.split_whitespace().map(str::to_string).collect(),
         approval_token: headers
             .get("x-sandbox-approval")
             .and_then(|v| v.to_str().ok())

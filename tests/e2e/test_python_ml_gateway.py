@@ -116,6 +116,8 @@ def test_tenants_see_only_their_own_documents(gateway: Callable[[dict[str, Any]]
     keys = [
         {"identity": "ann", "key": "k-acme", "tenant": "acme"},
         {"identity": "bob", "key": "k-globex", "tenant": "globex"},
+        # Not ASCII: signed as the bytes sent, as python-ml verifies them.
+        {"identity": "zoë", "key": "k-zurich", "tenant": "zürich"},
     ]
     auth = {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration": {"api_key": {"keys": keys}}}
     proxy = gateway(
@@ -141,3 +143,7 @@ def test_tenants_see_only_their_own_documents(gateway: Callable[[dict[str, Any]]
     )
     assert (direct.status_code, direct.json()["error"]["code"]) == (401, "untrusted_caller")
     assert requests.get(proxy.url + "/v1/rag/documents/plan", headers=acme, timeout=10).status_code == 200
+    zurich = {"x-api-key": "k-zurich"}
+    own = requests.post(proxy.url + "/v1/rag/documents", json={"documents": [document]}, headers=zurich, timeout=30)
+    assert own.status_code == 200, own.text
+    assert requests.get(proxy.url + "/v1/rag/documents/plan", headers=zurich, timeout=10).status_code == 200

@@ -52,11 +52,16 @@ impl SigningKey {
 
     fn mac(&self, t: u64, claims: &Claims<'_>) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        let message = format!(
-            "v1\n{t}\n{}\n{}\n{}\n{}",
-            claims.request_id, claims.identity, claims.scopes, claims.tenant
-        );
-        mac.update(message.as_bytes());
+        mac.update(format!("v1\n{t}").as_bytes());
+        for value in [
+            claims.request_id,
+            claims.identity,
+            claims.scopes,
+            claims.tenant,
+        ] {
+            mac.update(b"\n");
+            mac.update(value);
+        }
         mac
     }
 
@@ -72,7 +77,10 @@ impl SigningKey {
         headers: &'h HeaderMap,
         max_age_seconds: u64,
     ) -> Result<Claims<'h>, SignatureError> {
-        let signature = text(headers, SIGNATURE_HEADER).ok_or(SignatureError::Malformed)?;
+        let signature = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(SignatureError::Malformed)?;
         let claims = Claims::from_headers(headers);
         self.verify(signature, &claims, unix_now(), max_age_seconds)?;
         Ok(claims)
@@ -105,23 +113,24 @@ impl SigningKey {
     }
 }
 
-/// What a signature covers; absent headers are empty strings.
+/// What a signature covers: the header values as bytes, as sent (so a value that is not ASCII
+/// is signed as it is, not as empty); absent headers are empty.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Claims<'a> {
     /// `x-request-id`.
-    pub request_id: &'a str,
+    pub request_id: &'a [u8],
     /// `x-gateway-identity`.
-    pub identity: &'a str,
+    pub identity: &'a [u8],
     /// `x-gateway-scopes`.
-    pub scopes: &'a str,
+    pub scopes: &'a [u8],
     /// `x-gateway-tenant`.
-    pub tenant: &'a str,
+    pub tenant: &'a [u8],
 }
 
 impl<'a> Claims<'a> {
-    /// The identity headers of a request; absent (or non-ASCII) ones are empty.
+    /// The identity headers of a request; absent ones are empty.
     pub fn from_headers(headers: &'a HeaderMap) -> Self {
-        let value = |name| text(headers, name).unwrap_or("");
+        let value = |name| headers.get(name).map_or(&b""[..], |v| v.as_bytes());
         Self {
             request_id: value(REQUEST_ID_HEADER),
             identity: value(IDENTITY_HEADER),
@@ -129,10 +138,6 @@ impl<'a> Claims<'a> {
             tenant: value(TENANT_HEADER),
         }
     }
-}
-
-fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn unix_now() -> u64 {
@@ -179,10 +184,10 @@ mod tests {
     }
 
     const CLAIMS: Claims<'static> = Claims {
-        request_id: "req-1",
-        identity: "alice",
-        scopes: "read write",
-        tenant: "acme",
+        request_id: b"req-1",
+        identity: b"alice",
+        scopes: b"read write",
+        tenant: b"acme",
     };
 
     #[test]
@@ -202,19 +207,19 @@ mod tests {
         let signature = key().sign(1_000, &CLAIMS);
         for forged in [
             Claims {
-                request_id: "req-2",
+                request_id: b"req-2",
                 ..CLAIMS
             },
             Claims {
-                identity: "mallory",
+                identity: b"mallory",
                 ..CLAIMS
             },
             Claims {
-                scopes: "read write admin",
+                scopes: b"read write admin",
                 ..CLAIMS
             },
             Claims {
-                tenant: "victim",
+                tenant: b"victim",
                 ..CLAIMS
             },
         ] {
@@ -255,9 +260,25 @@ mod tests {
         let claims = key().verify_headers(&headers, 60).unwrap();
         assert_eq!(
             (claims.identity, claims.scopes, claims.tenant),
-            ("alice", "read write", "")
+            (&b"alice"[..], &b"read write"[..], &b""[..])
         );
         headers.insert(SCOPES_HEADER, "read write admin".parse().unwrap());
+        assert_eq!(
+            key().verify_headers(&headers, 60).err(),
+            Some(SignatureError::Mismatch)
+        );
+        // A value that is not ASCII is signed as sent, not as empty.
+        headers.insert(
+            SCOPES_HEADER,
+            http::HeaderValue::from_bytes(b"read \xe9crire").unwrap(),
+        );
+        let signature = key().sign_headers(&headers);
+        headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
+        assert_eq!(
+            key().verify_headers(&headers, 60).unwrap().scopes,
+            b"read \xe9crire"
+        );
+        headers.insert(SCOPES_HEADER, "read ".parse().unwrap());
         assert_eq!(
             key().verify_headers(&headers, 60).err(),
             Some(SignatureError::Mismatch)
