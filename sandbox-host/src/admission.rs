@@ -37,9 +37,10 @@ pub struct Slot {
 struct Queued<'a>(&'a AtomicUsize);
 
 impl<'a> Queued<'a> {
-    fn join(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::AcqRel);
-        Self(waiting)
+    /// A place in the queue, and how many were waiting before it.
+    fn join(waiting: &'a AtomicUsize) -> (Self, usize) {
+        let ahead = waiting.fetch_add(1, Ordering::AcqRel);
+        (Self(waiting), ahead)
     }
 }
 
@@ -67,9 +68,10 @@ impl Admission {
         if let Ok(permit) = self.running.clone().try_acquire_owned() {
             return Ok(Slot { _permit: permit });
         }
-        // Counted out on drop: a caller that goes away while queued leaves the queue too.
-        let _queued = Queued::join(&self.waiting);
-        if self.waiting.load(Ordering::Acquire) > self.max_queued {
+        // Counted out on drop: a caller that goes away while queued leaves the queue too. The
+        // count before joining decides, atomically, so concurrent callers never both overflow it.
+        let (_queued, ahead) = Queued::join(&self.waiting);
+        if ahead >= self.max_queued {
             return Err(Rejection::QueueFull);
         }
         let acquired =
