@@ -2,12 +2,12 @@
 //! through them. Requests pass the filters in order, responses in reverse order (as in Envoy).
 
 use crate::config::{value_bytes, Config, ConfigError, FailurePolicyConfig, FilterChainConfig};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{FilterPhase, FilterTimers, GatewayMetrics};
 use proxy_wasm_host::{
     FailurePolicy, Headers, Host, HttpStream, LocalResponse, Plugin, PluginSpec, StreamInfo,
     Verdict, VmLimits,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// A loaded filter chain.
@@ -15,6 +15,14 @@ pub struct FilterChain {
     /// The chain's name.
     pub name: String,
     plugins: Vec<Plugin>,
+    /// Each filter's name and timers, made on the first request and shared by every run.
+    members: OnceLock<Arc<[ChainMember]>>,
+}
+
+/// What a run needs of each filter besides its stream.
+struct ChainMember {
+    name: String,
+    timers: FilterTimers,
 }
 
 impl FilterChain {
@@ -60,20 +68,29 @@ impl FilterChain {
         Ok(Self {
             name: chain.name.clone(),
             plugins,
+            members: OnceLock::new(),
         })
     }
 
     /// Starts one request through every filter of the chain.
-    pub fn start(&self, info: StreamInfo, metrics: Arc<GatewayMetrics>) -> ChainRun {
+    pub fn start(&self, info: StreamInfo, metrics: &GatewayMetrics) -> ChainRun {
         let streams = self
             .plugins
             .iter()
             .map(|plugin| plugin.new_http_stream(info.clone()))
             .collect();
+        let members = self.members.get_or_init(|| {
+            self.plugins
+                .iter()
+                .map(|plugin| ChainMember {
+                    name: plugin.name().to_string(),
+                    timers: metrics.filter_timers(plugin.name()),
+                })
+                .collect()
+        });
         ChainRun {
-            names: self.plugins.iter().map(|p| p.name().to_string()).collect(),
+            members: members.clone(),
             streams,
-            metrics,
             outcome: Outcome::Passed,
         }
     }
@@ -110,9 +127,8 @@ impl std::fmt::Display for Outcome {
 
 /// One request's streams through a chain.
 pub struct ChainRun {
-    names: Vec<String>,
+    members: Arc<[ChainMember]>,
     streams: Vec<HttpStream>,
-    metrics: Arc<GatewayMetrics>,
     /// What happened so far.
     pub outcome: Outcome,
 }
@@ -142,7 +158,7 @@ impl ChainRun {
             let verdict = self.streams[i]
                 .on_request_headers(headers, end_of_stream)
                 .await;
-            self.observe(i, "request_headers", started);
+            self.observe(i, FilterPhase::RequestHeaders, started);
             if let Some(done) = self.settle(i, verdict).await {
                 return done;
             }
@@ -155,7 +171,7 @@ impl ChainRun {
         for i in 0..self.streams.len() {
             let started = Instant::now();
             let verdict = self.streams[i].on_request_body(chunk, end_of_stream).await;
-            self.observe(i, "request_body", started);
+            self.observe(i, FilterPhase::RequestBody, started);
             if let Some(done) = self.settle(i, verdict).await {
                 return done;
             }
@@ -174,7 +190,7 @@ impl ChainRun {
             let verdict = self.streams[i]
                 .on_response_headers(headers, end_of_stream)
                 .await;
-            self.observe(i, "response_headers", started);
+            self.observe(i, FilterPhase::ResponseHeaders, started);
             if let Some(done) = self.stop(i, verdict) {
                 return done;
             }
@@ -191,7 +207,7 @@ impl ChainRun {
         for i in (0..self.streams.len()).rev() {
             let started = Instant::now();
             let verdict = self.streams[i].on_response_body(chunk, end_of_stream).await;
-            self.observe(i, "response_body", started);
+            self.observe(i, FilterPhase::ResponseBody, started);
             if let Some(done) = self.stop(i, verdict) {
                 return done;
             }
@@ -262,7 +278,7 @@ impl ChainRun {
     fn answered(&mut self, i: usize, status: u16) {
         if self.outcome == Outcome::Passed {
             self.outcome = Outcome::Answered {
-                filter: self.names[i].clone(),
+                filter: self.members[i].name.clone(),
                 status,
             };
         }
@@ -270,13 +286,12 @@ impl ChainRun {
 
     fn reset(&mut self, i: usize) -> ChainVerdict {
         self.outcome = Outcome::Reset {
-            filter: self.names[i].clone(),
+            filter: self.members[i].name.clone(),
         };
         ChainVerdict::Reset
     }
 
-    fn observe(&self, i: usize, phase: &str, started: Instant) {
-        self.metrics
-            .filter_phase(&self.names[i], phase, started.elapsed());
+    fn observe(&self, i: usize, phase: FilterPhase, started: Instant) {
+        self.members[i].timers.observe(phase, started.elapsed());
     }
 }

@@ -186,7 +186,7 @@ impl ProxyHttp for Gateway {
         let (chain, metrics) = (chain.clone(), self.runtime.metrics.clone());
         let (run, headers, verdict) = self
             .filter_phase(async move {
-                let mut run = chain.start(info, metrics);
+                let mut run = chain.start(info, &metrics);
                 let verdict = run.request_headers(&mut headers, end_of_stream).await;
                 (run, headers, verdict)
             })

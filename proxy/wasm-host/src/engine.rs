@@ -1,6 +1,7 @@
 //! [`Host`]: the wasmtime engine, the on-disk module cache, the CPU-deadline ticker, and the
 //! services every plugin shares (shared data, queues, metrics, callouts).
 
+use crate::call_mode::CallMode;
 use crate::callout::{HttpCallDispatcher, NoClusters};
 use crate::metrics::MetricsRegistry;
 use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec, RootVm};
@@ -159,8 +160,14 @@ impl Host {
                 "no proxy_abi_version_0_2_1 or proxy_abi_version_0_2_0 export".into(),
             ));
         }
+        let calls = if self.services.shared_data.answers_immediately() {
+            CallMode::Synchronous
+        } else {
+            CallMode::Suspendable
+        };
         let mut linker = Linker::new(&self.engine);
-        crate::hostcalls::add_to_linker(&mut linker).map_err(|e| LoadError::Abi(e.to_string()))?;
+        crate::hostcalls::add_to_linker(&mut linker, calls)
+            .map_err(|e| LoadError::Abi(e.to_string()))?;
         crate::hostcalls::add_fallbacks(&mut linker, &module)
             .map_err(|e| LoadError::Abi(e.to_string()))?;
         let instance_pre = linker
@@ -176,6 +183,7 @@ impl Host {
             shared,
             self.engine.clone(),
             instance_pre,
+            calls,
         ));
         let root_vm = PluginVm::start(&inner).await?;
         let plugin = Plugin::new(inner, root_vm);

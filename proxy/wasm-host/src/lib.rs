@@ -11,6 +11,7 @@
 
 pub mod abi;
 pub mod bounds;
+mod call_mode;
 pub mod callout;
 mod engine;
 pub mod headers;

@@ -2,6 +2,7 @@
 //! here, and data returned to the guest is allocated with the guest's own allocator.
 
 use crate::abi::Status;
+use crate::call_mode::CallMode;
 use crate::state::HostState;
 use wasmtime::Caller;
 
@@ -116,13 +117,19 @@ pub(crate) async fn return_bytes(
         .data_size(&caller);
     range(ptr_ptr, 4, memory_size)?;
     range(size_ptr, 4, memory_size)?;
-    let allocate = caller
-        .data()
-        .allocate
-        .clone()
-        .ok_or(Status::InternalFailure)?;
     let size = i32::try_from(bytes.len()).map_err(|_| Status::InternalFailure)?;
-    let ptr = allocate.call_async(&mut *caller, size).await?;
+    // Lent out for the call rather than cloned: a clone copies wasmtime's type registration.
+    let allocate = caller
+        .data_mut()
+        .allocate
+        .take()
+        .ok_or(Status::InternalFailure)?;
+    let allocated = match caller.data().calls {
+        CallMode::Synchronous => allocate.call(&mut *caller, size),
+        CallMode::Suspendable => allocate.call_async(&mut *caller, size).await,
+    };
+    caller.data_mut().allocate = Some(allocate);
+    let ptr = allocated?;
     if ptr == 0 && size != 0 {
         return Err(Status::InternalFailure.into());
     }

@@ -1,5 +1,6 @@
 //! Plugins: a compiled filter module plus its configuration, with one VM per worker thread.
 
+use crate::call_mode::CallMode;
 use crate::engine::HostServices;
 use crate::state::HostState;
 use crate::stream::{HttpStream, StreamInfo};
@@ -110,6 +111,8 @@ pub(crate) struct PluginInner {
     pub(crate) shared: Arc<PluginShared>,
     pub(crate) engine: Engine,
     pub(crate) instance_pre: InstancePre<HostState>,
+    /// How its VMs call the guest (fixed by the host calls linked into `instance_pre`).
+    pub(crate) calls: CallMode,
     restarts: Mutex<RestartState>,
 }
 
@@ -157,12 +160,14 @@ impl PluginInner {
         shared: Arc<PluginShared>,
         engine: Engine,
         instance_pre: InstancePre<HostState>,
+        calls: CallMode,
     ) -> Self {
         Self {
             id,
             shared,
             engine,
             instance_pre,
+            calls,
             restarts: Mutex::new(RestartState {
                 failures: 0,
                 next_attempt: None,

@@ -1,5 +1,6 @@
 //! What a VM's store holds: the plugin's identity and services, and the state of each context.
 
+use crate::call_mode::CallMode;
 use crate::callout::{CalloutRequest, CalloutResponse};
 use crate::headers::Headers;
 use crate::plugin::PluginShared;
@@ -17,6 +18,8 @@ pub(crate) struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) memory: Option<Memory>,
     pub(crate) allocate: Option<TypedFunc<i32, i32>>,
+    /// Whether guest calls run on a fiber (and host calls may wait).
+    pub(crate) calls: CallMode,
     pub(crate) root_context_id: u32,
     /// The context host calls act on (the callback's, or the one set by `proxy_set_effective_context`).
     pub(crate) effective_context: u32,

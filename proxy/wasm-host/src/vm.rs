@@ -2,6 +2,7 @@
 //! background task that delivers ticks and queue notifications to its root context.
 
 use crate::abi::Action;
+use crate::call_mode::CallMode;
 use crate::callout::CalloutResponse;
 use crate::hostcalls::flush_stdio;
 use crate::plugin::{LoadError, PluginInner};
@@ -152,6 +153,24 @@ impl Callbacks {
     }
 }
 
+/// Calls `func` the way the VM's guest calls run: plainly, or on a fiber that host calls may
+/// suspend.
+async fn call_guest<P, R>(
+    mode: CallMode,
+    store: &mut Store<HostState>,
+    func: &TypedFunc<P, R>,
+    params: P,
+) -> wasmtime::Result<R>
+where
+    P: WasmParams + Sync,
+    R: WasmResults + Sync,
+{
+    match mode {
+        CallMode::Synchronous => func.call(store, params),
+        CallMode::Suspendable => func.call_async(store, params).await,
+    }
+}
+
 /// The guest trapped (or ran out of time or memory); the VM is now broken.
 #[derive(Debug)]
 pub(crate) struct Trapped;
@@ -176,6 +195,7 @@ impl PluginVm {
             limits: plugin.store_limits(),
             memory: None,
             allocate: None,
+            calls: plugin.calls,
             root_context_id: ROOT_CONTEXT_ID,
             effective_context: ROOT_CONTEXT_ID,
             streams: HashMap::new(),
@@ -194,11 +214,11 @@ impl PluginVm {
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(plugin.start_ticks());
-        let instance = plugin
-            .instance_pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| LoadError::Start(format!("instantiation failed: {e:#}")))?;
+        let instance = match plugin.calls {
+            CallMode::Synchronous => plugin.instance_pre.instantiate(&mut store),
+            CallMode::Suspendable => plugin.instance_pre.instantiate_async(&mut store).await,
+        }
+        .map_err(|e| LoadError::Start(format!("instantiation failed: {e:#}")))?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| LoadError::Abi("the module does not export its memory".into()))?;
@@ -216,7 +236,7 @@ impl PluginVm {
         let callbacks = Callbacks::resolve(&instance, &mut store)?;
         for init in ["_initialize", "_start"] {
             if let Some(f) = export::<(), ()>(&instance, &mut store, init)? {
-                f.call_async(&mut store, ())
+                call_guest(plugin.calls, &mut store, &f, ())
                     .await
                     .map_err(|e| LoadError::Start(format!("{init} trapped: {e:#}")))?;
                 break;
@@ -245,15 +265,18 @@ impl PluginVm {
         let root = ROOT_CONTEXT_ID as i32;
         let deadline = self.plugin.shared.spec.limits.start_deadline;
         let spec = self.plugin.shared.spec.clone();
-        let create = self.callbacks.on_context_create.clone();
-        self.invoke_with(ROOT_CONTEXT_ID, Some(create), (root, 0), deadline)
-            .await
-            .map_err(|_| self.start_error("proxy_on_context_create trapped"))?;
-        let vm_start = self.callbacks.on_vm_start.clone();
+        self.invoke_with(
+            ROOT_CONTEXT_ID,
+            |c| Some(&c.on_context_create),
+            (root, 0),
+            deadline,
+        )
+        .await
+        .map_err(|_| self.start_error("proxy_on_context_create trapped"))?;
         let started = self
             .invoke_with(
                 ROOT_CONTEXT_ID,
-                vm_start,
+                |c| c.on_vm_start.as_ref(),
                 (root, spec.vm_configuration.len() as i32),
                 deadline,
             )
@@ -262,11 +285,10 @@ impl PluginVm {
         if started == Some(0) {
             return Err(self.refused("on_vm_start returned false"));
         }
-        let configure = self.callbacks.on_configure.clone();
         let configured = self
             .invoke_with(
                 ROOT_CONTEXT_ID,
-                configure,
+                |c| c.on_configure.as_ref(),
                 (root, spec.plugin_configuration.len() as i32),
                 deadline,
             )
@@ -295,11 +317,12 @@ impl PluginVm {
             .unwrap_or_default()
     }
 
-    /// Calls a guest callback with the per-callback CPU deadline. A trap breaks the VM for good.
+    /// Calls the guest callback `select` picks (if the guest exports it) with the per-callback CPU
+    /// deadline. A trap breaks the VM for good.
     async fn invoke<P, R>(
         &mut self,
         context_id: u32,
-        func: Option<TypedFunc<P, R>>,
+        select: impl FnOnce(&Callbacks) -> Option<&TypedFunc<P, R>>,
         params: P,
     ) -> Result<Option<R>, Trapped>
     where
@@ -307,13 +330,13 @@ impl PluginVm {
         R: WasmResults + Sync,
     {
         let deadline = self.plugin.shared.spec.limits.callback_deadline;
-        self.invoke_with(context_id, func, params, deadline).await
+        self.invoke_with(context_id, select, params, deadline).await
     }
 
     async fn invoke_with<P, R>(
         &mut self,
         context_id: u32,
-        func: Option<TypedFunc<P, R>>,
+        select: impl FnOnce(&Callbacks) -> Option<&TypedFunc<P, R>>,
         params: P,
         deadline: Duration,
     ) -> Result<Option<R>, Trapped>
@@ -324,12 +347,15 @@ impl PluginVm {
         if self.is_broken() {
             return Err(Trapped);
         }
-        let Some(func) = func else { return Ok(None) };
+        // Borrowed, not cloned: a clone copies wasmtime's type registration on every callback.
+        let Some(func) = select(&self.callbacks) else {
+            return Ok(None);
+        };
         self.store.data_mut().effective_context = context_id;
         self.store.data_mut().clock = GuestClock::start(deadline);
         self.store
             .set_epoch_deadline(crate::engine::ticks_for(deadline));
-        let result = func.call_async(&mut self.store, params).await;
+        let result = call_guest(self.plugin.calls, &mut self.store, func, params).await;
         flush_stdio(self.store.data_mut());
         self.start_callouts();
         match result {
@@ -402,11 +428,10 @@ impl PluginVm {
             )
         });
         self.store.data_mut().callout_response = response;
-        let callback = self.callbacks.on_http_call_response.clone();
         let _ = self
             .invoke(
                 context_id,
-                callback,
+                |c| c.on_http_call_response.as_ref(),
                 (context_id as i32, token as i32, sizes.0, sizes.1, sizes.2),
             )
             .await;
@@ -427,9 +452,12 @@ impl PluginVm {
             .data_mut()
             .streams
             .insert(id, StreamState::new(info));
-        let create = self.callbacks.on_context_create.clone();
-        self.invoke(id, Some(create), (id as i32, ROOT_CONTEXT_ID as i32))
-            .await?;
+        self.invoke(
+            id,
+            |c| Some(&c.on_context_create),
+            (id as i32, ROOT_CONTEXT_ID as i32),
+        )
+        .await?;
         Ok(id)
     }
 
@@ -442,30 +470,29 @@ impl PluginVm {
         end_of_stream: bool,
     ) -> Result<Action, Trapped> {
         let (ctx, n, eos) = (id as i32, count as i32, i32::from(end_of_stream));
-        let c = &self.callbacks;
         let result = match phase {
             Phase::RequestHeaders => {
-                self.invoke(id, c.on_request_headers.clone(), (ctx, n, eos))
+                self.invoke(id, |c| c.on_request_headers.as_ref(), (ctx, n, eos))
                     .await?
             }
             Phase::RequestBody => {
-                self.invoke(id, c.on_request_body.clone(), (ctx, n, eos))
+                self.invoke(id, |c| c.on_request_body.as_ref(), (ctx, n, eos))
                     .await?
             }
             Phase::RequestTrailers => {
-                self.invoke(id, c.on_request_trailers.clone(), (ctx, n))
+                self.invoke(id, |c| c.on_request_trailers.as_ref(), (ctx, n))
                     .await?
             }
             Phase::ResponseHeaders => {
-                self.invoke(id, c.on_response_headers.clone(), (ctx, n, eos))
+                self.invoke(id, |c| c.on_response_headers.as_ref(), (ctx, n, eos))
                     .await?
             }
             Phase::ResponseBody => {
-                self.invoke(id, c.on_response_body.clone(), (ctx, n, eos))
+                self.invoke(id, |c| c.on_response_body.as_ref(), (ctx, n, eos))
                     .await?
             }
             Phase::ResponseTrailers => {
-                self.invoke(id, c.on_response_trailers.clone(), (ctx, n))
+                self.invoke(id, |c| c.on_response_trailers.as_ref(), (ctx, n))
                     .await?
             }
         };
@@ -478,14 +505,9 @@ impl PluginVm {
             return;
         }
         let ctx = id as i32;
-        let (done, log, delete) = (
-            self.callbacks.on_done.clone(),
-            self.callbacks.on_log.clone(),
-            self.callbacks.on_delete.clone(),
-        );
-        let _ = self.invoke(id, done, ctx).await;
-        let _ = self.invoke(id, log, ctx).await;
-        let _ = self.invoke(id, delete, ctx).await;
+        let _ = self.invoke(id, |c| c.on_done.as_ref(), ctx).await;
+        let _ = self.invoke(id, |c| c.on_log.as_ref(), ctx).await;
+        let _ = self.invoke(id, |c| c.on_delete.as_ref(), ctx).await;
         self.store.data_mut().streams.remove(&id);
     }
 
@@ -495,18 +517,20 @@ impl PluginVm {
     }
 
     async fn on_tick(&mut self) {
-        let tick = self.callbacks.on_tick.clone();
         let _ = self
-            .invoke(ROOT_CONTEXT_ID, tick, ROOT_CONTEXT_ID as i32)
+            .invoke(
+                ROOT_CONTEXT_ID,
+                |c| c.on_tick.as_ref(),
+                ROOT_CONTEXT_ID as i32,
+            )
             .await;
     }
 
     async fn on_queue_ready(&mut self, queue_id: u32) {
-        let ready = self.callbacks.on_queue_ready.clone();
         let _ = self
             .invoke(
                 ROOT_CONTEXT_ID,
-                ready,
+                |c| c.on_queue_ready.as_ref(),
                 (ROOT_CONTEXT_ID as i32, queue_id as i32),
             )
             .await;

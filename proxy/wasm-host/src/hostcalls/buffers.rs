@@ -2,21 +2,26 @@
 
 use crate::abi::{BufferType, Status};
 use crate::bounds::{self, MAX_BODY_BYTES};
+use crate::call_mode::CallMode;
+use crate::hostcalls::func_wrap_awaiting;
 use crate::memory::{finish, read, return_bytes, write_u32, Failure, HostResult};
 use crate::state::HostState;
 use wasmtime::{Caller, Linker};
 
-pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_buffer_bytes",
-        |mut caller: Caller<'_, HostState>,
-         (buffer, start, max, data_ptr, size_ptr): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                finish(get_buffer_bytes(&mut caller, buffer, start, max, data_ptr, size_ptr).await)
-            })
-        },
-    )?;
+pub(super) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    mode: CallMode,
+) -> wasmtime::Result<()> {
+    func_wrap_awaiting!(linker, mode, "proxy_get_buffer_bytes", |caller,
+                                                                 (
+        buffer,
+        start,
+        max,
+        data_ptr,
+        size_ptr,
+    )| finish(
+        get_buffer_bytes(&mut caller, buffer, start, max, data_ptr, size_ptr).await
+    ))?;
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",

@@ -3,14 +3,19 @@
 
 use crate::abi::{MapType, Status};
 use crate::bounds::{self, MAX_HEADER_MAP_BYTES};
+use crate::call_mode::CallMode;
 use crate::headers::{is_valid_header, Headers};
+use crate::hostcalls::func_wrap_awaiting;
 use crate::memory::{
     decode_map, encode_map, finish, read, read_string, return_bytes, write_u32, Failure, HostResult,
 };
 use crate::state::HostState;
 use wasmtime::{Caller, Linker};
 
-pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    mode: CallMode,
+) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_size",
@@ -22,24 +27,19 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             })())
         },
     )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_header_map_pairs",
-        |mut caller: Caller<'_, HostState>, (map, data_ptr, size_ptr): (i32, i32, i32)| {
-            Box::new(async move {
-                finish(
-                    async {
-                        let encoded = map_ref(caller.data_mut(), map)?.map_or_else(
-                            || encode_map(std::iter::empty()),
-                            |h| encode_map(h.iter()),
-                        );
-                        return_bytes(&mut caller, &encoded, data_ptr, size_ptr).await
-                    }
-                    .await,
-                )
-            })
-        },
-    )?;
+    func_wrap_awaiting!(linker, mode, "proxy_get_header_map_pairs", |caller,
+                                                                     (
+        map,
+        data_ptr,
+        size_ptr,
+    )| finish(
+        async {
+            let encoded = map_ref(caller.data_mut(), map)?
+                .map_or_else(|| encode_map(std::iter::empty()), |h| encode_map(h.iter()));
+            return_bytes(&mut caller, &encoded, data_ptr, size_ptr).await
+        }
+        .await
+    ))?;
     linker.func_wrap(
         "env",
         "proxy_set_header_map_pairs",
@@ -65,25 +65,23 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             })())
         },
     )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_header_map_value",
-        |mut caller: Caller<'_, HostState>,
-         (map, key, key_len, data_ptr, size_ptr): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                finish(
-                    async {
-                        let name = read_string(&mut caller, key, key_len)?;
-                        let value = map_ref(caller.data_mut(), map)?
-                            .and_then(|h| h.get(&name))
-                            .ok_or(Status::NotFound)?;
-                        return_bytes(&mut caller, &value, data_ptr, size_ptr).await
-                    }
-                    .await,
-                )
-            })
-        },
-    )?;
+    func_wrap_awaiting!(linker, mode, "proxy_get_header_map_value", |caller,
+                                                                     (
+        map,
+        key,
+        key_len,
+        data_ptr,
+        size_ptr,
+    )| finish(
+        async {
+            let name = read_string(&mut caller, key, key_len)?;
+            let value = map_ref(caller.data_mut(), map)?
+                .and_then(|h| h.get(&name))
+                .ok_or(Status::NotFound)?;
+            return_bytes(&mut caller, &value, data_ptr, size_ptr).await
+        }
+        .await
+    ))?;
     let writers: [(&str, HeaderWrite); 2] = [
         ("proxy_add_header_map_value", Headers::add),
         ("proxy_replace_header_map_value", Headers::replace),

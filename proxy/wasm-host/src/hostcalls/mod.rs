@@ -13,21 +13,63 @@ mod stream_control;
 mod wasi;
 
 use crate::abi::Status;
+use crate::call_mode::CallMode;
 use crate::state::HostState;
 use wasmtime::{ExternType, Linker, Module, Val, ValType};
 
 pub(crate) use logging::flush_stdio;
 
-/// Defines every supported host function in `linker`.
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+/// The type of one argument of an `env` host call (all are `i32`), for [`func_wrap_awaiting`].
+macro_rules! abi_i32 {
+    ($arg:ident) => {
+        i32
+    };
+}
+
+/// Defines an `env` host call whose body awaits (the guest allocator, shared data): on a fiber in
+/// a suspendable VM, polled once in a synchronous one, where a body that would wait traps instead.
+macro_rules! func_wrap_awaiting {
+    ($linker:expr, $mode:expr, $name:literal, |$caller:ident, ($($arg:ident),+)| $body:expr) => {
+        match $mode {
+            $crate::call_mode::CallMode::Suspendable => $linker.func_wrap_async(
+                "env",
+                $name,
+                |mut $caller: wasmtime::Caller<'_, HostState>,
+                 ($($arg,)+): ($($crate::hostcalls::abi_i32!($arg),)+)| {
+                    Box::new(async move { $body })
+                },
+            ),
+            $crate::call_mode::CallMode::Synchronous => $linker.func_wrap(
+                "env",
+                $name,
+                |mut $caller: wasmtime::Caller<'_, HostState>,
+                 $($arg: $crate::hostcalls::abi_i32!($arg)),+|
+                 -> $crate::memory::HostResult {
+                    $crate::call_mode::complete_now(async move { $body }).unwrap_or_else(|| {
+                        Err(wasmtime::format_err!(
+                            concat!($name, " waited in a VM that cannot suspend")
+                        ))
+                    })
+                },
+            ),
+        }
+    };
+}
+pub(crate) use {abi_i32, func_wrap_awaiting};
+
+/// Defines every supported host function in `linker`, the awaiting ones for `mode`.
+pub(crate) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    mode: CallMode,
+) -> wasmtime::Result<()> {
     logging::add_to_linker(linker)?;
     context::add_to_linker(linker)?;
-    buffers::add_to_linker(linker)?;
-    header_maps::add_to_linker(linker)?;
+    buffers::add_to_linker(linker, mode)?;
+    header_maps::add_to_linker(linker, mode)?;
     stream_control::add_to_linker(linker)?;
-    shared::add_to_linker(linker)?;
+    shared::add_to_linker(linker, mode)?;
     metrics::add_to_linker(linker)?;
-    properties::add_to_linker(linker)?;
+    properties::add_to_linker(linker, mode)?;
     wasi::add_to_linker(linker)?;
     Ok(())
 }

@@ -6,22 +6,26 @@
 
 use crate::abi::Status;
 use crate::bounds::{self, MAX_PROPERTIES, MAX_PROPERTY_BYTES, MAX_PROPERTY_PATH_BYTES};
+use crate::call_mode::CallMode;
 use crate::headers::Headers;
+use crate::hostcalls::func_wrap_awaiting;
 use crate::memory::{encode_map, finish, read, return_bytes, Failure};
 use crate::state::{HostState, StreamState};
 use wasmtime::{Caller, Linker};
 
-pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_property",
-        |mut caller: Caller<'_, HostState>,
-         (path, path_len, data_ptr, size_ptr): (i32, i32, i32, i32)| {
-            Box::new(async move {
-                finish(get_property(&mut caller, (path, path_len), data_ptr, size_ptr).await)
-            })
-        },
-    )?;
+pub(super) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    mode: CallMode,
+) -> wasmtime::Result<()> {
+    func_wrap_awaiting!(linker, mode, "proxy_get_property", |caller,
+                                                             (
+        path,
+        path_len,
+        data_ptr,
+        size_ptr,
+    )| finish(
+        get_property(&mut caller, (path, path_len), data_ptr, size_ptr).await
+    ))?;
     linker.func_wrap(
         "env",
         "proxy_set_property",

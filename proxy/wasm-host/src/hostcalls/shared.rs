@@ -5,6 +5,8 @@
 //! the host answers the request 503 once the callback returns.
 
 use crate::abi::Status;
+use crate::call_mode::CallMode;
+use crate::hostcalls::func_wrap_awaiting;
 use crate::memory::{finish, read, read_string, return_bytes, write_u32, Failure, HostResult};
 use crate::queues::QueueSubscriber;
 use crate::state::HostState;
@@ -13,51 +15,50 @@ use wasmtime::{AsContextMut, Caller, Linker};
 /// Largest value a filter may store in one key.
 pub const MAX_SHARED_VALUE_BYTES: usize = 1 << 20;
 
-pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap_async(
-        "env",
-        "proxy_get_shared_data",
-        |mut caller: Caller<'_, HostState>,
-         (key, key_len, data_ptr, size_ptr, cas_ptr): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                finish(
-                    get_shared_data(&mut caller, (key, key_len), data_ptr, size_ptr, cas_ptr).await,
-                )
-            })
-        },
-    )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_set_shared_data",
-        |mut caller: Caller<'_, HostState>,
-         (key, key_len, value, value_len, cas): (i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                finish(
-                    async {
-                        if !crate::bounds::within(value_len, MAX_SHARED_VALUE_BYTES) {
-                            // The SDK accepts only OK or CAS_MISMATCH here; an oversized value is
-                            // refused as a conflict so a CAS loop re-reads instead of trapping.
-                            return Err(Status::CasMismatch.into());
-                        }
-                        let key = read(&mut caller, key, key_len)?;
-                        let value = read(&mut caller, value, value_len)?;
-                        let plugin = caller.data().plugin.clone();
-                        let backend = &plugin.services.shared_data;
-                        let stored = off_the_clock(
-                            &mut caller,
-                            backend.set(&plugin.spec.vm_id, &key, &value, cas as u32),
-                        )
-                        .await;
-                        match stored.unwrap_or_else(|_| refuse(&mut caller, Status::CasMismatch)) {
-                            Status::Ok => Ok(()),
-                            status => Err(status.into()),
-                        }
-                    }
-                    .await,
-                )
-            })
-        },
-    )?;
+pub(super) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    mode: CallMode,
+) -> wasmtime::Result<()> {
+    func_wrap_awaiting!(linker, mode, "proxy_get_shared_data", |caller,
+                                                                (
+        key,
+        key_len,
+        data_ptr,
+        size_ptr,
+        cas_ptr,
+    )| finish(
+        get_shared_data(&mut caller, (key, key_len), data_ptr, size_ptr, cas_ptr).await
+    ))?;
+    func_wrap_awaiting!(linker, mode, "proxy_set_shared_data", |caller,
+                                                                (
+        key,
+        key_len,
+        value,
+        value_len,
+        cas,
+    )| finish(
+        async {
+            if !crate::bounds::within(value_len, MAX_SHARED_VALUE_BYTES) {
+                // The SDK accepts only OK or CAS_MISMATCH here; an oversized value is
+                // refused as a conflict so a CAS loop re-reads instead of trapping.
+                return Err(Status::CasMismatch.into());
+            }
+            let key = read(&mut caller, key, key_len)?;
+            let value = read(&mut caller, value, value_len)?;
+            let plugin = caller.data().plugin.clone();
+            let backend = &plugin.services.shared_data;
+            let stored = off_the_clock(
+                &mut caller,
+                backend.set(&plugin.spec.vm_id, &key, &value, cas as u32),
+            )
+            .await;
+            match stored.unwrap_or_else(|_| refuse(&mut caller, Status::CasMismatch)) {
+                Status::Ok => Ok(()),
+                status => Err(status.into()),
+            }
+        }
+        .await
+    ))?;
     linker.func_wrap(
         "env",
         "proxy_register_shared_queue",
@@ -130,22 +131,19 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             })())
         },
     )?;
-    linker.func_wrap_async(
-        "env",
-        "proxy_dequeue_shared_queue",
-        |mut caller: Caller<'_, HostState>, (id, data_ptr, size_ptr): (i32, i32, i32)| {
-            Box::new(async move {
-                finish(
-                    async {
-                        let item = caller.data().plugin.services.queues.dequeue(id as u32)?;
-                        let item = item.ok_or(Status::Empty)?;
-                        return_bytes(&mut caller, &item, data_ptr, size_ptr).await
-                    }
-                    .await,
-                )
-            })
-        },
-    )?;
+    func_wrap_awaiting!(linker, mode, "proxy_dequeue_shared_queue", |caller,
+                                                                     (
+        id,
+        data_ptr,
+        size_ptr,
+    )| finish(
+        async {
+            let item = caller.data().plugin.services.queues.dequeue(id as u32)?;
+            let item = item.ok_or(Status::Empty)?;
+            return_bytes(&mut caller, &item, data_ptr, size_ptr).await
+        }
+        .await
+    ))?;
     Ok(())
 }
 
@@ -174,6 +172,9 @@ async fn off_the_clock<T>(
     caller: &mut Caller<'_, HostState>,
     call: impl std::future::Future<Output = T>,
 ) -> T {
+    if caller.data().calls == CallMode::Synchronous {
+        return call.await; // answered at once: nothing to give back
+    }
     let waiting = std::time::Instant::now();
     let output = call.await;
     let remaining = caller.data_mut().clock.resume_after(waiting.elapsed());
