@@ -26,14 +26,13 @@ RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
 RUN_SANDBOX_PORT  := 8090
 
-.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build proxy sandbox test test-rust test-python-ml test-e2e run bench bench-shared-data bench-sandbox bench-reload bench-ml lint fmt
+.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-sandbox bench-reload bench-ml lint fmt
 
 help:
 	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
-	@echo "make bench  our proxy vs Envoy with the same filter (BENCH_ARGS='--runs 5 --duration 10')"
-	@echo "make bench-shared-data  latency the Redis shared-data backend adds per request"
+	@echo "make bench  our proxy vs Envoy with the same three filters, Redis included (BENCH_ARGS='--runs 5 --threads 1')"
 	@echo "make bench-sandbox  sandbox-host latency per language and executions/s"
 	@echo "make bench-reload  how long a configuration reload takes (make run's configuration)"
 	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
@@ -77,14 +76,19 @@ $(SANDBOX_RUNTIMES)/.installed: sandbox-host/runtimes.txt sandbox-host/install_r
 filters: deps-rust
 	cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS))
 
-# Every crate and target in one debug build (dependencies are optimised): the binaries the
-# end-to-end suites and `make run` start, and the tests, share one feature resolution. Separate
-# `-p` builds resolve features differently and would compile wasmtime again.
+# Every crate and target in one debug build (dependencies are optimised): the Rust tests.
+# Separate `-p` builds resolve features differently and would compile wasmtime again.
 build:
 	cargo build --workspace --all-targets
 
+# Every binary in one build with the `proxy` profile (optimised, what production runs): the proxy,
+# sandbox-host and bench-upstream that the end-to-end suites, `make run` and every benchmark
+# start. One feature resolution for all of them, so `make bench` after `make test` builds nothing.
+binaries:
+	cargo build --profile proxy --workspace --bins
+
 # The proxy binary and the sandbox service.
-proxy sandbox: build
+proxy sandbox: binaries
 
 ## --- the two commands ---------------------------------------------------------------------------
 
@@ -113,34 +117,25 @@ run: setup filters proxy sandbox
 	@trap 'kill 0' EXIT; \
 	export GATEWAY_SIGNING_KEY=$${GATEWAY_SIGNING_KEY:-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}; \
 	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) --name demo & \
-	$(CARGO_TARGET_DIR)/debug/sandbox-host --config sandbox-host/config/default.yaml \
+	$(CARGO_TARGET_DIR)/proxy/sandbox-host --config sandbox-host/config/default.yaml \
 	  --listen 127.0.0.1:$(RUN_SANDBOX_PORT) --cache-dir $(SANDBOX_CACHE) & \
-	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/debug/proxy run proxy/config/example.yaml
+	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/proxy/proxy run proxy/config/example.yaml
 
 ## --- benchmark (not part of `make test`) ------------------------------------------------------
 
-# Our proxy vs Envoy 1.40 with the same auth filter; figures go to docs/benchmarks.md.
-bench: setup filters
+# Our proxy vs Envoy 1.40 with the same three filters: pass-through, the chain uncached and on
+# cache hits, shared data in Redis, one and two workers; figures go to docs/benchmarks.md.
+bench: setup filters binaries
 	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
-	cargo build --profile proxy -p gateway -p bench-upstream --bins
 	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
 
-# The latency the Redis shared-data backend adds per request; figures go to docs/shared-data.md.
-bench-shared-data: setup filters
-	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
-	cargo build --profile proxy -p gateway -p bench-upstream --bins
-	$(PYTHON) bench/run_shared_data_bench.py $(BENCH_ARGS)
-
 # How long a configuration reload takes; figures go to docs/reload-and-upgrade.md.
-bench-reload: setup filters
-	cargo build --profile proxy -p gateway --bins
+bench-reload: setup filters binaries
 	$(PYTHON) bench/run_reload_bench.py $(BENCH_RELOAD_ARGS)
 
 # sandbox-host latency per language and executions/s; figures go to docs/sandbox.md.
-bench-sandbox: setup
-	cargo build --profile proxy -p sandbox-host --bin sandbox-host
+bench-sandbox: setup binaries
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) bench/run_sandbox_bench.py $(BENCH_SANDBOX_ARGS)
 
 # python-ml throughput and latency; figures go to docs/python-ml.md.

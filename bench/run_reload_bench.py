@@ -82,7 +82,6 @@ def main() -> int:
     args = parser.parse_args()
 
     target = target_dir()
-    os.environ.setdefault("GATEWAY_PROXY_BINARY", str(target / "proxy" / "proxy"))
     work = Path(tempfile.mkdtemp(prefix="bench-reload-"))
     wasm_dir = work / "filters"
     wasm_dir.mkdir()

@@ -26,16 +26,17 @@ def target_dir() -> Path:
 
 
 def built_binary(name: str, override: str) -> Path:
-    """`$override` when set, else the debug build of binary `name` (`make test` builds it)."""
+    """`$override` when set, else binary `name` as production runs it: the `proxy` profile build
+    (`make binaries`, which `make test` runs)."""
     if override in os.environ:
         return Path(os.environ[override])
-    path = target_dir() / "debug" / name
-    assert path.is_file(), f"{path} missing: run `make build` (make test does)"
+    path = target_dir() / "proxy" / name
+    assert path.is_file(), f"{path} missing: run `make binaries` (make test does)"
     return path
 
 
 def proxy_binary() -> Path:
-    """`$GATEWAY_PROXY_BINARY`, else the debug build of the proxy."""
+    """`$GATEWAY_PROXY_BINARY`, else the `proxy` profile build of the proxy."""
     return built_binary("proxy", "GATEWAY_PROXY_BINARY")
 
 

@@ -25,7 +25,7 @@ DEFAULT_CONFIG = REPO / "sandbox-host" / "config" / "default.yaml"
 
 
 def sandbox_binary() -> Path:
-    """`$SANDBOX_HOST_BINARY`, else the debug build."""
+    """`$SANDBOX_HOST_BINARY`, else the `proxy` profile build."""
     return built_binary("sandbox-host", "SANDBOX_HOST_BINARY")
 
 

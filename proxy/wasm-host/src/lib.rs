@@ -24,6 +24,7 @@ pub mod shared_data;
 mod state;
 mod stream;
 mod vm;
+mod vm_lock;
 
 pub use callout::{CalloutRequest, CalloutResponse, HttpCallDispatcher, NoClusters};
 pub use engine::{Host, HostOptions, EPOCH_TICK};

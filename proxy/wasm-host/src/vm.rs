@@ -8,12 +8,13 @@ use crate::hostcalls::flush_stdio;
 use crate::plugin::{LoadError, PluginInner};
 use crate::state::{GuestClock, HostState, StreamState};
 use crate::stream::StreamInfo;
+use crate::vm_lock::{VmGuard, VmLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::Notify;
 use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
 /// The context id of every VM's root context (stream contexts count up from it).
@@ -23,60 +24,13 @@ pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
 pub(crate) struct VmCell {
     /// Set once the VM trapped; a broken VM never runs guest code again.
     pub(crate) broken: AtomicBool,
-    vm: Mutex<PluginVm>,
-    /// Signalled whenever the VM is unlocked.
-    released: Notify,
+    vm: VmLock<PluginVm>,
 }
 
 impl VmCell {
-    /// Locks the VM without queueing for it.
-    ///
-    /// A queued waiter of tokio's fair mutex is handed the lock when it is released, and must
-    /// then be polled to use it. The gateway blocks a worker thread in Pingora's synchronous
-    /// response-body hook while another thread runs the filter; had a task of that blocked
-    /// thread been queued, the lock would pass to it and nobody could take it again. Here waiters
-    /// are only woken on release and then race with `try_lock`, so no claim is left behind, and a
-    /// callback waiting on a remote shared-data backend does not keep its waiters spinning.
-    pub(crate) async fn lock(&self) -> VmGuard<'_> {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            // Registered before trying, so a release between the try and the wait is not missed.
-            released.as_mut().enable();
-            if let Ok(guard) = self.vm.try_lock() {
-                return VmGuard {
-                    guard: Some(guard),
-                    released: &self.released,
-                };
-            }
-            released.await;
-        }
-    }
-}
-
-/// The locked VM; unlocking wakes every task waiting for it.
-pub(crate) struct VmGuard<'a> {
-    guard: Option<MutexGuard<'a, PluginVm>>,
-    released: &'a Notify,
-}
-
-impl std::ops::Deref for VmGuard<'_> {
-    type Target = PluginVm;
-    fn deref(&self) -> &PluginVm {
-        self.guard.as_ref().expect("held until dropped")
-    }
-}
-
-impl std::ops::DerefMut for VmGuard<'_> {
-    fn deref_mut(&mut self) -> &mut PluginVm {
-        self.guard.as_mut().expect("held until dropped")
-    }
-}
-
-impl Drop for VmGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        self.released.notify_waiters();
+    /// Locks the VM; see [`VmLock`] for why it never queues.
+    pub(crate) async fn lock(&self) -> VmGuard<'_, PluginVm> {
+        self.vm.lock().await
     }
 }
 
@@ -244,8 +198,7 @@ impl PluginVm {
         }
         let cell = Arc::new_cyclic(|self_ref| VmCell {
             broken: AtomicBool::new(false),
-            released: Notify::new(),
-            vm: Mutex::new(PluginVm {
+            vm: VmLock::new(PluginVm {
                 store,
                 callbacks,
                 plugin: plugin.clone(),

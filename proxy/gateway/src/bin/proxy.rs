@@ -8,6 +8,11 @@ use gateway::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// mimalloc's per-thread free lists suit a request path that allocates and frees small buffers
+/// on every callback (see docs/benchmarks.md for what it bought).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Reverse proxy with proxy-wasm filter chains")]
 struct Cli {

@@ -29,7 +29,7 @@ macro_rules! abi_i32 {
 /// Defines an `env` host call whose body awaits (the guest allocator, shared data): on a fiber in
 /// a suspendable VM, polled once in a synchronous one, where a body that would wait traps instead.
 macro_rules! func_wrap_awaiting {
-    ($linker:expr, $mode:expr, $name:literal, |$caller:ident, ($($arg:ident),+)| $body:expr) => {
+    ($linker:expr, $mode:expr, $name:literal, |$caller:ident, ($($arg:ident),+ $(,)?)| $body:expr $(,)?) => {
         match $mode {
             $crate::call_mode::CallMode::Suspendable => $linker.func_wrap_async(
                 "env",
