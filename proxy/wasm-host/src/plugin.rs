@@ -122,16 +122,23 @@ struct RestartState {
     next_attempt: Option<Instant>,
 }
 
-/// A worker thread's VM of one plugin. VMs hold their plugin, so the thread-local map cannot tell
-/// by itself when a plugin is gone; `loaded` dies with the last [`Plugin`] handle.
-struct ThreadVm {
-    vm: SharedVm,
+/// A worker thread's VMs of one plugin. VMs hold their plugin, so the thread-local map cannot
+/// tell by itself when a plugin is gone; `loaded` dies with the last [`Plugin`] handle.
+struct ThreadVms {
+    vms: Vec<SharedVm>,
     loaded: Weak<RootVm>,
+    /// Which VM the next request takes when all are busy.
+    next: usize,
 }
 
+/// VMs a thread keeps of a plugin whose host calls may wait (shared data in Redis): a callback
+/// holds its VM while it waits, so other requests need other VMs for the waits to overlap. A VM
+/// whose calls never wait is never held across a wait, and one per thread is enough.
+const VMS_PER_THREAD_WHEN_WAITING: usize = 4;
+
 thread_local! {
-    /// This worker thread's VM of each plugin, by plugin id.
-    static THREAD_VMS: RefCell<HashMap<u64, ThreadVm>> = RefCell::new(HashMap::new());
+    /// This worker thread's VMs of each plugin, by plugin id.
+    static THREAD_VMS: RefCell<HashMap<u64, ThreadVms>> = RefCell::new(HashMap::new());
     /// Plugins whose VM this thread is starting, so concurrent requests start only one.
     static STARTING: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
 }
@@ -142,9 +149,10 @@ struct StartingGuard(u64);
 impl StartingGuard {
     /// `None` when this thread is already starting the plugin's VM.
     fn claim(plugin_id: u64) -> Option<Self> {
+        // `then`, not `then_some`: a guard made eagerly and dropped would release another's claim.
         STARTING
             .with(|starting| starting.borrow_mut().insert(plugin_id))
-            .then_some(Self(plugin_id))
+            .then(|| Self(plugin_id))
     }
 }
 
@@ -230,14 +238,20 @@ impl Plugin {
         Arc::downgrade(&self.loaded)
     }
 
-    /// Adopts `vm` as this thread's VM, releasing this thread's VMs of plugins that are gone so
+    /// Adds `vm` to this thread's VMs, releasing this thread's VMs of plugins that are gone so
     /// that their pool slots return.
     fn adopt(&self, vm: SharedVm) {
         THREAD_VMS.with(|vms| {
             let mut vms = vms.borrow_mut();
             vms.retain(|_, held| held.loaded.strong_count() > 0);
             let loaded = self.liveness();
-            vms.insert(self.inner.id, ThreadVm { vm, loaded });
+            let held = vms.entry(self.inner.id).or_insert(ThreadVms {
+                vms: Vec::new(),
+                loaded,
+                next: 0,
+            });
+            held.vms.retain(|vm| !vm.broken.load(Ordering::Acquire));
+            held.vms.push(vm);
         });
     }
 
@@ -263,25 +277,63 @@ impl Plugin {
         Some((cell, id))
     }
 
-    /// This thread's healthy VM, starting one when there is none or it broke. Start-up failures
-    /// back off; meanwhile (and while another request of this thread starts the VM) there is none.
+    /// A healthy VM of this thread for a new stream: a free one, else a new one while the thread
+    /// has fewer than its pool allows, else the next busy one in turn. Broken VMs are dropped
+    /// and replaced. Start-up failures back off; meanwhile (and while another request of this
+    /// thread starts a VM) a thread without a healthy VM has none.
     async fn vm_for_this_thread(&self) -> Option<SharedVm> {
-        let existing =
-            THREAD_VMS.with(|vms| vms.borrow().get(&self.inner.id).map(|held| held.vm.clone()));
-        if let Some(vm) = existing.as_ref() {
-            if !vm.broken.load(Ordering::Acquire) {
-                return existing;
-            }
+        let pool_size = match self.inner.calls {
+            CallMode::Synchronous => 1,
+            CallMode::Suspendable => VMS_PER_THREAD_WHEN_WAITING,
+        };
+        let (choice, healthy, replaced) = THREAD_VMS.with(|vms| {
+            let mut vms = vms.borrow_mut();
+            let Some(held) = vms.get_mut(&self.inner.id) else {
+                return (None, 0, false);
+            };
+            // Broken VMs stay listed until a replacement is adopted, so it is counted as one.
+            let healthy: Vec<&SharedVm> = held
+                .vms
+                .iter()
+                .filter(|vm| !vm.broken.load(Ordering::Acquire))
+                .collect();
+            let replaced = healthy.len() < held.vms.len();
+            let free = healthy
+                .iter()
+                .find(|vm| !vm.is_locked())
+                .map(|vm| (*vm).clone());
+            let choice = free.or_else(|| {
+                (healthy.len() >= pool_size).then(|| {
+                    held.next = held.next.wrapping_add(1);
+                    healthy[held.next % healthy.len()].clone()
+                })
+            });
+            (choice, healthy.len(), replaced)
+        });
+        if choice.is_some() {
+            return choice;
         }
+        let busy = || {
+            THREAD_VMS.with(|vms| {
+                vms.borrow().get(&self.inner.id).and_then(|held| {
+                    held.vms
+                        .iter()
+                        .find(|vm| !vm.broken.load(Ordering::Acquire))
+                        .cloned()
+                })
+            })
+        };
         if !self.may_start_vm() {
-            return None;
+            return busy();
         }
-        let _starting = StartingGuard::claim(self.inner.id)?;
+        let Some(_starting) = StartingGuard::claim(self.inner.id) else {
+            return busy();
+        };
         match PluginVm::start(&self.inner).await {
             Ok(vm) => {
                 self.inner.restarts.lock().expect("restart lock").failures = 0;
                 self.adopt(vm.clone());
-                if existing.is_some() {
+                if replaced {
                     self.inner.shared.services.record_vm_restart(self.name());
                     tracing::info!(plugin = self.name(), "filter VM replaced after a failure");
                 }
@@ -294,7 +346,8 @@ impl Plugin {
                     .min(Duration::from_secs(30));
                 restarts.next_attempt = Some(Instant::now() + backoff);
                 tracing::error!(plugin = self.name(), %error, ?backoff, "cannot start filter VM");
-                None
+                drop(restarts);
+                (healthy > 0).then(busy).flatten()
             }
         }
     }

@@ -28,6 +28,11 @@ pub(crate) struct VmCell {
 }
 
 impl VmCell {
+    /// Whether a task holds the VM now (a hint: it may change at once).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.vm.is_locked()
+    }
+
     /// Locks the VM; see [`VmLock`] for why it never queues.
     pub(crate) async fn lock(&self) -> VmGuard<'_, PluginVm> {
         self.vm.lock().await

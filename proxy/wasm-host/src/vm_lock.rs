@@ -55,6 +55,11 @@ impl<T> VmLock<T> {
         }
     }
 
+    /// Whether a guard exists now (a hint: it may change at once).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
+    }
+
     /// Takes the value if it is free.
     pub(crate) fn try_lock(&self) -> Option<VmGuard<'_, T>> {
         // A guard is made only on success: dropping one unlocks.

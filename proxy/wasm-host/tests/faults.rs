@@ -286,6 +286,82 @@ async fn time_waiting_on_shared_data_does_not_count_against_the_callback_deadlin
         .contains("wasm_filter_traps_total"));
 }
 
+/// Shared data whose first `parties` reads each wait until all of them have arrived: they finish
+/// only if that many callbacks can wait at once.
+struct RendezvousSharedData {
+    memory: MemorySharedData,
+    parties: usize,
+    arrived: std::sync::atomic::AtomicUsize,
+    barrier: tokio::sync::Barrier,
+}
+
+impl SharedDataBackend for RendezvousSharedData {
+    fn get<'a>(
+        &'a self,
+        vm_id: &'a str,
+        key: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<SharedValue>, Unavailable>> {
+        Box::pin(async move {
+            let arrival = self
+                .arrived
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if arrival < self.parties {
+                self.barrier.wait().await;
+            }
+            self.memory.get(vm_id, key).await
+        })
+    }
+
+    fn set<'a>(
+        &'a self,
+        vm_id: &'a str,
+        key: &'a [u8],
+        value: &'a [u8],
+        cas: u32,
+    ) -> BoxFuture<'a, Result<Status, Unavailable>> {
+        self.memory.set(vm_id, key, value, cas)
+    }
+}
+
+#[tokio::test]
+async fn requests_waiting_on_shared_data_wait_together_on_several_vms() {
+    // One VM per thread would hold the first request's wait and keep the others out of the
+    // filter, so the three reads would never meet.
+    let parties = 3;
+    let host = Host::new(HostOptions {
+        shared_data: Arc::new(RendezvousSharedData {
+            memory: MemorySharedData::new(MemoryLimits::default()),
+            parties,
+            arrived: Default::default(),
+            barrier: tokio::sync::Barrier::new(parties),
+        }),
+        ..HostOptions::default()
+    })
+    .expect("host");
+    let plugin = load(
+        &host,
+        "abi_probe_filter",
+        PluginSpec::new("probe", b"shared".to_vec()),
+    )
+    .await;
+    let requests = (0..parties).map(|_| {
+        let plugin = plugin.clone();
+        async move {
+            let mut s = stream(&plugin);
+            let verdict = s.on_request_headers(&mut request("/count"), true).await;
+            s.finish().await;
+            verdict
+        }
+    });
+    let verdicts = tokio::time::timeout(Duration::from_secs(20), futures_join_all(requests))
+        .await
+        .expect("the waits overlapped");
+    assert!(
+        verdicts.iter().all(|v| *v == Verdict::Continue),
+        "{verdicts:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_filter_asking_the_host_to_hold_past_its_bounds_traps_and_the_next_request_is_served() {
     let host = host();
