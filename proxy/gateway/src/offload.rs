@@ -53,10 +53,26 @@ pub async fn filter_phase<T: Send + 'static>(
     }
 }
 
+/// Runs the end of a stream's filters, which nothing waits for: inline, or when `offloaded` on
+/// the offload runtime without this task waiting (a hop back to the worker would only delay its
+/// next request).
+pub async fn finish_phase(offloaded: bool, future: impl Future<Output = ()> + Send + 'static) {
+    if offloaded {
+        offload_runtime().spawn(future);
+    } else {
+        future.await;
+    }
+}
+
 /// Runs `future` on the offload runtime from a thread outside any runtime, returning its output.
 /// Tasks it spawns (filters' root-context ticks) keep running there afterwards.
 pub fn run_persistently<T>(future: impl Future<Output = T>) -> T {
     offload_runtime().block_on(future)
+}
+
+/// The offload runtime, for work that must run where no thread blocks (Redis I/O).
+pub fn runtime_handle() -> tokio::runtime::Handle {
+    offload_runtime().handle().clone()
 }
 
 fn offload_runtime() -> &'static tokio::runtime::Runtime {

@@ -74,6 +74,8 @@ pub struct RequestContext {
     /// Replaces the upstream body (a 5xx turned into JSON, or a response-phase local reply).
     replacement_body: Option<Bytes>,
     request_body_bytes: u64,
+    /// The request headers ended the stream (no body): filters get no body callback, as in Envoy.
+    request_ended_with_headers: bool,
 }
 
 #[async_trait]
@@ -98,6 +100,7 @@ impl ProxyHttp for Gateway {
             responded: None,
             replacement_body: None,
             request_body_bytes: 0,
+            request_ended_with_headers: false,
         }
     }
 
@@ -183,6 +186,7 @@ impl ProxyHttp for Gateway {
         };
         let mut headers = request_headers_to_host(session, self.tls);
         let end_of_stream = session.is_body_empty();
+        ctx.request_ended_with_headers = end_of_stream;
         let (chain, metrics) = (chain.clone(), self.runtime.metrics.clone());
         let (run, headers, verdict) = self
             .filter_phase(async move {
@@ -301,6 +305,9 @@ impl ProxyHttp for Gateway {
         if ctx.request_body_bytes > ctx.generation.max_request_body_bytes {
             ctx.error = Some(ProxyError::BodyTooLarge);
             return Err(ProxyError::BodyTooLarge.into_pingora());
+        }
+        if ctx.request_ended_with_headers && body.as_ref().is_none_or(|b| b.is_empty()) {
+            return Ok(());
         }
         let Some(mut run) = ctx.chain.take() else {
             return Ok(());
@@ -480,7 +487,7 @@ impl ProxyHttp for Gateway {
         let filters = match ctx.chain.take() {
             Some(run) => {
                 let outcome = run.outcome.to_string();
-                self.filter_phase(run.finish()).await;
+                offload::finish_phase(self.runtime.shared_data.is_remote(), run.finish()).await;
                 outcome
             }
             None => "none".to_string(),

@@ -34,7 +34,9 @@ impl SharedData {
             }
             SharedDataBackendKind::Redis => {
                 let redis = redis_settings(settings, memory)?;
-                let backend = RedisSharedData::new(redis)
+                // Filter phases run on the filter runtime with Redis (see `offload`); its I/O
+                // runs there too, so a call costs no hop to another thread.
+                let backend = RedisSharedData::on_runtime(redis, crate::offload::runtime_handle())
                     .map_err(|e| ConfigError::new("shared_data.redis", e.to_string()))?;
                 Ok(Self::Redis(Arc::new(backend)))
             }

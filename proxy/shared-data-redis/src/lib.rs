@@ -33,9 +33,26 @@ impl RedisSharedData {
     /// Checks the settings and starts the I/O thread. Connecting happens on first use, or
     /// earlier with [`RedisSharedData::connect`].
     pub fn new(settings: RedisSettings) -> Result<Self, redis::RedisError> {
+        Self::build(settings, None)
+    }
+
+    /// As [`RedisSharedData::new`], with Redis I/O on `runtime` instead of a thread of its own.
+    /// The runtime's threads must never block (the proxy's filter runtime): callers running there
+    /// then reach Redis without a hop to another thread.
+    pub fn on_runtime(
+        settings: RedisSettings,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, redis::RedisError> {
+        Self::build(settings, Some(runtime))
+    }
+
+    fn build(
+        settings: RedisSettings,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Result<Self, redis::RedisError> {
         let stats = Arc::new(Stats::default());
         Ok(Self {
-            link: Link::new(&settings, stats.clone())?,
+            link: Link::new(&settings, stats.clone(), runtime)?,
             fallback: MemorySharedData::new(settings.fallback_limits),
             settings,
             stats,

@@ -2,9 +2,10 @@
 //! backoff. Calls while the link is down or backing off fail at once, so a dead Redis never makes
 //! requests wait; one call at a time pays for a reconnection attempt, bounded by its timeout.
 //!
-//! All Redis I/O runs on the link's own runtime thread, never the caller's: Pingora's workers are
-//! single-threaded runtimes, and one of them may be blocked in a synchronous hook waiting for the
-//! very operation its runtime would otherwise have to drive.
+//! All Redis I/O runs on a runtime whose threads never block, never the caller's: Pingora's workers
+//! are single-threaded runtimes, and one of them may be blocked in a synchronous hook waiting for
+//! the very operation its runtime would otherwise have to drive. That is the link's own thread, or
+//! a runtime the embedder gives (the proxy's filter runtime, where the callers already are).
 
 use crate::settings::{RedisSettings, Topology};
 use crate::stats::Stats;
@@ -101,12 +102,25 @@ struct Shared {
 /// The link to Redis and the runtime its I/O runs on.
 pub(crate) struct Link {
     shared: Arc<Shared>,
-    io: Option<tokio::runtime::Runtime>,
+    io: IoRuntime,
+}
+
+/// Where the link's I/O runs.
+enum IoRuntime {
+    /// The link's own thread, shut down with it (`None` once shut down).
+    Own(Option<tokio::runtime::Runtime>),
+    /// A runtime the embedder runs, whose threads never block.
+    Given(tokio::runtime::Handle),
 }
 
 impl Link {
-    /// Checks the URLs and starts the I/O thread; connects on first use.
-    pub(crate) fn new(settings: &RedisSettings, stats: Arc<Stats>) -> RedisResult<Self> {
+    /// Checks the URLs; I/O runs on `runtime`, or on a thread of its own when `None`. Connects on
+    /// first use.
+    pub(crate) fn new(
+        settings: &RedisSettings,
+        stats: Arc<Stats>,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> RedisResult<Self> {
         let (target, display) = match &settings.topology {
             Topology::Single(url) => {
                 let mut info = url.as_str().into_connection_info()?;
@@ -136,11 +150,16 @@ impl Link {
                 (Target::Cluster(builder.build()?), display.join(","))
             }
         };
-        let io = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("redis-io")
-            .enable_all()
-            .build()?;
+        let io = match runtime {
+            Some(handle) => IoRuntime::Given(handle),
+            None => IoRuntime::Own(Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("redis-io")
+                    .enable_all()
+                    .build()?,
+            )),
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 target,
@@ -158,12 +177,15 @@ impl Link {
                 stats,
                 display,
             }),
-            io: Some(io),
+            io,
         })
     }
 
     fn io(&self) -> &tokio::runtime::Handle {
-        self.io.as_ref().expect("present until dropped").handle()
+        match &self.io {
+            IoRuntime::Own(runtime) => runtime.as_ref().expect("present until dropped").handle(),
+            IoRuntime::Given(handle) => handle,
+        }
     }
 
     /// Connects now and waits for the outcome (at most the connect timeout).
@@ -310,8 +332,10 @@ impl Shared {
 impl Drop for Link {
     fn drop(&mut self) {
         // The owner may be inside another runtime, where a blocking shutdown would panic.
-        if let Some(io) = self.io.take() {
-            io.shutdown_background();
+        if let IoRuntime::Own(runtime) = &mut self.io {
+            if let Some(io) = runtime.take() {
+                io.shutdown_background();
+            }
         }
     }
 }

@@ -310,7 +310,10 @@ impl PluginVm {
             return Ok(None);
         };
         self.store.data_mut().effective_context = context_id;
-        self.store.data_mut().clock = GuestClock::start(deadline);
+        if self.plugin.calls == CallMode::Suspendable {
+            // Only a guest that can be suspended has waits to give back (see `GuestClock`).
+            self.store.data_mut().clock = GuestClock::start(deadline);
+        }
         self.store
             .set_epoch_deadline(crate::engine::ticks_for(deadline));
         let result = call_guest(self.plugin.calls, &mut self.store, func, params).await;
