@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -121,10 +122,26 @@ def start_gateway(config: dict[str, Any], work_dir: Path, timeout: float = 60) -
         process = subprocess.Popen([str(proxy_binary()), "run", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
     gateway = Gateway(process, port, admin_port, log_path, config_path)
     failure = wait_until_serving(process, f"{gateway.admin_url}/healthz", timeout)
-    if failure is None:
+    # Pingora binds each listener on its service's own thread, so the admin can answer before the
+    # first listener accepts.
+    if failure is None and wait_until_accepting(process, port, timeout):
         return gateway
+    failure = failure or f"did not accept connections on port {port} within {timeout:.0f} s"
     gateway.stop()
     raise GatewayStartError(f"proxy {failure}", gateway.log())
+
+
+def wait_until_accepting(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """Polls until something accepts TCP connections on `port`; False if the process exits or
+    time runs out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
 
 
 def wait_until_serving(process: subprocess.Popen[bytes], url: str, timeout: float) -> str | None:
