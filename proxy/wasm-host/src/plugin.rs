@@ -292,23 +292,27 @@ impl Plugin {
                 return (None, 0, false);
             };
             // Broken VMs stay listed until a replacement is adopted, so it is counted as one.
-            let healthy: Vec<&SharedVm> = held
+            let is_healthy = |vm: &&SharedVm| !vm.broken.load(Ordering::Acquire);
+            let healthy = held.vms.iter().filter(is_healthy).count();
+            let replaced = healthy < held.vms.len();
+            let free = held
                 .vms
                 .iter()
-                .filter(|vm| !vm.broken.load(Ordering::Acquire))
-                .collect();
-            let replaced = healthy.len() < held.vms.len();
-            let free = healthy
-                .iter()
+                .filter(is_healthy)
                 .find(|vm| !vm.is_locked())
-                .map(|vm| (*vm).clone());
+                .cloned();
             let choice = free.or_else(|| {
-                (healthy.len() >= pool_size).then(|| {
-                    held.next = held.next.wrapping_add(1);
-                    healthy[held.next % healthy.len()].clone()
-                })
+                if healthy < pool_size {
+                    return None;
+                }
+                held.next = held.next.wrapping_add(1);
+                held.vms
+                    .iter()
+                    .filter(is_healthy)
+                    .nth(held.next % healthy)
+                    .cloned()
             });
-            (choice, healthy.len(), replaced)
+            (choice, healthy, replaced)
         });
         if choice.is_some() {
             return choice;
