@@ -12,16 +12,14 @@ pub(super) fn add_to_linker(
     linker: &mut Linker<HostState>,
     mode: CallMode,
 ) -> wasmtime::Result<()> {
-    func_wrap_awaiting!(linker, mode, "proxy_get_buffer_bytes", |caller,
-                                                                 (
-        buffer,
-        start,
-        max,
-        data_ptr,
-        size_ptr,
-    )| finish(
-        get_buffer_bytes(&mut caller, buffer, start, max, data_ptr, size_ptr).await
-    ))?;
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_get_buffer_bytes",
+        |caller, buffer, start, max, data_ptr, size_ptr| {
+            get_buffer_bytes(&mut caller, buffer, start, max, data_ptr, size_ptr).await
+        }
+    )?;
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",

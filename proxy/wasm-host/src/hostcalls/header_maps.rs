@@ -27,19 +27,16 @@ pub(super) fn add_to_linker(
             })())
         },
     )?;
-    func_wrap_awaiting!(linker, mode, "proxy_get_header_map_pairs", |caller,
-                                                                     (
-        map,
-        data_ptr,
-        size_ptr,
-    )| finish(
-        async {
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_get_header_map_pairs",
+        |caller, map, data_ptr, size_ptr| {
             let encoded = map_ref(caller.data_mut(), map)?
                 .map_or_else(|| encode_map(std::iter::empty()), |h| encode_map(h.iter()));
             return_bytes(&mut caller, &encoded, data_ptr, size_ptr).await
         }
-        .await
-    ))?;
+    )?;
     linker.func_wrap(
         "env",
         "proxy_set_header_map_pairs",
@@ -65,23 +62,18 @@ pub(super) fn add_to_linker(
             })())
         },
     )?;
-    func_wrap_awaiting!(linker, mode, "proxy_get_header_map_value", |caller,
-                                                                     (
-        map,
-        key,
-        key_len,
-        data_ptr,
-        size_ptr,
-    )| finish(
-        async {
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_get_header_map_value",
+        |caller, map, key, key_len, data_ptr, size_ptr| {
             let name = read_string(&mut caller, key, key_len)?;
             let value = map_ref(caller.data_mut(), map)?
                 .and_then(|h| h.get(&name))
                 .ok_or(Status::NotFound)?;
             return_bytes(&mut caller, &value, data_ptr, size_ptr).await
         }
-        .await
-    ))?;
+    )?;
     let writers: [(&str, HeaderWrite); 2] = [
         ("proxy_add_header_map_value", Headers::add),
         ("proxy_replace_header_map_value", Headers::replace),

@@ -26,17 +26,18 @@ macro_rules! abi_i32 {
     };
 }
 
-/// Defines an `env` host call whose body awaits (the guest allocator, shared data): on a fiber in
-/// a suspendable VM, polled once in a synchronous one, where a body that would wait traps instead.
+/// Defines an `env` host call whose body awaits (the guest allocator, shared data) and yields
+/// `Result<(), Failure>`, answered to the guest through [`finish`](crate::memory::finish): on a
+/// fiber in a suspendable VM, polled once in a synchronous one, where a body that would wait traps.
 macro_rules! func_wrap_awaiting {
-    ($linker:expr, $mode:expr, $name:literal, |$caller:ident, ($($arg:ident),+ $(,)?)| $body:expr $(,)?) => {
+    ($linker:expr, $mode:expr, $name:literal, |$caller:ident $(, $arg:ident)+ $(,)?| $body:expr $(,)?) => {
         match $mode {
             $crate::call_mode::CallMode::Suspendable => $linker.func_wrap_async(
                 "env",
                 $name,
                 |mut $caller: wasmtime::Caller<'_, HostState>,
                  ($($arg,)+): ($($crate::hostcalls::abi_i32!($arg),)+)| {
-                    Box::new(async move { $body })
+                    Box::new(async move { $crate::memory::finish(async { $body }.await) })
                 },
             ),
             $crate::call_mode::CallMode::Synchronous => $linker.func_wrap(
@@ -45,11 +46,13 @@ macro_rules! func_wrap_awaiting {
                 |mut $caller: wasmtime::Caller<'_, HostState>,
                  $($arg: $crate::hostcalls::abi_i32!($arg)),+|
                  -> $crate::memory::HostResult {
-                    $crate::call_mode::complete_now(async move { $body }).unwrap_or_else(|| {
-                        Err(wasmtime::format_err!(
-                            concat!($name, " waited in a VM that cannot suspend")
-                        ))
-                    })
+                    match $crate::call_mode::complete_now(async { $body }) {
+                        Some(result) => $crate::memory::finish(result),
+                        None => Err(wasmtime::format_err!(concat!(
+                            $name,
+                            " waited in a VM that cannot suspend"
+                        ))),
+                    }
                 },
             ),
         }

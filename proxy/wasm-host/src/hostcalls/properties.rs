@@ -17,15 +17,14 @@ pub(super) fn add_to_linker(
     linker: &mut Linker<HostState>,
     mode: CallMode,
 ) -> wasmtime::Result<()> {
-    func_wrap_awaiting!(linker, mode, "proxy_get_property", |caller,
-                                                             (
-        path,
-        path_len,
-        data_ptr,
-        size_ptr,
-    )| finish(
-        get_property(&mut caller, (path, path_len), data_ptr, size_ptr).await
-    ))?;
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_get_property",
+        |caller, path, path_len, data_ptr, size_ptr| {
+            get_property(&mut caller, (path, path_len), data_ptr, size_ptr).await
+        }
+    )?;
     linker.func_wrap(
         "env",
         "proxy_set_property",

@@ -19,28 +19,22 @@ pub(super) fn add_to_linker(
     linker: &mut Linker<HostState>,
     mode: CallMode,
 ) -> wasmtime::Result<()> {
-    func_wrap_awaiting!(linker, mode, "proxy_get_shared_data", |caller,
-                                                                (
-        key,
-        key_len,
-        data_ptr,
-        size_ptr,
-        cas_ptr,
-    )| finish(
-        get_shared_data(&mut caller, (key, key_len), data_ptr, size_ptr, cas_ptr).await
-    ))?;
-    func_wrap_awaiting!(linker, mode, "proxy_set_shared_data", |caller,
-                                                                (
-        key,
-        key_len,
-        value,
-        value_len,
-        cas,
-    )| finish(
-        async {
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_get_shared_data",
+        |caller, key, key_len, data_ptr, size_ptr, cas_ptr| {
+            get_shared_data(&mut caller, (key, key_len), data_ptr, size_ptr, cas_ptr).await
+        }
+    )?;
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_set_shared_data",
+        |caller, key, key_len, value, value_len, cas| {
             if !crate::bounds::within(value_len, MAX_SHARED_VALUE_BYTES) {
-                // The SDK accepts only OK or CAS_MISMATCH here; an oversized value is
-                // refused as a conflict so a CAS loop re-reads instead of trapping.
+                // The SDK accepts only OK or CAS_MISMATCH here; an oversized value is refused
+                // as a conflict so a CAS loop re-reads instead of trapping.
                 return Err(Status::CasMismatch.into());
             }
             let key = read(&mut caller, key, key_len)?;
@@ -57,8 +51,7 @@ pub(super) fn add_to_linker(
                 status => Err(status.into()),
             }
         }
-        .await
-    ))?;
+    )?;
     linker.func_wrap(
         "env",
         "proxy_register_shared_queue",
@@ -131,19 +124,16 @@ pub(super) fn add_to_linker(
             })())
         },
     )?;
-    func_wrap_awaiting!(linker, mode, "proxy_dequeue_shared_queue", |caller,
-                                                                     (
-        id,
-        data_ptr,
-        size_ptr,
-    )| finish(
-        async {
+    func_wrap_awaiting!(
+        linker,
+        mode,
+        "proxy_dequeue_shared_queue",
+        |caller, id, data_ptr, size_ptr| {
             let item = caller.data().plugin.services.queues.dequeue(id as u32)?;
             let item = item.ok_or(Status::Empty)?;
             return_bytes(&mut caller, &item, data_ptr, size_ptr).await
         }
-        .await
-    ))?;
+    )?;
     Ok(())
 }
 
