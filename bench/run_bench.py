@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "envoy-config"))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from gateway import Gateway, free_port, start_gateway, target_dir  # noqa: E402
+from gateway import Gateway, built_filter, free_port, start_gateway, target_dir  # noqa: E402
 from redis_server import RedisServer, start_redis  # noqa: E402
 from run_envoy import EnvoyProcess, start_envoy_bootstrap  # noqa: E402
 
@@ -144,11 +144,10 @@ def proxy_config(
         "clusters": [{"name": "upstream", "endpoints": [f"127.0.0.1:{upstream_port}"]}],
     }
     if chain:
-        wasm = target_dir() / "wasm32-wasip1" / "release"
         filters = [
-            {"name": "auth", "wasm": str(wasm / "auth_filter.wasm"), "configuration_file": str(AUTH_CONFIG)},
-            {"name": "rate-limit", "wasm": str(wasm / "rate_limit_filter.wasm"), "configuration": RATE_LIMIT},
-            {"name": "cache", "wasm": str(wasm / "cache_filter.wasm"), "configuration": CACHE},
+            {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration_file": str(AUTH_CONFIG)},
+            {"name": "rate-limit", "wasm": str(built_filter("rate_limit_filter")), "configuration": RATE_LIMIT},
+            {"name": "cache", "wasm": str(built_filter("cache_filter")), "configuration": CACHE},
         ]
         config["filter_chains"] = [{"name": "gateway", "filters": filters}]
         route["filter_chain"] = "gateway"
@@ -157,7 +156,6 @@ def proxy_config(
 
 def start_envoy(upstream_port: int, threads: int, chain: bool, work: Path) -> EnvoyProcess:
     """Envoy with the router alone, or with the same three filters and configurations."""
-    wasm = target_dir() / "wasm32-wasip1" / "release"
     if not chain:
         template, values = REPO / "envoy-config" / "passthrough.yaml", {"UPSTREAM_PORT": str(upstream_port)}
     else:
@@ -166,9 +164,9 @@ def start_envoy(upstream_port: int, threads: int, chain: bool, work: Path) -> En
             "UPSTREAM_PORT": str(upstream_port),
             "FLAKY_PORT": str(upstream_port),
             "JWKS_PORT": str(upstream_port),
-            "AUTH_WASM": json.dumps(str(wasm / "auth_filter.wasm")),
-            "RATE_LIMIT_WASM": json.dumps(str(wasm / "rate_limit_filter.wasm")),
-            "CACHE_WASM": json.dumps(str(wasm / "cache_filter.wasm")),
+            "AUTH_WASM": json.dumps(str(built_filter("auth_filter"))),
+            "RATE_LIMIT_WASM": json.dumps(str(built_filter("rate_limit_filter"))),
+            "CACHE_WASM": json.dumps(str(built_filter("cache_filter"))),
             "AUTH_CONFIG": json.dumps(AUTH_CONFIG.read_text()),
             "RATE_LIMIT_CONFIG": json.dumps(json.dumps(RATE_LIMIT)),
             "CACHE_CONFIG": json.dumps(json.dumps(CACHE)),
@@ -198,15 +196,12 @@ def start_setups(
     ]:
         proxy: Gateway = start_gateway(proxy_config(upstream_port, threads, chain, shared_data, module_cache), work)
         servers.append(proxy)
-        if not chain:
-            setups.append(Setup(name, proxy.url + "/api", proxy.process.pid, connections))
-        elif shared_data is memory:
-            setups.append(Setup(name, proxy.url + "/api", proxy.process.pid, connections))
-            setups.append(Setup(f"{name} hit", proxy.url + "/cached", proxy.process.pid, connections))
-            setups.append(Setup(f"{name} 1 conn", proxy.url + "/api", proxy.process.pid, 1))
-        else:
-            setups.append(Setup(name, proxy.url + "/api", proxy.process.pid, connections))
-            setups.append(Setup(f"{name} 1 conn", proxy.url + "/api", proxy.process.pid, 1))
+        pid = proxy.process.pid
+        setups.append(Setup(name, proxy.url + "/api", pid, connections))
+        if chain and shared_data is memory:
+            setups.append(Setup(f"{name} hit", proxy.url + "/cached", pid, connections))
+        if chain:
+            setups.append(Setup(f"{name} 1 conn", proxy.url + "/api", pid, 1))
     for name, chain in [("envoy-none", False), ("envoy-chain", True)]:
         envoy = start_envoy(upstream_port, threads, chain, work)
         servers.append(envoy)

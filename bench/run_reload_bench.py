@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "envoy-config"))
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-from gateway import Gateway, free_port, start_gateway, target_dir  # noqa: E402
+from gateway import Gateway, free_port, proxy_binary, start_gateway, wasm_dir  # noqa: E402
 
 
 def custom_section(payload: bytes) -> bytes:
@@ -81,13 +81,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="reloads per case")
     args = parser.parse_args()
 
-    target = target_dir()
     work = Path(tempfile.mkdtemp(prefix="bench-reload-"))
-    wasm_dir = work / "filters"
-    wasm_dir.mkdir()
-    for built in (target / "wasm32-wasip1" / "release").glob("*.wasm"):
-        shutil.copy(built, wasm_dir)
-    os.environ["WASM_DIR"] = str(wasm_dir)
+    filters = work / "filters"
+    filters.mkdir()
+    for built in wasm_dir().glob("*.wasm"):
+        shutil.copy(built, filters)
+    os.environ["WASM_DIR"] = str(filters)
     # make run's configuration signs identity headers for sandbox-host with this variable's key.
     os.environ.setdefault("GATEWAY_SIGNING_KEY", secrets.token_hex(32))
     config: dict[str, Any] = yaml.safe_load((REPO / "proxy" / "config" / "example.yaml").read_text())
@@ -105,7 +104,7 @@ def main() -> int:
         rss = {"at start": rss_mib(proxy.process.pid)}
         unchanged = [reload_once(proxy) for _ in range(args.runs)]
         rss[f"after {args.runs} unchanged reloads"] = rss_mib(proxy.process.pid)
-        auth = wasm_dir / "auth_filter.wasm"
+        auth = filters / "auth_filter.wasm"
         original = auth.read_bytes()
         new_module = []
         for run in range(args.runs):
@@ -116,7 +115,7 @@ def main() -> int:
         proxy.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"binary: {os.environ['GATEWAY_PROXY_BINARY']}; {args.runs} reloads per case\n")
+    print(f"binary: {proxy_binary()}; {args.runs} reloads per case\n")
     print("| case | median reload | min | max |")
     print("|---|---:|---:|---:|")
     for name, values in [("unchanged .wasm files", unchanged), ("one new module (auth)", new_module)]:

@@ -22,19 +22,7 @@ from gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY  # noqa: E402
 
 # Every proxy and sandbox-host the suites start inherits the key their identity signatures use.
 os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
-from gateway import Gateway, start_gateway, target_dir  # noqa: E402
-
-
-def wasm_dir() -> Path:
-    """Where `make filters` puts the release .wasm files."""
-    return target_dir() / "wasm32-wasip1" / "release"
-
-
-def built_filter(name: str) -> Path:
-    """A filter built by `make filters`; the suite fails (not skips) when it is missing."""
-    path = wasm_dir() / f"{name}.wasm"
-    assert path.is_file(), f"{path} missing: run `make filters` (make test does)"
-    return path
+from gateway import Gateway, built_filter, start_gateway, target_dir, wasm_dir  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

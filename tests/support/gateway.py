@@ -36,6 +36,18 @@ def built_binary(name: str, override: str) -> Path:
     return path
 
 
+def wasm_dir() -> Path:
+    """Where `make filters` puts the release .wasm files."""
+    return target_dir() / "wasm32-wasip1" / "release"
+
+
+def built_filter(name: str) -> Path:
+    """A filter built by `make filters`; a suite fails (not skips) when it is missing."""
+    path = wasm_dir() / f"{name}.wasm"
+    assert path.is_file(), f"{path} missing: run `make filters` (make test does)"
+    return path
+
+
 def proxy_binary() -> Path:
     """`$GATEWAY_PROXY_BINARY`, else the `proxy` profile build of the proxy."""
     return built_binary("proxy", "GATEWAY_PROXY_BINARY")
