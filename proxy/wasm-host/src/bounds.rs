@@ -22,6 +22,12 @@ pub const MAX_QUEUE_ITEM_BYTES: usize = 1 << 20;
 /// Most bytes one shared queue holds; older items are dropped beyond it.
 pub const MAX_QUEUE_BYTES: usize = 16 << 20;
 
+/// Largest request body a filter may send in one callout (`proxy_http_call`); the gateway caps
+/// a callout's response body at the same size.
+pub const MAX_CALLOUT_BODY_BYTES: usize = 4 << 20;
+/// Most callouts one VM may have in flight; past it `proxy_http_call` gets `BAD_ARGUMENT`.
+pub const MAX_CALLOUTS_IN_FLIGHT: usize = 256;
+
 /// Whether a guest-given length is within `max`.
 pub(crate) fn within(len: i32, max: usize) -> bool {
     (len as u32 as usize) <= max

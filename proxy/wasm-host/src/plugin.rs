@@ -346,7 +346,7 @@ impl Plugin {
             Err(error) => {
                 let mut restarts = self.inner.restarts.lock().expect("restart lock");
                 restarts.failures = restarts.failures.saturating_add(1);
-                let backoff = Duration::from_millis(100 << restarts.failures.min(8))
+                let backoff = Duration::from_millis(100 << restarts.failures.min(9))
                     .min(Duration::from_secs(30));
                 restarts.next_attempt = Some(Instant::now() + backoff);
                 tracing::error!(plugin = self.name(), %error, ?backoff, "cannot start filter VM");

@@ -31,6 +31,8 @@ pub(crate) struct HostState {
     pub(crate) tick_changed: Arc<Notify>,
     pub(crate) queue_notify: UnboundedSender<u32>,
     pub(crate) next_callout_token: u32,
+    /// Callouts asked for and not yet delivered (bounded by `MAX_CALLOUTS_IN_FLIGHT`).
+    pub(crate) callouts_in_flight: usize,
     /// Callouts the guest asked for during the current callback, started once it returns.
     pub(crate) new_callouts: Vec<PendingCallout>,
     /// The response being delivered to `proxy_on_http_call_response`.

@@ -163,6 +163,7 @@ impl PluginVm {
             tick_changed: tick_changed.clone(),
             queue_notify: queue_tx,
             next_callout_token: 0,
+            callouts_in_flight: 0,
             new_callouts: Vec::new(),
             callout_response: None,
             last_error_log: None,
@@ -377,6 +378,7 @@ impl PluginVm {
         token: u32,
         response: Option<CalloutResponse>,
     ) {
+        self.store.data_mut().callouts_in_flight -= 1;
         let is_stream = context_id != ROOT_CONTEXT_ID;
         if is_stream && !self.store.data().streams.contains_key(&context_id) {
             return; // the request finished; Envoy cancels its callouts too

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use proxy_wasm_host::abi::Status;
+use proxy_wasm_host::bounds::MAX_CALLOUTS_IN_FLIGHT;
 use proxy_wasm_host::{
     BoxFuture, FailurePolicy, Host, HostOptions, LoadError, MemoryLimits, MemorySharedData, Plugin,
     PluginSpec, SharedDataBackend, SharedValue, Unavailable, Verdict, VmLimits,
@@ -381,6 +382,28 @@ async fn a_filter_asking_the_host_to_hold_past_its_bounds_traps_and_the_next_req
             "{path}: the next request runs on a fresh VM"
         );
     }
+}
+
+#[tokio::test]
+async fn callouts_past_their_size_or_number_in_flight_are_refused() {
+    let host = host_with_callouts(FnDispatcher(|_: &str, _| None));
+    let plugin = load(&host, "misbehaving_filter", spec(FailurePolicy::FailClosed)).await;
+    let accepted = |verdict: Verdict| match verdict {
+        Verdict::Respond(response) => response.headers.get_str("x-callouts-accepted"),
+        other => panic!("expected the filter's answer, got {other:?}"),
+    };
+    assert_eq!(
+        accepted(send(&plugin, "/big-callout").await.0).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        accepted(send(&plugin, "/callout-flood").await.0).as_deref(),
+        Some(MAX_CALLOUTS_IN_FLIGHT.to_string().as_str())
+    );
+    assert!(matches!(
+        send(&plugin, "/ok").await,
+        (Verdict::Continue, Some(_))
+    ));
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! HTTP callouts (`proxy_http_call`), which resume the stream from `on_http_call_response`.
 
 use crate::abi::{Status, StreamType};
+use crate::bounds::{within, MAX_CALLOUTS_IN_FLIGHT, MAX_CALLOUT_BODY_BYTES, MAX_HEADER_MAP_BYTES};
 use crate::callout::CalloutRequest;
 use crate::headers::{is_valid_header, Headers};
 use crate::memory::{decode_map, finish, read, read_string, write_u32, Failure, HostResult};
@@ -154,6 +155,14 @@ fn http_call(
     timeout_ms: u32,
     token_ptr: i32,
 ) -> Result<(), Failure> {
+    // Sizes and the number in flight are checked before anything is copied out of the guest.
+    if !within(headers.1, MAX_HEADER_MAP_BYTES)
+        || !within(trailers.1, MAX_HEADER_MAP_BYTES)
+        || !within(body.1, MAX_CALLOUT_BODY_BYTES)
+        || caller.data().callouts_in_flight >= MAX_CALLOUTS_IN_FLIGHT
+    {
+        return Err(Status::BadArgument.into());
+    }
     let cluster = read_string(caller, upstream.0, upstream.1)?;
     let headers = read_headers(caller, headers)?;
     let body = read(caller, body.0, body.1)?;
@@ -179,7 +188,9 @@ fn http_call(
     let token = state.next_callout_token;
     let context_id = state.effective_context;
     write_u32(caller, token_ptr, token)?;
-    caller.data_mut().new_callouts.push(PendingCallout {
+    let state = caller.data_mut();
+    state.callouts_in_flight += 1;
+    state.new_callouts.push(PendingCallout {
         token,
         context_id,
         cluster,

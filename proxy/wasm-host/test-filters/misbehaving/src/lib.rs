@@ -2,11 +2,13 @@
 //! Behaviour by request path: `/panic` panics (a trap), `/loop` spins forever, `/oom` grows memory
 //! without bound, `/bad-pointers` passes out-of-bounds pointers to host calls, `/grow-body`,
 //! `/grow-headers`, `/big-property`, `/many-properties` and `/queue-flood` ask the host to hold
-//! more than its bounds; anything else passes with `x-vm-id` naming this VM. The plugin
+//! more than its bounds; `/big-callout` and `/callout-flood` ask for callouts past them and answer
+//! how many the host took (`x-callouts-accepted`); anything else passes with `x-vm-id` naming this VM. The plugin
 //! configuration `refuse` makes `on_configure` fail.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -47,6 +49,33 @@ struct Request {
 }
 
 impl Context for Request {}
+
+impl Request {
+    /// Asks for up to `count` callouts to the `authz` cluster, stops at the first refusal, and
+    /// answers how many the host accepted.
+    fn callouts(&mut self, count: usize, body: Option<&[u8]>) -> Action {
+        let headers = vec![
+            (":method", "POST"),
+            (":path", "/check"),
+            (":authority", "authz"),
+        ];
+        let accepted = (0..count)
+            .take_while(|_| {
+                self.dispatch_http_call(
+                    "authz",
+                    headers.clone(),
+                    body,
+                    vec![],
+                    Duration::from_secs(5),
+                )
+                .is_ok()
+            })
+            .count();
+        let accepted = accepted.to_string();
+        self.send_http_response(429, vec![("x-callouts-accepted", accepted.as_str())], None);
+        Action::Pause
+    }
+}
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -109,6 +138,8 @@ impl HttpContext for Request {
                 let _ = self.enqueue_shared_queue(queue, Some(&vec![b'q'; 4 << 20]));
                 Action::Continue
             }
+            "/big-callout" => self.callouts(1, Some(&vec![b'c'; 8 << 20])),
+            "/callout-flood" => self.callouts(300, None),
             "/bad-pointers" => {
                 let far = 0xFFFF_FF00usize as *const u8;
                 let log_status = unsafe { proxy_log(2, far, 1024) };
