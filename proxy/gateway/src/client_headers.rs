@@ -128,9 +128,9 @@ pub fn strip_hop_by_hop(request: &mut RequestHeader, allow_upgrade: bool) {
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
+        // As bytes: a value with one invalid byte still names the headers it lists.
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|token| String::from_utf8_lossy(token.trim_ascii()).to_ascii_lowercase())
         .filter(|token| !token.is_empty())
         .collect();
     let upgrading = allow_upgrade && listed.iter().any(|t| t == "upgrade");
@@ -247,6 +247,18 @@ mod tests {
             ("upgrade", "websocket"),
             ("accept", "*/*"),
         ]);
+        strip_hop_by_hop(&mut hop, false);
+        assert_eq!(names(&hop), ["accept"]);
+    }
+
+    #[test]
+    fn a_connection_value_with_invalid_bytes_still_names_its_headers() {
+        let mut hop = request(&[("x-secret", "s"), ("accept", "*/*")]);
+        hop.append_header(
+            "connection",
+            http::HeaderValue::from_bytes(b"X-Secret, \xff\xfe").unwrap(),
+        )
+        .unwrap();
         strip_hop_by_hop(&mut hop, false);
         assert_eq!(names(&hop), ["accept"]);
     }

@@ -330,6 +330,13 @@ pub struct ListenerConfig {
     /// Accept HTTP/2 without TLS (prior knowledge), e.g. for gRPC clients.
     #[serde(default)]
     pub h2c: bool,
+    /// Most client connections open at once; past it a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 /// Listener TLS files (PEM).
@@ -855,6 +862,12 @@ impl Config {
                 return Err(ConfigError::new(
                     format!("{field}.address"),
                     format!("{addr} is used by another listener"),
+                ));
+            }
+            if listener.max_connections == 0 {
+                return Err(ConfigError::new(
+                    format!("{field}.max_connections"),
+                    "must be at least 1",
                 ));
             }
             if let Some(tls) = &listener.tls {

@@ -9,6 +9,7 @@ pub mod callouts;
 pub mod client_headers;
 pub mod cluster;
 pub mod config;
+pub mod connection_limit;
 pub mod filter_chain;
 pub mod forwarding;
 pub mod health;

@@ -2,8 +2,8 @@
 //! registry and are appended when `/metrics` is rendered.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ pub struct GatewayMetrics {
     filter_duration: HistogramVec,
     config_reloads: IntCounterVec,
     config_generation: IntGauge,
+    connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -131,6 +133,22 @@ impl GatewayMetrics {
             "Number of the configuration serving new requests (1 at start, +1 per applied reload)",
         )
         .expect("valid metric");
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "gateway_downstream_connections",
+                "Client connections open, by listener",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "gateway_downstream_connections_refused_total",
+                "Client connections closed at once because the listener had max_connections open",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -139,6 +157,8 @@ impl GatewayMetrics {
             Box::new(filter_duration.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_refused.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -151,7 +171,17 @@ impl GatewayMetrics {
             filter_duration,
             config_reloads,
             config_generation,
+            connections,
+            connections_refused,
         }
+    }
+
+    /// The open-connection gauge and refusal counter of `listener`.
+    pub fn listener_connections(&self, listener: &str) -> (IntGauge, IntCounter) {
+        (
+            self.connections.with_label_values(&[listener]),
+            self.connections_refused.with_label_values(&[listener]),
+        )
     }
 
     /// Records a finished request.

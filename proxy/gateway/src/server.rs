@@ -4,6 +4,7 @@
 use crate::admin::AdminApp;
 use crate::cluster::NameLookup;
 use crate::config::{Config, ConfigError};
+use crate::connection_limit::ConnectionLimit;
 use crate::health::HealthChecker;
 use crate::lifecycle::{Lifecycle, LifecycleWatcher};
 use crate::peer_identity::listener_settings;
@@ -82,18 +83,17 @@ pub fn build(
             listener.tls.is_some(),
             lifecycle.clone(),
         );
-        let mut service = pingora::proxy::http_proxy_service_with_name(
-            &server_conf,
-            gateway,
-            &format!("listener {}", listener.name),
-        );
+        let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway);
         if listener.h2c {
-            if let Some(proxy) = service.app_logic_mut() {
-                let mut options = HttpServerOptions::default();
-                options.h2c = true;
-                proxy.server_options = Some(options);
-            }
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            proxy.server_options = Some(options);
         }
+        let (open, refused) = runtime.metrics.listener_connections(&listener.name);
+        let mut service = Service::new(
+            format!("listener {}", listener.name),
+            ConnectionLimit::new(proxy, listener.max_connections, open, refused),
+        );
         match &listener.tls {
             None => service.add_tcp(&listener.address),
             Some(tls) => {
