@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +20,8 @@ import requests
 from conftest import built_filter
 from echo_upstream import EchoServer
 from filter_stack import BATCH_KEY, Stack
-from gateway import Gateway
+from gateway import Gateway, free_port
+from run_envoy import start_envoy
 from test_proxy_routing import cluster
 
 VALID = {"x-api-key": BATCH_KEY}
@@ -95,6 +97,17 @@ def test_invalid_bytes_in_every_header_a_filter_reads(stack: Stack) -> None:
     for name in (b"cache-control", b"pragma", b"x-cache-bypass", b"x-request-id", b"accept", b"cookie"):
         raw = exchange(stack, request(b"/cached/invalid-bytes", (b"x-api-key", BATCH_KEY.encode()), (name, NOT_UTF8)))
         assert statuses(raw) == [200], (name, raw[:300])
+    assert_still_serving(stack)
+
+
+def test_invalid_bytes_in_response_headers_are_passed_on_not_cached(stack: Stack) -> None:
+    for name in ("cache-control", "vary", "set-cookie", "content-type", "x-note"):
+        url = f"{stack.url}/cached/response-{name}?invalid_header={name}"
+        answers = [requests.get(url, headers=VALID, timeout=5) for _ in range(2)]
+        for answer in answers:
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.headers[name].endswith("\xff\xfe"), name
+        assert answers[1].headers.get("x-cache") != "HIT", name
     assert_still_serving(stack)
 
 
@@ -200,7 +213,7 @@ def test_forged_identity_look_alikes_never_reach_upstream(stack: Stack) -> None:
     assert not {"x_gateway_scopes", "x-gateway_identity"} & seen.keys()
 
 
-# --- our proxy only: routes without filters, X-Forwarded-*, hop-by-hop ------------------------
+# --- our proxy only: routes without filters, X-Forwarded-*, hop-by-hop, connection cap ----------
 
 
 @pytest.fixture
@@ -260,3 +273,71 @@ def test_a_trapping_filter_costs_only_its_own_requests(
             assert "x-vm-id" in response.json()["headers"]
     metrics = requests.get(proxy.admin_url + "/metrics", timeout=5).text
     assert 'wasm_filter_traps_total{plugin="misbehaving"} 150' in metrics
+
+
+def test_a_listener_keeps_at_most_max_connections_open(
+    gateway: Callable[[dict[str, Any]], Gateway], upstreams: Callable[..., EchoServer]
+) -> None:
+    port = free_port()
+    proxy = gateway(
+        {
+            "listeners": [{"name": "public", "address": f"127.0.0.1:{port}", "max_connections": 3}],
+            "routes": [{"name": "open", "cluster": "app"}],
+            "clusters": [cluster("app", upstreams("app"))],
+        }
+    )
+
+    def metric(name: str) -> str:
+        text = requests.get(proxy.admin_url + "/metrics", timeout=5).text
+        (line,) = [line for line in text.splitlines() if line.startswith(f'{name}{{listener="public"}}')]
+        return line.rsplit(" ", 1)[1]
+
+    def open_connections_become(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while metric("gateway_downstream_connections") != str(count):
+            assert time.monotonic() < deadline, metric("gateway_downstream_connections")
+            time.sleep(0.05)
+
+    keep_alive = b"GET / HTTP/1.1\r\nhost: gateway.test\r\n\r\n"
+    open_connections_become(0)  # the harness's readiness probe has gone
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        for conn in held:
+            conn.sendall(keep_alive)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        # Idle keep-alive connections hold their places: a fourth is closed unanswered.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            extra.sendall(keep_alive)
+            try:
+                assert extra.recv(65536) == b""
+            except ConnectionResetError:
+                pass
+        assert metric("gateway_downstream_connections_refused_total") == "1"
+        held.pop().close()
+        open_connections_become(2)
+        assert requests.get(proxy.url + "/", timeout=5).status_code == 200
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_in_envoy_one_trap_under_fail_closed_takes_the_worker_out(upstream_port: int, tmp_path: Path) -> None:
+    """The difference docs/proxy.md states: Envoy keeps a FAIL_CLOSED VM dead after a trap, so every
+    later request on that worker fails until the configuration is reloaded (our proxy replaces the
+    VM: `test_a_trapping_filter_costs_only_its_own_requests`)."""
+    envoy = start_envoy(
+        wasm=built_filter("misbehaving_filter"),
+        plugin_config="",
+        plugin_name="misbehaving",
+        upstream_port=upstream_port,
+        work_dir=tmp_path,
+        concurrency=1,
+    )
+    try:
+        url = f"http://127.0.0.1:{envoy.listen_port}"
+        assert requests.get(url + "/fine", timeout=5).status_code == 200
+        assert requests.get(url + "/panic", timeout=5).status_code >= 500
+        later = [requests.get(url + "/fine", timeout=5).status_code for _ in range(5)]
+        assert all(status >= 500 for status in later), later
+    finally:
+        envoy.stop()

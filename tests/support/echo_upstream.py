@@ -59,6 +59,9 @@ class EchoHandler(BaseHTTPRequestHandler):
             "count": count,
         }
         extra = {"cache-control": query["cache_control"]} if "cache_control" in query else {}
+        if "invalid_header" in query:
+            # Obs-text bytes (latin-1 encodes these code points as the bytes 0xff 0xfe): not UTF-8.
+            extra[query["invalid_header"]] = "\xff\xfe"
         self._send(status, "application/json", json.dumps(payload).encode(), extra)
 
     def _read_body(self) -> bytes:
