@@ -402,6 +402,17 @@ fn assert_sleep_ends_at_the_deadline(language: Language, code: &str) {
         "{language:?} ended {} ms after start, for a 1 s deadline",
         report.duration_ms
     );
+    assert_still_serving();
+}
+
+/// The shared sandbox answers a benign run normally after a hostile one.
+fn assert_still_serving() {
+    let report = python("print(6*7)");
+    assert_eq!(
+        (report.outcome, report.stdout.as_str()),
+        (Outcome::Ok, "42\n"),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -554,4 +565,5 @@ fn compiling_counts_against_the_deadline() {
     let report = run_with(Language::Wat, &module, limits);
     assert_eq!(report.outcome, Outcome::Timeout, "{report:?}");
     assert!(report.detail.unwrap().contains("deadline"));
+    assert_still_serving();
 }

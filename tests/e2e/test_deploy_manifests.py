@@ -26,14 +26,26 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] == kind]
 
 
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [doc for doc in by_kind(docs, kind) if doc["metadata"]["name"] == name]
+    return doc
+
+
+def secret_of(container: dict[str, Any], variable: str) -> dict[str, str]:
+    """The Secret key a container's environment variable comes from."""
+    (entry,) = [e for e in container["env"] if e["name"] == variable]
+    reference: dict[str, str] = entry["valueFrom"]["secretKeyRef"]
+    return reference
+
+
 def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
 def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
     docs = documents(DEPLOY / "kubernetes" / "gateway-sidecar.yaml")
-    (config_map,) = by_kind(docs, "ConfigMap")
-    (deployment,) = by_kind(docs, "Deployment")
+    config_map = named(docs, "ConfigMap", "gateway-sidecar-config")
+    deployment = named(docs, "Deployment", "python-ml")
     services = {service["metadata"]["name"]: service for service in by_kind(docs, "Service")}
     service = services["python-ml"]
     spec = deployment["spec"]
@@ -77,12 +89,32 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
     secret_env = {e["name"] for e in sidecar["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     assert proxy_config["admin"]["bearer_token_env"] in secret_env
     assert clusters["sandbox-host"]["identity_signature"]["key_env"] in secret_env
+    # python-ml scopes documents by tenant: it verifies the same key the sidecar signs with.
+    (python_ml,) = [c for c in spec["template"]["spec"]["containers"] if c["name"] == "python-ml"]
+    signing_key = secret_of(sidecar, clusters["local"]["identity_signature"]["key_env"])
+    assert secret_of(python_ml, "PYML_GATEWAY_SIGNING_KEY") == signing_key
     routes = {route["name"]: route for route in proxy_config["routes"]}
     assert all(route.get("filter_chain") for route in routes.values()), "every route has the auth filter"
     (policy,) = by_kind(docs, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"] == sandbox_service["spec"]["selector"]
     (allowed,) = policy["spec"]["ingress"]
     assert allowed["from"] == [{"podSelector": {"matchLabels": spec["selector"]["matchLabels"]}}]
+
+    # sandbox-host listens where its Service points, and refuses whatever the gateway did not sign.
+    sandbox = named(docs, "Deployment", "sandbox-host")
+    sandbox_spec = sandbox["spec"]["template"]["spec"]
+    assert sandbox["spec"]["selector"]["matchLabels"] == sandbox_service["spec"]["selector"]
+    (sandbox_container,) = sandbox_spec["containers"]
+    (sandbox_volume,) = sandbox_spec["volumes"]
+    (sandbox_mount,) = sandbox_container["volumeMounts"]
+    sandbox_config_map = named(docs, "ConfigMap", sandbox_volume["configMap"]["name"])
+    (sandbox_file,) = sandbox_config_map["data"]
+    assert sandbox_container["args"] == ["--config", f"{sandbox_mount['mountPath']}/{sandbox_file}"]
+    sandbox_config = yaml.safe_load(sandbox_config_map["data"][sandbox_file])
+    assert port_of(sandbox_config["listen"]) == sandbox_service["spec"]["ports"][0]["targetPort"]
+    trust = sandbox_config["gateway"]
+    assert trust["unsigned_callers"] == "refuse"
+    assert secret_of(sandbox_container, trust["signing_key_env"]) == signing_key
 
     # The filters ConfigMap (built with --from-file) holds the built modules the config names.
     filters_dir = next(path for path, m in mounts.items() if m["name"] == "filters")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 from gateway_identity import signed_headers
-from sandbox_host import APPROVAL_KEY_ENV, TEST_APPROVAL_KEY, SandboxHost, approve, start_sandbox
+from sandbox_host import APPROVAL_KEY_ENV, TEST_APPROVAL_KEY, SandboxHost, approve, base_config, start_sandbox
 
 HELLO_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -181,6 +181,21 @@ def test_scopes_count_only_with_a_valid_fresh_gateway_signature(sandbox: Sandbox
         plain = sandbox.execute({"language": "python", "code": "print(6*7)"}, headers=headers)
         assert plain.json()["stdout"] == "42\n", case
     assert sandbox.execute(body, headers=granted).json()["stdout"] == "Lisbon,545000\n"
+
+
+def test_a_service_that_refuses_unsigned_callers_runs_nothing_for_them(tmp_path: Path) -> None:
+    config = base_config()
+    strict = start_sandbox(tmp_path, {"gateway": {**config["gateway"], "unsigned_callers": "refuse"}})
+    try:
+        plain = {"language": "python", "code": "print(6*7)"}
+        forged = {"x-gateway-identity": "alice", "x-gateway-scopes": "sandbox:dataset:demo"}
+        for case, headers in {"no identity": {}, "unsigned identity": forged}.items():
+            refused = strict.execute(plain, headers=headers)
+            assert (refused.status_code, error_of(refused)["code"]) == (401, "untrusted_caller"), case
+        signed = strict.execute(plain, headers=signed_headers(identity="alice", scopes=""))
+        assert signed.json()["stdout"] == "42\n", signed.text
+    finally:
+        strict.stop()
 
 
 def test_writing_a_dataset_needs_an_approval_of_this_code_by_this_caller(sandbox: SandboxHost) -> None:
