@@ -61,7 +61,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = filter_common::error_body(
+        let body = gateway_contract::error_body(
             self.status.as_u16(),
             self.code,
             &self.message,
@@ -72,7 +72,7 @@ impl IntoResponse for ApiError {
             [
                 (header::CONTENT_TYPE, "application/json".to_string()),
                 (
-                    header::HeaderName::from_static("x-request-id"),
+                    header::HeaderName::from_static(gateway_contract::headers::REQUEST_ID),
                     self.request_id,
                 ),
             ],

@@ -291,7 +291,7 @@ async fn run_execution(
     };
     Ok((
         [(
-            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static(gateway_contract::headers::REQUEST_ID),
             request_id.to_string(),
         )],
         Json(body),
@@ -368,11 +368,9 @@ async fn not_found(headers: HeaderMap) -> Response {
 /// The gateway's request id when it sent a sane one, else a new one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .get(gateway_contract::headers::REQUEST_ID)
+        .and_then(|value| gateway_contract::usable_request_id(value.as_bytes()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// The caller the gateway vouches for: identity, scopes and approval count only when the

@@ -11,20 +11,10 @@
 //! `"v1\n" + t + "\n" + request_id + "\n" + identity + "\n" + scopes + "\n" + tenant`, where an
 //! absent header is the empty string. python-ml implements the same check in Python.
 
+use gateway_contract::headers;
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
-
-/// The caller the gateway verified.
-pub const IDENTITY_HEADER: &str = "x-gateway-identity";
-/// Its scopes, space-separated.
-pub const SCOPES_HEADER: &str = "x-gateway-scopes";
-/// Its tenant.
-pub const TENANT_HEADER: &str = "x-gateway-tenant";
-/// The request id the signature covers (so it cannot be moved to another request).
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The signature over the others.
-pub const SIGNATURE_HEADER: &str = "x-gateway-signature";
 
 /// Shortest key accepted: 128 bits.
 pub const MIN_KEY_BYTES: usize = 16;
@@ -78,7 +68,7 @@ impl SigningKey {
         max_age_seconds: u64,
     ) -> Result<Claims<'h>, SignatureError> {
         let signature = headers
-            .get(SIGNATURE_HEADER)
+            .get(headers::SIGNATURE)
             .and_then(|v| v.to_str().ok())
             .ok_or(SignatureError::Malformed)?;
         let claims = Claims::from_headers(headers);
@@ -132,10 +122,10 @@ impl<'a> Claims<'a> {
     pub fn from_headers(headers: &'a HeaderMap) -> Self {
         let value = |name| headers.get(name).map_or(&b""[..], |v| v.as_bytes());
         Self {
-            request_id: value(REQUEST_ID_HEADER),
-            identity: value(IDENTITY_HEADER),
-            scopes: value(SCOPES_HEADER),
-            tenant: value(TENANT_HEADER),
+            request_id: value(headers::REQUEST_ID),
+            identity: value(headers::IDENTITY),
+            scopes: value(headers::SCOPES),
+            tenant: value(headers::TENANT),
         }
     }
 }
@@ -249,41 +239,41 @@ mod tests {
     fn headers_signed_by_one_side_verify_on_the_other() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
-            (REQUEST_ID_HEADER, "req-1"),
-            (IDENTITY_HEADER, "alice"),
-            (SCOPES_HEADER, "read write"),
+            (headers::REQUEST_ID, "req-1"),
+            (headers::IDENTITY, "alice"),
+            (headers::SCOPES, "read write"),
         ] {
             headers.insert(name, value.parse().unwrap());
         }
         let signature = key().sign_headers(&headers);
-        headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
+        headers.insert(headers::SIGNATURE, signature.parse().unwrap());
         let claims = key().verify_headers(&headers, 60).unwrap();
         assert_eq!(
             (claims.identity, claims.scopes, claims.tenant),
             (&b"alice"[..], &b"read write"[..], &b""[..])
         );
-        headers.insert(SCOPES_HEADER, "read write admin".parse().unwrap());
+        headers.insert(headers::SCOPES, "read write admin".parse().unwrap());
         assert_eq!(
             key().verify_headers(&headers, 60).err(),
             Some(SignatureError::Mismatch)
         );
         // A value that is not ASCII is signed as sent, not as empty.
         headers.insert(
-            SCOPES_HEADER,
+            headers::SCOPES,
             http::HeaderValue::from_bytes(b"read \xe9crire").unwrap(),
         );
         let signature = key().sign_headers(&headers);
-        headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
+        headers.insert(headers::SIGNATURE, signature.parse().unwrap());
         assert_eq!(
             key().verify_headers(&headers, 60).unwrap().scopes,
             b"read \xe9crire"
         );
-        headers.insert(SCOPES_HEADER, "read ".parse().unwrap());
+        headers.insert(headers::SCOPES, "read ".parse().unwrap());
         assert_eq!(
             key().verify_headers(&headers, 60).err(),
             Some(SignatureError::Mismatch)
         );
-        headers.remove(SIGNATURE_HEADER);
+        headers.remove(headers::SIGNATURE);
         assert_eq!(
             key().verify_headers(&headers, 60).err(),
             Some(SignatureError::Malformed)

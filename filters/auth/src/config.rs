@@ -3,14 +3,9 @@
 //! Every error names the field it is about (`jwt.providers[0].algorithms: ...`), so the log line a
 //! refused configuration produces says what to fix.
 
+use gateway_contract::headers;
 use serde::Deserialize;
 
-/// Default header that carries the caller's identity upstream.
-pub const DEFAULT_IDENTITY_HEADER: &str = "x-gateway-identity";
-/// Default header that carries the caller's scopes upstream (space-separated).
-pub const DEFAULT_SCOPES_HEADER: &str = "x-gateway-scopes";
-/// Default header that carries the caller's tenant upstream.
-pub const DEFAULT_TENANT_HEADER: &str = "x-gateway-tenant";
 /// Default header a client sends its API key in.
 pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
 /// Default realm named in `WWW-Authenticate`.
@@ -222,13 +217,13 @@ pub struct Rule {
 }
 
 fn default_identity_header() -> String {
-    DEFAULT_IDENTITY_HEADER.to_string()
+    headers::IDENTITY.to_string()
 }
 fn default_scopes_header() -> String {
-    DEFAULT_SCOPES_HEADER.to_string()
+    headers::SCOPES.to_string()
 }
 fn default_tenant_header() -> String {
-    DEFAULT_TENANT_HEADER.to_string()
+    headers::TENANT.to_string()
 }
 fn default_realm() -> String {
     DEFAULT_REALM.to_string()
@@ -550,7 +545,7 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let c = parse(&format!("{{{KEYS}}}")).unwrap();
-        assert_eq!(c.identity_header, DEFAULT_IDENTITY_HEADER);
+        assert_eq!(c.identity_header, headers::IDENTITY);
         let api_key = c.api_key.unwrap();
         assert_eq!(api_key.header, DEFAULT_API_KEY_HEADER);
         assert!(api_key.hide_credentials);

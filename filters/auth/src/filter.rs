@@ -13,8 +13,9 @@ use crate::credentials::RequestView;
 use crate::decision::{Authenticator, Decision};
 use crate::jwks_cache::JwksCache;
 use crate::keys::KeySet;
+use filter_common::header_text;
 use filter_common::host::{now, request_header};
-use filter_common::{error_body, header_text};
+use gateway_contract::error_body;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -203,7 +204,7 @@ fn decide(state: &FilterState, context_id: u32) -> Action {
             Action::Continue
         }
         Decision::Deny(denial) => {
-            let request_id = CurrentRequest.header("x-request-id");
+            let request_id = CurrentRequest.header(gateway_contract::headers::REQUEST_ID);
             let body = error_body(
                 denial.status,
                 denial.code,

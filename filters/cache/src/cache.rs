@@ -27,7 +27,7 @@ const UNSTORED_HEADERS: &[&str] = &[
     "proxy-connection",
     "age",
     "x-cache",
-    "x-request-id",
+    gateway_contract::headers::REQUEST_ID,
     "set-cookie",
 ];
 

@@ -1,6 +1,7 @@
 //! Plugin configuration of the cache filter, parsed and validated in `on_configure`.
 
 use filter_common::{parse_config, ConfigError};
+use gateway_contract::headers;
 use serde::Deserialize;
 
 /// Request headers that commonly change a response without being part of the URL. A request
@@ -20,7 +21,7 @@ pub const DEFAULT_UNKEYED_HEADERS: &[&str] = &[
 ];
 
 /// The auth filter's default identity and tenant headers.
-pub const DEFAULT_IDENTITY_HEADERS: &[&str] = &["x-gateway-identity", "x-gateway-tenant"];
+pub const DEFAULT_IDENTITY_HEADERS: &[&str] = &[headers::IDENTITY, headers::TENANT];
 
 /// The validated configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -116,7 +117,7 @@ fn default_bypass_header() -> String {
     "x-cache-bypass".into()
 }
 fn default_scopes_header() -> String {
-    "x-gateway-scopes".into()
+    headers::SCOPES.into()
 }
 
 impl CacheConfig {

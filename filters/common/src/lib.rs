@@ -9,7 +9,6 @@ pub mod sweep;
 pub mod testing;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 /// Why a plugin configuration was refused: the field (`jwt.providers[0].issuer`) and the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,33 +78,6 @@ fn redact_values(message: &str) -> String {
         inside = !inside;
     }
     out
-}
-
-/// The JSON error body every component of the gateway returns to clients.
-///
-/// Shape: `{"error": {"status": 401, "code": "missing_api_key", "message": "...", "request_id": "..."}}`.
-/// `code` is a stable machine-readable reason; `message` is for humans and may change.
-pub fn error_body(status: u16, code: &str, message: &str, request_id: Option<&str>) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        status: u16,
-        code: &'a str,
-        message: &'a str,
-        request_id: Option<&'a str>,
-    }
-    #[derive(Serialize)]
-    struct Outer<'a> {
-        error: Inner<'a>,
-    }
-    serde_json::to_vec(&Outer {
-        error: Inner {
-            status,
-            code,
-            message,
-            request_id,
-        },
-    })
-    .expect("serialising plain strings cannot fail")
 }
 
 /// Shared data as filters use it: values with a compare-and-swap version. The host implements it
@@ -215,23 +187,6 @@ mod tests {
             "field names stay: {}",
             missing.message
         );
-    }
-
-    #[test]
-    fn error_body_has_stable_shape() {
-        let body = error_body(401, "missing_api_key", "no key", Some("abc"));
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(value["error"]["status"], 401);
-        assert_eq!(value["error"]["code"], "missing_api_key");
-        assert_eq!(value["error"]["message"], "no key");
-        assert_eq!(value["error"]["request_id"], "abc");
-    }
-
-    #[test]
-    fn error_body_without_request_id_is_null() {
-        let body = error_body(500, "x", "y", None);
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert!(value["error"]["request_id"].is_null());
     }
 
     #[test]

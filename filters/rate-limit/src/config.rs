@@ -90,7 +90,7 @@ impl LimitConfig {
 }
 
 fn default_identity_header() -> String {
-    "x-gateway-identity".into()
+    gateway_contract::headers::IDENTITY.into()
 }
 fn default_true() -> bool {
     true

@@ -6,9 +6,9 @@
 
 use crate::config::RateLimitConfig;
 use crate::limiter::{expire, Limiter, Report, RequestFacts};
-use filter_common::error_body;
 use filter_common::host::{now, property, request_header, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
+use gateway_contract::error_body;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -123,7 +123,7 @@ impl HttpContext for RateLimitRequest {
             return Action::Continue;
         }
         increment(self.state.refused_metric);
-        let request_id = CurrentRequest.header("x-request-id");
+        let request_id = CurrentRequest.header(gateway_contract::headers::REQUEST_ID);
         let body = error_body(
             429,
             "rate_limited",

@@ -79,7 +79,7 @@ impl ServeHttp for AdminApp {
             _ if !open && !self.authorized(session) => (
                 401,
                 "application/json",
-                filter_common::error_body(
+                gateway_contract::error_body(
                     401,
                     "unauthorized",
                     "the admin API needs its bearer token",
@@ -106,7 +106,7 @@ impl ServeHttp for AdminApp {
             _ => (
                 404,
                 "application/json",
-                filter_common::error_body(404, "not_found", "unknown admin endpoint", None),
+                gateway_contract::error_body(404, "not_found", "unknown admin endpoint", None),
             ),
         };
         let mut response = http::Response::builder()

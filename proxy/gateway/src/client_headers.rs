@@ -29,7 +29,7 @@ struct ReservedHeadersFile {
 impl Default for ReservedHeadersFile {
     fn default() -> Self {
         Self {
-            prefixes: vec!["x-gateway-".into()],
+            prefixes: vec![gateway_contract::headers::RESERVED_PREFIX.into()],
             names: Vec::new(),
         }
     }

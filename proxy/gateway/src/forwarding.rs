@@ -3,20 +3,11 @@
 
 use std::net::IpAddr;
 
-/// Longest client-sent request id we keep; longer ones are replaced.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// The client's `x-request-id` when it is sane (printable ASCII, bounded), else a new UUID.
+/// The client's `x-request-id` when it is usable as sent (`gateway_contract`), else a new UUID.
 pub fn request_id(client_value: Option<&[u8]>) -> String {
-    match client_value {
-        Some(value)
-            if !value.is_empty()
-                && value.len() <= MAX_REQUEST_ID_LEN
-                && value.iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            String::from_utf8_lossy(value).into_owned()
-        }
-        _ => uuid::Uuid::new_v4().to_string(),
+    match client_value.and_then(gateway_contract::usable_request_id) {
+        Some(id) => id.to_owned(),
+        None => uuid::Uuid::new_v4().to_string(),
     }
 }
 

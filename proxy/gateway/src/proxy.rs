@@ -250,7 +250,7 @@ impl ProxyHttp for Gateway {
         // Over the identity headers as they leave: set by the filters, clients' own removed.
         if let Some(key) = ctx.generation.signing_key(&cluster.config.name) {
             let signature = key.sign_headers(&upstream_request.headers);
-            upstream_request.insert_header(gateway_identity::SIGNATURE_HEADER, signature)?;
+            upstream_request.insert_header(gateway_contract::headers::SIGNATURE, signature)?;
         }
         Ok(())
     }

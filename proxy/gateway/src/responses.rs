@@ -7,7 +7,7 @@ use pingora::proxy::Session;
 use proxy_wasm_host::LocalResponse;
 
 /// Errors the proxy answers with. The body is always
-/// `{"error": {"status", "code", "message", "request_id"}}` (see `filter_common::error_body`).
+/// `{"error": {"status", "code", "message", "request_id"}}` (see `gateway_contract::error_body`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     /// No route matches.
@@ -93,7 +93,7 @@ impl ProxyError {
 
     /// The JSON body.
     pub fn body(self, request_id: &str) -> Vec<u8> {
-        filter_common::error_body(self.status(), self.code(), self.message(), Some(request_id))
+        gateway_contract::error_body(self.status(), self.code(), self.message(), Some(request_id))
     }
 
     /// The error as a response filters can see and change.

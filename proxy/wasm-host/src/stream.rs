@@ -314,7 +314,7 @@ impl HttpStream {
         LocalResponse {
             status,
             headers: Headers::from_pairs([("content-type", "application/json")]),
-            body: filter_common::error_body(status, code, message, self.request_id.as_deref()),
+            body: gateway_contract::error_body(status, code, message, self.request_id.as_deref()),
             details: format!("{code}: {}", self.plugin.inner.shared.spec.name),
         }
     }

@@ -2,7 +2,8 @@
 
 The shape is the gateway filters' own, so a client handles one format whichever layer refused it.
 The request id is the gateway's `x-request-id` when one came in, else a new one; it is echoed in
-the response header of every answer.
+the response header of every answer. Both mirror the Rust crate `gateway-contract`
+(`crates/gateway-contract`), which the filters, the proxy and sandbox-host share.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ class RequestIdMiddleware:
             await self._app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"")
-        request_id = incoming.decode("ascii", "replace")
-        if not (0 < len(request_id) <= _MAX_REQUEST_ID and request_id.isascii() and request_id.isprintable()):
-            request_id = str(uuid.uuid4())
+        # gateway-contract's rule: non-empty printable ASCII without spaces, bounded.
+        usable = 0 < len(incoming) <= _MAX_REQUEST_ID and all(0x21 <= byte <= 0x7E for byte in incoming)
+        request_id = incoming.decode("ascii") if usable else str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
