@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection_limit;
 pub mod filter_chain;
 pub mod forwarding;
+pub mod header_maps;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

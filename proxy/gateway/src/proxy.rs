@@ -5,6 +5,7 @@ use crate::cluster::{Cluster, InFlight};
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding::{self, TraceContext};
+use crate::header_maps;
 use crate::lifecycle::Lifecycle;
 use crate::offload;
 use crate::path_normalization::PathRejection;
@@ -16,7 +17,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorSource, ErrorType};
-use proxy_wasm_host::{Headers, LocalResponse, StreamInfo};
+use proxy_wasm_host::{LocalResponse, StreamInfo};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,7 +185,7 @@ impl ProxyHttp for Gateway {
             cluster_name: Some(cluster.config.name.clone()),
             peer_certificate: crate::peer_identity::verified_peer(session),
         };
-        let mut headers = request_headers_to_host(session, self.tls);
+        let mut headers = header_maps::request_to_filters(session.req_header(), self.tls);
         let end_of_stream = session.is_body_empty();
         ctx.request_ended_with_headers = end_of_stream;
         let (chain, metrics) = (chain.clone(), self.runtime.metrics.clone());
@@ -198,7 +199,7 @@ impl ProxyHttp for Gateway {
         ctx.chain = Some(run);
         match verdict {
             ChainVerdict::Continue | ChainVerdict::Buffer => {
-                apply_request_headers(session, &headers)?;
+                header_maps::apply_to_request(session.req_header_mut(), &headers)?;
                 Ok(false)
             }
             ChainVerdict::Respond(response) => {
@@ -363,7 +364,7 @@ impl ProxyHttp for Gateway {
         let Some(mut run) = ctx.chain.take() else {
             return Ok(());
         };
-        let mut headers = response_headers_to_host(response);
+        let mut headers = header_maps::response_to_filters(response);
         let end_of_stream = session.req_header().method == http::Method::HEAD
             || matches!(status, 204 | 304)
             || response
@@ -379,7 +380,7 @@ impl ProxyHttp for Gateway {
         ctx.chain = Some(run);
         match verdict {
             ChainVerdict::Continue | ChainVerdict::Buffer => {
-                apply_response_headers(response, &headers)
+                header_maps::apply_to_response(response, &headers)
             }
             ChainVerdict::Respond(local) => {
                 let content_type = local
@@ -487,7 +488,7 @@ impl ProxyHttp for Gateway {
         let filters = match ctx.chain.take() {
             Some(run) => {
                 let outcome = run.outcome.to_string();
-                offload::finish_phase(self.runtime.shared_data.is_remote(), run.finish()).await;
+                offload::finish_phase(self.may_wait(), run.finish()).await;
                 outcome
             }
             None => "none".to_string(),
@@ -532,12 +533,18 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Whether filter callbacks may wait for shared data (Redis), so phases run on the filter
+    /// runtime (see `offload`); the host's backend says so.
+    fn may_wait(&self) -> bool {
+        !self.runtime.shared_data.answers_immediately()
+    }
+
     /// Runs a filter phase where this deployment runs them (see `offload::filter_phase`).
     async fn filter_phase<T: Send + 'static>(
         &self,
         phase: impl std::future::Future<Output = T> + Send + 'static,
     ) -> T {
-        offload::filter_phase(self.runtime.shared_data.is_remote(), phase).await
+        offload::filter_phase(self.may_wait(), phase).await
     }
 
     /// Sets `x-request-id`, `traceparent` and `X-Forwarded-*` on the request before filters run.
@@ -689,109 +696,5 @@ fn replace_response(
     response.insert_header("content-type", content_type)?;
     response.insert_header("content-length", body.len().to_string())?;
     ctx.replacement_body = Some(Bytes::from(body));
-    Ok(())
-}
-
-/// The request's headers as filters see them, with pseudo-headers first (`host` becomes
-/// `:authority`).
-fn request_headers_to_host(session: &Session, tls: bool) -> Headers {
-    let request = session.req_header();
-    let authority = request
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            request
-                .headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let path = request
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let mut headers = Headers::from_pairs([
-        (":method", request.method.as_str().as_bytes()),
-        (":path", path.as_bytes()),
-        (":authority", authority.as_bytes()),
-        (":scheme", if tls { &b"https"[..] } else { b"http" }),
-    ]);
-    // As in Envoy, `host` is carried as `:authority` only.
-    for (name, value) in &request.headers {
-        if name != http::header::HOST {
-            headers.add(name.as_str(), value.as_bytes());
-        }
-    }
-    headers
-}
-
-/// Writes filter changes back to the request (method, path, authority and headers).
-fn apply_request_headers(session: &mut Session, headers: &Headers) -> pingora::Result<()> {
-    let request = session.req_header_mut();
-    if let Some(method) = headers.get(":method") {
-        if method != request.method.as_str().as_bytes() {
-            let method = http::Method::from_bytes(&method).map_err(|_| {
-                Error::explain(ErrorType::InternalError, "a filter set an invalid :method")
-            })?;
-            request.set_method(method);
-        }
-    }
-    if let Some(path) = headers.get_str(":path") {
-        if request.uri.path_and_query().map(|p| p.as_str()) != Some(path.as_str()) {
-            let uri = path.parse::<http::Uri>().map_err(|_| {
-                Error::explain(ErrorType::InternalError, "a filter set an invalid :path")
-            })?;
-            request.set_uri(uri);
-        }
-    }
-    let names: Vec<http::HeaderName> = request.headers.keys().cloned().collect();
-    for name in names {
-        request.remove_header(&name);
-    }
-    for (name, value) in headers.iter() {
-        match name {
-            ":authority" if !value.is_empty() => {
-                request.insert_header(http::header::HOST, value.to_vec())?;
-            }
-            "host" => {}
-            _ if name.starts_with(':') => {}
-            _ => {
-                request.append_header(name.to_string(), value.to_vec())?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn response_headers_to_host(response: &ResponseHeader) -> Headers {
-    let status = response.status.as_u16().to_string();
-    let mut headers = Headers::from_pairs([(":status", status.as_bytes())]);
-    for (name, value) in &response.headers {
-        headers.add(name.as_str(), value.as_bytes());
-    }
-    headers
-}
-
-fn apply_response_headers(response: &mut ResponseHeader, headers: &Headers) -> pingora::Result<()> {
-    if let Some(status) = headers
-        .get_str(":status")
-        .and_then(|s| s.parse::<u16>().ok())
-    {
-        if status != response.status.as_u16() {
-            response.set_status(status)?;
-        }
-    }
-    let names: Vec<http::HeaderName> = response.headers.keys().cloned().collect();
-    for name in names {
-        response.remove_header(&name);
-    }
-    for (name, value) in headers.iter() {
-        if !name.starts_with(':') {
-            response.append_header(name.to_string(), value.to_vec())?;
-        }
-    }
     Ok(())
 }

@@ -51,9 +51,12 @@ impl SharedData {
         }
     }
 
-    /// Whether filter callbacks may wait on the network for shared data (see `offload`).
-    pub fn is_remote(&self) -> bool {
-        matches!(self, Self::Redis(_))
+    /// Whether every shared-data call completes without waiting (the host backend's own answer).
+    pub fn answers_immediately(&self) -> bool {
+        match self {
+            Self::Memory(memory) => memory.answers_immediately(),
+            Self::Redis(redis) => redis.answers_immediately(),
+        }
     }
 
     /// Starts connecting to Redis, if that is the backend.

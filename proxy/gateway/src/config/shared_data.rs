@@ -1,0 +1,139 @@
+//! Where filters' shared data lives: process memory or Redis.
+
+use super::values::{duration, optional_duration};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Where filters' shared data lives.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedDataSettings {
+    /// `memory` (per process) or `redis` (shared by every proxy using the same Redis).
+    pub backend: SharedDataBackendKind,
+    /// Bounds of process memory: the memory backend, and Redis's fail-open fallback.
+    pub memory: MemorySettings,
+    /// The Redis backend.
+    pub redis: RedisConfig,
+}
+
+/// The shared-data backends.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedDataBackendKind {
+    /// One LRU map per process (the default; nothing to run).
+    #[default]
+    Memory,
+    /// Redis or Redis Cluster.
+    Redis,
+}
+
+/// Bounds of process-local shared data.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySettings {
+    /// Most keys kept; the least recently used go first.
+    pub max_entries: usize,
+    /// Most bytes (keys plus values) kept.
+    pub max_bytes: usize,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The Redis backend's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// One server: `redis://host:port/db`, or `rediss://` for TLS.
+    pub url: String,
+    /// Redis Cluster seed nodes; when set, `url` is not used.
+    pub cluster_nodes: Vec<String>,
+    /// ACL user name, when not in the URL.
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password (kept out of the file and logs).
+    pub password_env: Option<String>,
+    /// Prepended to every key, so deployments can share a Redis.
+    pub key_prefix: String,
+    /// Longest a filter waits for Redis before `on_unavailable` applies.
+    #[serde(with = "duration")]
+    pub operation_timeout: Duration,
+    /// Longest a connection attempt may take.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// First wait before reconnecting; doubles on each failure up to `max_reconnect_backoff`.
+    #[serde(with = "duration")]
+    pub min_reconnect_backoff: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(with = "duration")]
+    pub max_reconnect_backoff: Duration,
+    /// `fail_open` (process-local state while Redis is away) or `fail_closed` (503).
+    pub on_unavailable: UnavailableConfig,
+    /// Key expiry in Redis.
+    pub expiry: ExpiryConfig,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            cluster_nodes: Vec::new(),
+            username: None,
+            password_env: None,
+            key_prefix: "gateway:".into(),
+            operation_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            min_reconnect_backoff: Duration::from_millis(100),
+            max_reconnect_backoff: Duration::from_secs(5),
+            on_unavailable: UnavailableConfig::FailOpen,
+            expiry: ExpiryConfig::default(),
+        }
+    }
+}
+
+/// What shared-data calls do while Redis is unreachable or slow.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnavailableConfig {
+    /// Use process-local state; limits hold per proxy until Redis returns.
+    #[default]
+    FailOpen,
+    /// Answer requests that need shared data with a 503.
+    FailClosed,
+}
+
+/// Key expiry: the longest matching prefix wins, else `default`. TTLs refresh on every write.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpiryConfig {
+    /// TTL of keys no prefix matches; `null` keeps them until deleted.
+    #[serde(with = "optional_duration")]
+    pub default: Option<Duration>,
+    /// Per-prefix TTLs.
+    pub prefixes: Vec<ExpiryRule>,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        Self {
+            default: Some(Duration::from_secs(24 * 3600)),
+            prefixes: Vec::new(),
+        }
+    }
+}
+
+/// The TTL of keys starting with `prefix`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryRule {
+    /// A key prefix, such as `cache|` or `ratelimit|`.
+    pub prefix: String,
+    /// TTL; `null` keeps matching keys until deleted.
+    #[serde(with = "optional_duration")]
+    pub ttl: Option<Duration>,
+}
