@@ -3,28 +3,22 @@
 
 use crate::call_mode::CallMode;
 use crate::callout::{HttpCallDispatcher, NoClusters};
+use crate::epoch::EPOCH_TICK;
 use crate::metrics::MetricsRegistry;
-use crate::plugin::{LoadError, Plugin, PluginInner, PluginShared, PluginSpec, RootVm};
+use crate::plugin::{Plugin, PluginInner, PluginShared, RootVm};
 use crate::queues::SharedQueues;
+use crate::services::HostServices;
 use crate::shared_data::{MemoryLimits, MemorySharedData, SharedDataBackend};
+use crate::types::{LoadError, PluginSpec};
 use crate::vm::PluginVm;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
-use wasm_engine_common::{epoch_ticks, EpochTicker, ModuleCache};
+use wasm_engine_common::{EpochTicker, ModuleCache};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
 };
-
-/// How often the engine's epoch advances; CPU deadlines are whole multiples of it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// Epoch ticks for a deadline (at least one full tick, plus one for the partial tick in progress).
-pub(crate) fn ticks_for(deadline: Duration) -> u64 {
-    epoch_ticks(EPOCH_TICK, deadline)
-}
 
 /// Options for [`Host::new`].
 pub struct HostOptions {
@@ -42,35 +36,6 @@ impl Default for HostOptions {
             cache_dir: None,
             shared_data: Arc::new(MemorySharedData::new(MemoryLimits::default())),
             callouts: Arc::new(NoClusters),
-        }
-    }
-}
-
-/// What all plugins of a host share.
-pub(crate) struct HostServices {
-    pub(crate) shared_data: Arc<dyn SharedDataBackend>,
-    pub(crate) queues: SharedQueues,
-    pub(crate) metrics: MetricsRegistry,
-    pub(crate) callouts: Arc<dyn HttpCallDispatcher>,
-}
-
-impl HostServices {
-    /// Counts a filter trap in the metrics (`wasm_filter_traps_total{plugin=...}`).
-    pub(crate) fn record_trap(&self, plugin: &str) {
-        self.count(plugin, "filter_traps_total");
-    }
-
-    /// Counts a VM started in place of a broken one (`wasm_filter_vm_restarts_total`).
-    pub(crate) fn record_vm_restart(&self, plugin: &str) {
-        self.count(plugin, "filter_vm_restarts_total");
-    }
-
-    fn count(&self, plugin: &str, name: &str) {
-        if let Ok(id) = self
-            .metrics
-            .define(plugin, crate::abi::MetricType::Counter, name)
-        {
-            self.metrics.increment(id, 1);
         }
     }
 }

@@ -14,24 +14,32 @@ pub mod bounds;
 mod call_mode;
 pub mod callout;
 mod engine;
+mod epoch;
 pub mod headers;
 mod hostcalls;
 mod memory;
 pub mod metrics;
 mod plugin;
 pub mod queues;
+mod services;
 pub mod shared_data;
 mod state;
 mod stream;
+mod types;
 mod vm;
 mod vm_lock;
 
 pub use callout::{CalloutRequest, CalloutResponse, HttpCallDispatcher, NoClusters};
-pub use engine::{Host, HostOptions, EPOCH_TICK};
+pub use engine::{Host, HostOptions};
+pub use epoch::EPOCH_TICK;
 pub use headers::Headers;
 pub use memory::{decode_map, encode_map};
-pub use plugin::{FailurePolicy, LoadError, Plugin, PluginSpec, VmLimits};
+pub use plugin::Plugin;
 pub use shared_data::{
     BoxFuture, MemoryLimits, MemorySharedData, SharedDataBackend, SharedValue, Unavailable,
 };
-pub use stream::{HttpStream, LocalResponse, PeerCertificate, StreamInfo, Verdict};
+pub use stream::HttpStream;
+pub use types::{
+    FailurePolicy, LoadError, LocalResponse, PeerCertificate, PluginSpec, StreamInfo, Verdict,
+    VmLimits,
+};

@@ -1,9 +1,11 @@
 //! Plugins: a compiled filter module plus its configuration, with one VM per worker thread.
 
 use crate::call_mode::CallMode;
-use crate::engine::HostServices;
+use crate::epoch::ticks_for;
+use crate::services::HostServices;
 use crate::state::HostState;
-use crate::stream::{HttpStream, StreamInfo};
+use crate::stream::HttpStream;
+use crate::types::{PluginSpec, StreamInfo};
 use crate::vm::{PluginVm, SharedVm};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -11,93 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::{Engine, InstancePre, StoreLimits, StoreLimitsBuilder};
-
-/// What a request gets when its filter traps, exceeds its limits or cannot start (named after
-/// Envoy's `FailurePolicy`). Whatever the policy, a broken VM is replaced by a fresh one for the
-/// requests that come after, so a failure costs the failing request only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailurePolicy {
-    /// The request gets a 503 JSON error (Envoy's default).
-    #[default]
-    FailClosed,
-    /// The request goes on without the filter.
-    FailOpen,
-}
-
-/// Per-VM resource limits.
-#[derive(Debug, Clone, Copy)]
-pub struct VmLimits {
-    /// Cap on the guest's linear memory.
-    pub max_memory_bytes: usize,
-    /// CPU (wall-clock) deadline for one callback; a filter that runs longer is trapped.
-    pub callback_deadline: Duration,
-    /// Deadline for start-up (`_initialize`, `on_vm_start`, `on_configure`).
-    pub start_deadline: Duration,
-    /// Longest a filter may keep a stream paused (waiting on a callout, say).
-    pub pause_timeout: Duration,
-}
-
-impl Default for VmLimits {
-    fn default() -> Self {
-        Self {
-            max_memory_bytes: 64 << 20,
-            callback_deadline: Duration::from_millis(500),
-            start_deadline: Duration::from_secs(5),
-            pause_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Everything needed to run a filter.
-#[derive(Debug, Clone)]
-pub struct PluginSpec {
-    /// The plugin's name (`plugin_name`, log lines, metrics labels).
-    pub name: String,
-    /// Root id the filter registered its root context under (`plugin_root_id`).
-    pub root_id: String,
-    /// VM id: plugins sharing it share shared data and queues (`plugin_vm_id`).
-    pub vm_id: String,
-    /// The VM configuration, read by the filter in `on_vm_start`.
-    pub vm_configuration: Vec<u8>,
-    /// The plugin configuration, read by the filter in `on_configure`.
-    pub plugin_configuration: Vec<u8>,
-    /// What happens when the filter fails.
-    pub failure_policy: FailurePolicy,
-    /// Resource limits.
-    pub limits: VmLimits,
-}
-
-impl PluginSpec {
-    /// A spec with default limits and policy; `vm_id` and `root_id` default to the name.
-    pub fn new(name: &str, plugin_configuration: impl Into<Vec<u8>>) -> Self {
-        Self {
-            name: name.to_string(),
-            root_id: name.to_string(),
-            vm_id: name.to_string(),
-            vm_configuration: Vec::new(),
-            plugin_configuration: plugin_configuration.into(),
-            failure_policy: FailurePolicy::default(),
-            limits: VmLimits::default(),
-        }
-    }
-}
-
-/// Why a plugin could not be loaded or started.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The bytes are not a valid module, or compiling failed.
-    #[error("cannot compile the module: {0}")]
-    Compile(String),
-    /// The module does not follow proxy-wasm ABI 0.2.x.
-    #[error("not a proxy-wasm 0.2 module: {0}")]
-    Abi(String),
-    /// Instantiation or a start-up callback trapped.
-    #[error("failed to start: {0}")]
-    Start(String),
-    /// The filter refused its configuration.
-    #[error("refused its configuration: {0}")]
-    Refused(String),
-}
 
 /// What every VM of a plugin shares.
 pub(crate) struct PluginShared {
@@ -194,7 +109,7 @@ impl PluginInner {
     }
 
     pub(crate) fn start_ticks(&self) -> u64 {
-        crate::engine::ticks_for(self.shared.spec.limits.start_deadline)
+        ticks_for(self.shared.spec.limits.start_deadline)
     }
 }
 

@@ -4,7 +4,7 @@ use crate::call_mode::CallMode;
 use crate::callout::{CalloutRequest, CalloutResponse};
 use crate::headers::Headers;
 use crate::plugin::PluginShared;
-use crate::stream::{LocalResponse, StreamInfo};
+use crate::types::{LocalResponse, StreamInfo};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

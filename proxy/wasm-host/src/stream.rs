@@ -3,76 +3,11 @@
 use crate::abi::Action;
 use crate::bounds::MAX_BODY_BYTES;
 use crate::headers::Headers;
-use crate::plugin::{FailurePolicy, Plugin};
+use crate::plugin::Plugin;
+use crate::types::{FailurePolicy, LocalResponse, StreamInfo, Verdict};
 use crate::vm::{Phase, SharedVm};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
-
-/// Facts about the connection and route that filters read as properties.
-#[derive(Debug, Clone, Default)]
-pub struct StreamInfo {
-    /// The client's address (`source.address`).
-    pub source: Option<SocketAddr>,
-    /// The address the client connected to (`destination.address`).
-    pub destination: Option<SocketAddr>,
-    /// `HTTP/1.1`, `HTTP/2`… (`request.protocol`).
-    pub protocol: String,
-    /// The matched route (`xds.route_name`).
-    pub route_name: Option<String>,
-    /// The selected cluster (`xds.cluster_name`).
-    pub cluster_name: Option<String>,
-    /// The client certificate the listener verified, when mTLS was used.
-    pub peer_certificate: Option<PeerCertificate>,
-}
-
-/// A verified client certificate's names, as filters see them in `connection.*` properties.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerCertificate {
-    /// The subject, e.g. `CN=svc-a,O=example` (`connection.subject_peer_certificate`).
-    pub subject: String,
-    /// URI subject alternative names, e.g. SPIFFE IDs (`connection.uri_san_peer_certificate`).
-    pub uri_sans: Vec<String>,
-    /// DNS subject alternative names (`connection.dns_san_peer_certificate`).
-    pub dns_sans: Vec<String>,
-}
-
-impl PeerCertificate {
-    /// The identity as Istio names it (`source.principal`): the first URI SAN (a SPIFFE ID),
-    /// else the first DNS SAN, else the subject.
-    pub fn principal(&self) -> &str {
-        self.uri_sans
-            .first()
-            .or(self.dns_sans.first())
-            .map_or(&self.subject, |name| name)
-    }
-}
-
-/// A response a filter (or the host, on filter failure) sends instead of proxying.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalResponse {
-    /// HTTP status.
-    pub status: u16,
-    /// Response headers (no pseudo-headers).
-    pub headers: Headers,
-    /// Response body.
-    pub body: Vec<u8>,
-    /// Why, for the access log.
-    pub details: String,
-}
-
-/// What the proxy does after a phase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go on with the (possibly modified) headers or data.
-    Continue,
-    /// The filter is buffering the body: send nothing yet; the data is kept and handed back later.
-    Buffer,
-    /// Answer the client with this response and stop proxying.
-    Respond(LocalResponse),
-    /// Reset the stream without a response.
-    Reset,
-}
 
 /// One HTTP context of one filter. Call the phases in order, then [`HttpStream::finish`].
 pub struct HttpStream {

@@ -4,10 +4,11 @@
 use crate::abi::Action;
 use crate::call_mode::CallMode;
 use crate::callout::CalloutResponse;
+use crate::epoch::ticks_for;
 use crate::hostcalls::flush_stdio;
-use crate::plugin::{LoadError, PluginInner};
+use crate::plugin::PluginInner;
 use crate::state::{GuestClock, HostState, StreamState};
-use crate::stream::StreamInfo;
+use crate::types::{LoadError, StreamInfo};
 use crate::vm_lock::{VmGuard, VmLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,8 +316,7 @@ impl PluginVm {
             // Only a guest that can be suspended has waits to give back (see `GuestClock`).
             self.store.data_mut().clock = GuestClock::start(deadline);
         }
-        self.store
-            .set_epoch_deadline(crate::engine::ticks_for(deadline));
+        self.store.set_epoch_deadline(ticks_for(deadline));
         let result = call_guest(self.plugin.calls, &mut self.store, func, params).await;
         flush_stdio(self.store.data_mut());
         self.start_callouts();

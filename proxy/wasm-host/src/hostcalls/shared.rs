@@ -170,7 +170,7 @@ async fn off_the_clock<T>(
     let remaining = caller.data_mut().clock.resume_after(waiting.elapsed());
     caller
         .as_context_mut()
-        .set_epoch_deadline(crate::engine::ticks_for(remaining));
+        .set_epoch_deadline(crate::epoch::ticks_for(remaining));
     output
 }
 

@@ -7,7 +7,7 @@ use crate::callout::CalloutRequest;
 use crate::headers::{is_valid_header, Headers};
 use crate::memory::{decode_map, finish, read, read_string, write_u32, Failure, HostResult};
 use crate::state::{HostState, PendingCallout};
-use crate::stream::LocalResponse;
+use crate::types::LocalResponse;
 use std::time::Duration;
 use wasmtime::{Caller, Linker};
 
