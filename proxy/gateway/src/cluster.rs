@@ -5,6 +5,7 @@ use crate::config::{
     UpstreamProtocol,
 };
 use crate::upstream_tls::UpstreamCredentials;
+use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -199,6 +200,22 @@ impl Cluster {
     /// Whether a retry is allowed now (and, if so, counts it).
     pub fn try_retry(&self) -> bool {
         self.budget.try_retry()
+    }
+
+    /// Whether a request that has made `attempts` attempts may make another (`retries.attempts`).
+    pub fn has_attempts_left(&self, attempts: u32) -> bool {
+        attempts <= self.config.retries.attempts
+    }
+
+    /// What a consistent-hash policy balances `request` on (its configured header), if anything.
+    pub fn hash_key<'r>(&self, request: &'r RequestHeader) -> Option<&'r [u8]> {
+        match &self.config.load_balancing {
+            LoadBalancing::ConsistentHash { header } => request
+                .headers
+                .get(header.as_str())
+                .map(|value| value.as_bytes()),
+            _ => None,
+        }
     }
 }
 

@@ -52,6 +52,25 @@ impl Gateway {
     }
 }
 
+/// How the proxy itself ended a request, instead of the upstream's response.
+#[derive(Debug, Clone, Copy)]
+enum Answered {
+    /// A local reply with this status (a filter's, or an error the proxy chose).
+    Locally(u16),
+    /// The stream was reset without a response.
+    Reset,
+}
+
+impl Answered {
+    /// The status for the access log and metrics: 0 for a reset, as Envoy logs it.
+    fn status(self) -> u16 {
+        match self {
+            Self::Locally(status) => status,
+            Self::Reset => 0,
+        }
+    }
+}
+
 /// Per-request state.
 pub struct RequestContext {
     started: Instant,
@@ -69,9 +88,8 @@ pub struct RequestContext {
     chain: Option<ChainRun>,
     /// An error chosen by the proxy; `fail_to_proxy` renders it.
     error: Option<ProxyError>,
-    /// A response was already written (local reply; 0 when the stream was reset); nothing else
-    /// must be.
-    responded: Option<u16>,
+    /// The proxy itself already answered (or reset) the request; nothing else must be written.
+    answered: Option<Answered>,
     /// Replaces the upstream body (a 5xx turned into JSON, or a response-phase local reply).
     replacement_body: Option<Bytes>,
     request_body_bytes: u64,
@@ -98,7 +116,7 @@ impl ProxyHttp for Gateway {
             upstream_headers_after: None,
             chain: None,
             error: None,
-            responded: None,
+            answered: None,
             replacement_body: None,
             request_body_bytes: 0,
             request_ended_with_headers: false,
@@ -223,15 +241,8 @@ impl ProxyHttp for Gateway {
             self.runtime.metrics.retry(&cluster.config.name);
         }
         ctx.attempts += 1;
-        let hash_key = match &cluster.config.load_balancing {
-            crate::config::LoadBalancing::ConsistentHash { header } => session
-                .req_header()
-                .headers
-                .get(header.as_str())
-                .map(|v| v.as_bytes().to_vec()),
-            _ => None,
-        };
-        let Some(endpoint) = cluster.select(hash_key.as_deref(), ctx.failed_endpoint) else {
+        let hash_key = cluster.hash_key(session.req_header());
+        let Some(endpoint) = cluster.select(hash_key, ctx.failed_endpoint) else {
             ctx.error = Some(ProxyError::NoHealthyUpstream);
             return Err(ProxyError::NoHealthyUpstream.into_pingora());
         };
@@ -434,13 +445,13 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestContext,
     ) -> FailToProxy {
-        if let Some(status) = ctx.responded {
+        if let Some(answered) = ctx.answered {
             return FailToProxy {
-                error_code: status,
+                error_code: answered.status(),
                 can_reuse_downstream: false,
             };
         }
-        let error = ctx.error.unwrap_or_else(|| classify(e));
+        let error = ctx.error.unwrap_or_else(|| ProxyError::from_failure(e));
         let downstream_gone = e.esource() == &ErrorSource::Downstream
             && matches!(
                 e.etype(),
@@ -477,7 +488,7 @@ impl ProxyHttp for Gateway {
                 tracing::debug!(%write_error, "could not send the error response");
             }
         }
-        ctx.responded = Some(error.status());
+        ctx.answered = Some(Answered::Locally(error.status()));
         FailToProxy {
             error_code: error.status(),
             can_reuse_downstream: false,
@@ -497,7 +508,7 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
-            .or(ctx.responded)
+            .or(ctx.answered.map(Answered::status))
             .unwrap_or(0);
         let route = ctx.route.as_ref().map_or("", |r| r.config.name.as_str());
         let cluster = ctx.cluster.as_ref().map_or("", |c| c.config.name.as_str());
@@ -599,7 +610,7 @@ impl Gateway {
         error: ProxyError,
     ) -> pingora::Result<bool> {
         responses::write_error(session, error, &ctx.request_id).await?;
-        ctx.responded = Some(error.status());
+        ctx.answered = Some(Answered::Locally(error.status()));
         Ok(true)
     }
 }
@@ -639,7 +650,7 @@ fn normalize_path(session: &mut Session, generation: &Generation) -> Result<(), 
 /// Whether the request has attempts left and its body (if any) can still be replayed.
 fn within_retry_limits(session: &Session, ctx: &RequestContext) -> bool {
     let cluster = ctx.cluster.as_ref().expect("routed before any attempt");
-    ctx.attempts <= cluster.config.retries.attempts && !session.as_ref().retry_buffer_truncated()
+    cluster.has_attempts_left(ctx.attempts) && !session.as_ref().retry_buffer_truncated()
 }
 
 /// Sends a filter's local reply and records that the request is answered.
@@ -650,38 +661,15 @@ async fn answer_locally(
 ) -> pingora::Result<()> {
     let status = response.status;
     responses::write_local(session, response, &ctx.request_id).await?;
-    ctx.responded = Some(status);
+    ctx.answered = Some(Answered::Locally(status));
     Ok(())
 }
 
 /// Ends the stream without a response (a filter reset it, or answered after the headers left):
-/// `fail_to_proxy` sees `responded` and writes nothing.
+/// `fail_to_proxy` sees `answered` and writes nothing.
 fn reset(ctx: &mut RequestContext) -> Box<Error> {
-    ctx.responded = Some(0);
+    ctx.answered = Some(Answered::Reset);
     Error::explain(ErrorType::ConnectionClosed, "a filter reset the stream")
-}
-
-/// Maps a proxying failure to the error the client sees.
-fn classify(e: &Error) -> ProxyError {
-    match e.etype() {
-        ErrorType::ConnectTimedout
-        | ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::ConnectProxyFailure
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout => ProxyError::UpstreamUnavailable,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            if e.esource() == &ErrorSource::Upstream =>
-        {
-            ProxyError::UpstreamTimeout
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => ProxyError::BadGateway,
-            ErrorSource::Downstream => ProxyError::BadRequest,
-            ErrorSource::Internal | ErrorSource::Unset => ProxyError::Internal,
-        },
-    }
 }
 
 /// Swaps the response body for `body`, fixing the framing headers.

@@ -4,6 +4,7 @@ use crate::path_normalization::PathRejection;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
 use proxy_wasm_host::LocalResponse;
 
 /// Errors the proxy answers with. The body is always
@@ -36,6 +37,29 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The error the client sees for a proxying failure.
+    pub fn from_failure(e: &Error) -> Self {
+        match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::ConnectProxyFailure
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout => ProxyError::UpstreamUnavailable,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                ProxyError::UpstreamTimeout
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => ProxyError::BadGateway,
+                ErrorSource::Downstream => ProxyError::BadRequest,
+                ErrorSource::Internal | ErrorSource::Unset => ProxyError::Internal,
+            },
+        }
+    }
+
     /// HTTP status.
     pub fn status(self) -> u16 {
         match self {
