@@ -1,8 +1,10 @@
 //! The HTTP API's request body and its errors (`{"error": {status, code, message, request_id}}`).
 
-use crate::capabilities::RequestedCapabilities;
+use crate::admission::Rejection;
+use crate::capabilities::{Refusal, RequestedCapabilities};
 use crate::limits::RequestedLimits;
 use crate::runtimes::Language;
+use crate::sandbox::ExecutionError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -27,6 +29,68 @@ pub struct ExecutionRequest {
     /// What the code may touch beyond pure computation.
     #[serde(default)]
     pub capabilities: RequestedCapabilities,
+}
+
+/// Why a request is refused, as the client will see it, before the request id is attached.
+#[derive(Debug)]
+pub struct Failure {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// For humans; may change.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The answer for the request `request_id`.
+    pub fn for_request(self, request_id: &str) -> ApiError {
+        ApiError::new(self.status, self.code, self.message, request_id)
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        let (status, code) = match refusal {
+            Refusal::UnknownDataset(_) => (StatusCode::BAD_REQUEST, "unknown_dataset"),
+            Refusal::MissingScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Refusal::ApprovalRequired(_) => (StatusCode::FORBIDDEN, "approval_required"),
+        };
+        Self::new(status, code, refusal.to_string())
+    }
+}
+
+impl From<Rejection> for Failure {
+    fn from(rejection: Rejection) -> Self {
+        let (status, code) = match rejection {
+            Rejection::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "too_many_executions"),
+            Rejection::QueueTimeout => (StatusCode::SERVICE_UNAVAILABLE, "queue_timeout"),
+        };
+        Self::new(status, code, rejection.to_string())
+    }
+}
+
+impl From<ExecutionError> for Failure {
+    fn from(error: ExecutionError) -> Self {
+        let (status, code) = match &error {
+            ExecutionError::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
+            ExecutionError::NoRuntime(_) => (StatusCode::BAD_REQUEST, "unsupported_language"),
+            ExecutionError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ExecutionError::Mount { .. } | ExecutionError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
+        };
+        Self::new(status, code, error.to_string())
+    }
 }
 
 /// An error answered as JSON with the request id.

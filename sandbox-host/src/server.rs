@@ -1,12 +1,13 @@
 //! The HTTP service: `POST /v1/executions`, `GET /v1/runtimes`, `/healthz`, `/readyz`, `/metrics`.
 
-use crate::admission::{Admission, Rejection};
-use crate::api::{ApiError, ExecutionRequest};
-use crate::capabilities::{grant, ApprovalKey, Caller, Mount, Refusal};
+use crate::admission::Admission;
+use crate::api::{ApiError, ExecutionRequest, Failure};
+use crate::capabilities::{grant, ApprovalKey, Caller, Mount};
 use crate::config::{Settings, UnsignedCallers};
+use crate::limits::{LimitSettings, Limits};
 use crate::metrics::Metrics;
 use crate::runtimes::Language;
-use crate::sandbox::{ExecutionError, Program, Report, Sandbox};
+use crate::sandbox::{Program, Report, Sandbox};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -121,75 +122,43 @@ async fn run_execution(
     body: Body,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let fail = |status, code, message: String| ApiError::new(status, code, message, request_id);
+    execute_request(service, headers, body, request_id)
+        .await
+        .map_err(|failure| {
+            if failure.status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(request_id, message = %failure.message, "execution failed to start");
+            }
+            failure.for_request(request_id)
+        })
+}
+
+/// Reads, checks and authorises an execution request, waits for a slot and runs it.
+async fn execute_request(
+    service: &Service,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Response, Failure> {
     let sandbox = service.sandbox.get().ok_or_else(|| {
-        fail(
+        Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "runtimes are still loading".into(),
+            "runtimes are still loading",
         )
     })?;
-    let bytes = axum::body::to_bytes(body, service.settings.max_request_bytes)
-        .await
-        .map_err(|_| {
-            fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!(
-                    "the request body exceeds {} bytes",
-                    service.settings.max_request_bytes
-                ),
-            )
-        })?;
-    let request: ExecutionRequest =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
-            .map_err(|e| {
-                fail(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("{}: {}", e.path(), e.inner()),
-                )
-            })?;
-    let code = match request.language {
-        Language::Wasm => base64::engine::general_purpose::STANDARD
-            .decode(request.code.trim())
-            .map_err(|e| {
-                fail(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("code: not base64 ({e})"),
-                )
-            })?,
-        _ => request.code.into_bytes(),
-    };
-    let max_code = sandbox.limit_settings().max_code_bytes;
-    if code.len() > max_code {
-        return Err(fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "code_too_large",
-            format!(
-                "code is {} bytes; the server accepts at most {max_code}",
-                code.len()
-            ),
-        ));
-    }
-    let limits = sandbox
-        .limit_settings()
-        .resolve(&request.limits)
-        .map_err(|e| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                "limit_exceeds_maximum",
-                e.to_string(),
-            )
-        })?;
+    let (request, code, limits) = read_execution(
+        body,
+        service.settings.max_request_bytes,
+        sandbox.limit_settings(),
+    )
+    .await?;
     let caller = match authenticated_caller(service, headers) {
         Ok(caller) => caller,
         Err(_) if service.settings.gateway.unsigned_callers == UnsignedCallers::ComputeOnly => {
             Caller::default()
         }
         Err(error) => {
-            return Err(fail(
+            return Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "untrusted_caller",
                 format!("{error}; only the gateway may call this service"),
@@ -203,22 +172,14 @@ async fn run_execution(
         service.approval_key.as_ref(),
         &code,
         unix_now(),
-    )
-    .map_err(|refusal| {
-        let (status, code) = match refusal {
-            Refusal::UnknownDataset(_) => (StatusCode::BAD_REQUEST, "unknown_dataset"),
-            Refusal::MissingScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope"),
-            Refusal::ApprovalRequired(_) => (StatusCode::FORBIDDEN, "approval_required"),
-        };
-        fail(status, code, refusal.to_string())
-    })?;
+    )?;
     // Held until the execution ends; dropping it deletes the directory and all it holds.
     let scratch = if request.capabilities.scratch {
         let dir = tempfile::Builder::new()
             .prefix("sandbox-scratch-")
             .tempdir()
             .map_err(|e| {
-                fail(
+                Failure::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal_error",
                     format!("cannot create scratch: {e}"),
@@ -234,22 +195,7 @@ async fn run_execution(
         None
     };
 
-    let slot = service
-        .admission
-        .admit()
-        .await
-        .map_err(|rejection| match rejection {
-            Rejection::QueueFull => fail(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_executions",
-                rejection.to_string(),
-            ),
-            Rejection::QueueTimeout => fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_timeout",
-                rejection.to_string(),
-            ),
-        })?;
+    let slot = service.admission.admit().await?;
     let language = request.language;
     let program = Program {
         language,
@@ -261,19 +207,7 @@ async fn run_execution(
     // request is dropped first (which cancels it).
     let report = sandbox
         .execute(program, limits, mounts, (slot, scratch))
-        .await
-        .map_err(|error| {
-            let (status, code) = match &error {
-                ExecutionError::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
-                ExecutionError::NoRuntime(_) => (StatusCode::BAD_REQUEST, "unsupported_language"),
-                ExecutionError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-                ExecutionError::Mount { .. } | ExecutionError::Internal(_) => {
-                    tracing::error!(request_id, %error, "execution failed to start");
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-                }
-            };
-            fail(status, code, error.to_string())
-        })?;
+        .await?;
     service.metrics.record(language, &report);
     tracing::info!(
         request_id,
@@ -363,6 +297,55 @@ async fn not_found(headers: HeaderMap) -> Response {
         &request_id(&headers),
     )
     .into_response()
+}
+
+/// The request body as an execution: its code decoded and within the size cap, its limits
+/// resolved against the server's.
+async fn read_execution(
+    body: Body,
+    max_request: usize,
+    settings: &LimitSettings,
+) -> Result<(ExecutionRequest, Vec<u8>, Limits), Failure> {
+    let bytes = axum::body::to_bytes(body, max_request).await.map_err(|_| {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body exceeds {max_request} bytes"),
+        )
+    })?;
+    let mut request: ExecutionRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+            .map_err(|e| invalid_request(format!("{}: {}", e.path(), e.inner())))?;
+    let code = match request.language {
+        Language::Wasm => base64::engine::general_purpose::STANDARD
+            .decode(request.code.trim())
+            .map_err(|e| invalid_request(format!("code: not base64 ({e})")))?,
+        _ => std::mem::take(&mut request.code).into_bytes(),
+    };
+    let max_code = settings.max_code_bytes;
+    if code.len() > max_code {
+        return Err(Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "code_too_large",
+            format!(
+                "code is {} bytes; the server accepts at most {max_code}",
+                code.len()
+            ),
+        ));
+    }
+    let limits = settings.resolve(&request.limits).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "limit_exceeds_maximum",
+            e.to_string(),
+        )
+    })?;
+    Ok((request, code, limits))
+}
+
+/// A 400 `invalid_request` saying what is wrong.
+fn invalid_request(message: String) -> Failure {
+    Failure::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
 /// The gateway's request id when it sent a sane one, else a new one.
