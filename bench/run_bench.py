@@ -31,13 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "envoy-config"))
-sys.path.insert(0, str(REPO / "tests" / "support"))
-
-from gateway import Gateway, built_filter, free_port, start_gateway, target_dir  # noqa: E402
-from redis_server import RedisServer, start_redis  # noqa: E402
-from run_envoy import EnvoyProcess, start_envoy_bootstrap  # noqa: E402
+from harness.envoy import EnvoyProcess, start_envoy_bootstrap
+from harness.gateway import REPO, Gateway, built_filter, free_port, start_gateway, target_dir
+from harness.redis_server import RedisServer, start_redis
 
 API_KEY = "demo-key-change-me"
 AUTH_CONFIG = REPO / "envoy-config" / "plugins" / "auth.json"

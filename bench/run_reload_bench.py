@@ -29,12 +29,7 @@ from typing import Any
 
 import requests
 import yaml
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "envoy-config"))
-sys.path.insert(0, str(REPO / "tests" / "support"))
-
-from gateway import Gateway, free_port, proxy_binary, start_gateway, wasm_dir  # noqa: E402
+from harness.gateway import REPO, Gateway, free_port, proxy_binary, start_gateway, wasm_dir
 
 
 def custom_section(payload: bytes) -> bytes:

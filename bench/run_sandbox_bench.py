@@ -24,13 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "envoy-config"))
-sys.path.insert(0, str(REPO / "tests" / "support"))
-
-from gateway import target_dir  # noqa: E402
-from sandbox_host import SandboxHost, start_sandbox  # noqa: E402
+from harness.gateway import target_dir
+from harness.sandbox_host import SandboxHost, start_sandbox
 
 PROGRAMS = {
     "python": "print(1 + 1)",

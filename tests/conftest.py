@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from harness.echo_upstream import EchoServer, start_echo_upstream
+from harness.filter_stack import Stack, run_stack
+from harness.gateway import Gateway, built_filter, start_gateway
+from harness.gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "envoy-config"))
-sys.path.insert(0, str(REPO / "tests" / "support"))
-
-import os  # noqa: E402
-
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from echo_upstream import EchoServer, start_echo_upstream  # noqa: E402
-from filter_stack import Stack, run_stack  # noqa: E402
-from gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY  # noqa: E402
-
-# Every proxy and sandbox-host the suites start inherits the key their identity signatures use.
+# Every proxy and sandbox-host the suites start inherits the key their identity signatures use
+# (read when they start, so setting it here, before any fixture runs, is enough).
 os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
-from gateway import Gateway, built_filter, start_gateway, target_dir, wasm_dir  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

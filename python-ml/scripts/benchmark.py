@@ -21,17 +21,13 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+from harness.gateway import REPO
+from harness.python_ml_service import start_python_ml
 from python_ml.chunking import split_sentences
 from python_ml.embedding import Embedder, bundled_model_dir
 from python_ml.evaluation import load_corpus, load_questions
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "support"))
-
-from python_ml_service import start_python_ml  # noqa: E402 - the e2e suite's launcher, on the path above
 
 REPORT = REPO / "docs" / "python-ml-benchmarks.md"
 

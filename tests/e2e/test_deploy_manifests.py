@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import wasm_dir
-from gateway import REPO, run_proxy
+from harness.gateway import REPO, run_proxy, wasm_dir
 
 DEPLOY = REPO / "deploy"
 ISTIO_PHASES = {"AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"}

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import requests
-from gateway import Gateway
-from run_envoy import EnvoyProcess, start_envoy
+from harness.envoy import EnvoyProcess, start_envoy
+from harness.gateway import Gateway
 
 
 def start_probe(mode: str, wasm: Path, upstream_port: int, work_dir: Path) -> EnvoyProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from run_envoy import EnvoyProcess, EnvoyStartError, start_envoy
+from harness.envoy import EnvoyProcess, EnvoyStartError, start_envoy
 
 KEYS = {"alice": "alice-key-1", "bob": "bob-key-2"}
 PLUGIN_CONFIG = json.dumps(

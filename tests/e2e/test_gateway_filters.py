@@ -19,7 +19,7 @@ import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
-from filter_stack import BATCH_KEY, BYPASS_KEY, ISSUER, KID, Stack
+from harness.filter_stack import BATCH_KEY, BYPASS_KEY, ISSUER, KID, Stack
 
 
 def token(key: rsa.RSAPrivateKey, kid: str = KID, **overrides: str | int | list[str] | None) -> str:

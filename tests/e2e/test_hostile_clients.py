@@ -17,12 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import built_filter
-from echo_upstream import EchoServer
-from filter_stack import BATCH_KEY, Stack
-from gateway import Gateway, free_port
-from run_envoy import start_envoy
-from test_proxy_routing import cluster
+from harness.echo_upstream import EchoServer
+from harness.envoy import start_envoy
+from harness.filter_stack import BATCH_KEY, Stack
+from harness.gateway import Gateway, built_filter, cluster, free_port
 
 VALID = {"x-api-key": BATCH_KEY}
 # Obs-text bytes: legal on the wire (RFC 9110 §5.5), not UTF-8.

@@ -11,18 +11,16 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import REPO, built_filter
-from echo_upstream import EchoServer
-from gateway import Gateway, GatewayStartError, start_gateway
-from test_proxy_routing import cluster
-
-AUTH_CONFIG = REPO / "envoy-config" / "plugins" / "auth.json"
-DEMO_KEY = "demo-key-change-me"
-
-
-def auth_filter() -> dict[str, Any]:
-    """The auth filter with the same configuration file Envoy's bootstrap uses."""
-    return {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration_file": str(AUTH_CONFIG)}
+from harness.echo_upstream import EchoServer
+from harness.gateway import (
+    DEMO_KEY,
+    Gateway,
+    GatewayStartError,
+    auth_filter,
+    built_filter,
+    cluster,
+    start_gateway,
+)
 
 
 def probe_filter(mode: str, name: str = "probe") -> dict[str, Any]:

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import requests
-from echo_upstream import EchoServer
-from gateway import Gateway, GatewayStartError, run_proxy, start_gateway, write_config
-from test_proxy_routing import cluster
+from harness.echo_upstream import EchoServer
+from harness.gateway import Gateway, GatewayStartError, cluster, run_proxy, start_gateway, write_config
 
 
 def minimal(upstream: EchoServer) -> dict[str, Any]:

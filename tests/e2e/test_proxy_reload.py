@@ -19,11 +19,18 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import built_filter
-from echo_upstream import EchoServer
-from gateway import Gateway, free_port, proxy_binary, wait_until_serving, write_config
-from test_proxy_filters import AUTH_CONFIG, DEMO_KEY
-from test_proxy_routing import cluster
+from harness.echo_upstream import EchoServer
+from harness.gateway import (
+    AUTH_CONFIG,
+    DEMO_KEY,
+    Gateway,
+    built_filter,
+    cluster,
+    free_port,
+    proxy_binary,
+    wait_until_serving,
+    write_config,
+)
 
 CACHE_CONFIG = AUTH_CONFIG.parent / "cache.json"
 

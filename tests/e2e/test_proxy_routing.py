@@ -8,14 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from echo_upstream import EchoServer
-from gateway import Gateway, free_port
-
-
-def cluster(name: str, *servers: EchoServer, **extra: object) -> dict[str, Any]:
-    """A cluster config for echo upstreams."""
-    endpoints = [f"127.0.0.1:{s.server_address[1]}" for s in servers]
-    return {"name": name, "endpoints": endpoints, **extra}
+from harness.echo_upstream import EchoServer
+from harness.gateway import Gateway, cluster, free_port
 
 
 def test_routes_match_on_path_host_method_and_headers(

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import built_filter
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from echo_upstream import EchoServer
-from gateway import Gateway, free_port, start_gateway
+from harness.echo_upstream import EchoServer
+from harness.gateway import Gateway, built_filter, free_port, start_gateway
 
 PRINCIPAL = "spiffe://cluster.local/ns/default/sa/svc-a"
 

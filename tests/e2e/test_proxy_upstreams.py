@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from echo_upstream import EchoServer, start_echo_upstream
-from gateway import Gateway, free_port, run_proxy, write_config
-from test_proxy_routing import cluster
+from harness.echo_upstream import EchoServer, start_echo_upstream
+from harness.gateway import Gateway, cluster, free_port, run_proxy, write_config
 
 
 def served_by(proxy: Gateway, path: str = "/", **headers: str) -> str:

@@ -11,12 +11,10 @@ from typing import Any
 import openai
 import pytest
 import requests
-from conftest import REPO, built_filter
-from gateway import Gateway
-from gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY
-from python_ml_service import start_python_ml
-from run_envoy import free_port
-from test_proxy_filters import DEMO_KEY, auth_filter
+from harness.envoy import free_port
+from harness.gateway import DEMO_KEY, REPO, Gateway, auth_filter, built_filter
+from harness.gateway_identity import SIGNING_KEY_ENV, TEST_SIGNING_KEY
+from harness.python_ml_service import start_python_ml
 
 KEY = {"x-api-key": DEMO_KEY}
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import requests
-from gateway_identity import signed_headers
-from sandbox_host import APPROVAL_KEY_ENV, TEST_APPROVAL_KEY, SandboxHost, approve, base_config, start_sandbox
+from harness.gateway_identity import signed_headers
+from harness.sandbox_host import APPROVAL_KEY_ENV, TEST_APPROVAL_KEY, SandboxHost, approve, base_config, start_sandbox
 
 HELLO_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))

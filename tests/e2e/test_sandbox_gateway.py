@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import built_filter
-from gateway import Gateway, start_gateway
-from gateway_identity import SIGNING_KEY_ENV
-from sandbox_host import SandboxHost, start_sandbox
+from harness.gateway import Gateway, built_filter, start_gateway
+from harness.gateway_identity import SIGNING_KEY_ENV
+from harness.sandbox_host import SandboxHost, start_sandbox
 
 AUTH = {
     "api_key": {

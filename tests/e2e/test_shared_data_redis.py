@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import built_filter
-from echo_upstream import EchoServer, start_echo_upstream
-from gateway import Gateway, start_gateway
-from redis_server import RedisServer, start_redis
+from harness.echo_upstream import EchoServer, start_echo_upstream
+from harness.gateway import Gateway, built_filter, start_gateway
+from harness.redis_server import RedisServer, start_redis
 
 API_KEY = "k-shared"
 AUTH = {"api_key": {"keys": [{"identity": "svc-shared", "key": API_KEY}]}}

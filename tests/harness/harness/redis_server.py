@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
+from harness.envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
 
 
 def redis_binary() -> str:

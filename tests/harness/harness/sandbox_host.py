@@ -18,8 +18,9 @@ from typing import Any
 
 import requests
 import yaml
-from gateway import REPO, built_binary, target_dir, wait_until_serving
-from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
+
+from harness.envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
+from harness.gateway import REPO, built_binary, target_dir, wait_until_serving
 
 DEFAULT_CONFIG = REPO / "sandbox-host" / "config" / "default.yaml"
 

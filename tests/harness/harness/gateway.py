@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from run_envoy import free_port  # envoy-config/, on the path of every suite and the benchmark
 
-REPO = Path(__file__).resolve().parent.parent.parent
+from harness.echo_upstream import EchoServer
+from harness.envoy import free_port
+
+# tests/harness/harness/gateway.py
+REPO = Path(__file__).resolve().parents[3]
+# The auth filter's plugin configuration, shared with Envoy's bootstraps, and its demo key.
+AUTH_CONFIG = REPO / "envoy-config" / "plugins" / "auth.json"
+DEMO_KEY = "demo-key-change-me"
 
 
 def target_dir() -> Path:
@@ -169,3 +175,14 @@ def wait_until_serving(process: subprocess.Popen[bytes], url: str, timeout: floa
             pass
         time.sleep(0.05)
     return f"did not answer {url} within {timeout:.0f} s"
+
+
+def auth_filter() -> dict[str, Any]:
+    """The auth filter with the same configuration file Envoy's bootstrap uses."""
+    return {"name": "auth", "wasm": str(built_filter("auth_filter")), "configuration_file": str(AUTH_CONFIG)}
+
+
+def cluster(name: str, *servers: EchoServer, **extra: object) -> dict[str, Any]:
+    """A cluster config for echo upstreams."""
+    endpoints = [f"127.0.0.1:{s.server_address[1]}" for s in servers]
+    return {"name": name, "endpoints": endpoints, **extra}

@@ -13,9 +13,10 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from echo_upstream import EchoServer, start_echo_upstream
-from gateway import REPO, Gateway, start_gateway
-from run_envoy import start_envoy_bootstrap
+
+from harness.echo_upstream import EchoServer, start_echo_upstream
+from harness.envoy import start_envoy_bootstrap
+from harness.gateway import REPO, Gateway, start_gateway
 
 ISSUER = "https://idp.test"
 KID = "key-1"
