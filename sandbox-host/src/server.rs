@@ -139,13 +139,7 @@ async fn execute_request(
     body: Body,
     request_id: &str,
 ) -> Result<Response, Failure> {
-    let sandbox = service.sandbox.get().ok_or_else(|| {
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "runtimes are still loading",
-        )
-    })?;
+    let sandbox = ready_sandbox(service)?;
     let (request, code, limits) = read_execution(
         body,
         service.settings.max_request_bytes,
@@ -234,14 +228,9 @@ async fn execute_request(
 }
 
 async fn runtimes(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
-    let Some(sandbox) = service.sandbox.get() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "runtimes are still loading",
-            &request_id(&headers),
-        )
-        .into_response();
+    let sandbox = match ready_sandbox(&service) {
+        Ok(sandbox) => sandbox,
+        Err(failure) => return failure.for_request(&request_id(&headers)).into_response(),
     };
     let limits = sandbox.limit_settings();
     let runtimes: Vec<_> = sandbox
@@ -341,6 +330,17 @@ async fn read_execution(
         )
     })?;
     Ok((request, code, limits))
+}
+
+/// The sandbox, once its runtimes have loaded; until then 503 `not_ready`.
+fn ready_sandbox(service: &Service) -> Result<&Arc<Sandbox>, Failure> {
+    service.sandbox.get().ok_or_else(|| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "runtimes are still loading",
+        )
+    })
 }
 
 /// A 400 `invalid_request` saying what is wrong.

@@ -6,11 +6,14 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// The id in `value` when it is usable as sent (non-empty printable ASCII of at most
 /// `MAX_REQUEST_ID_BYTES`); `None` means the receiver makes a new one.
 pub fn usable_request_id(value: &[u8]) -> Option<&str> {
-    let usable = !value.is_empty()
-        && value.len() <= MAX_REQUEST_ID_BYTES
-        && value.iter().all(u8::is_ascii_graphic);
+    if value.is_empty()
+        || value.len() > MAX_REQUEST_ID_BYTES
+        || !value.iter().all(u8::is_ascii_graphic)
+    {
+        return None;
+    }
     // Printable ASCII is UTF-8.
-    usable.then(|| std::str::from_utf8(value).ok()).flatten()
+    std::str::from_utf8(value).ok()
 }
 
 #[cfg(test)]
