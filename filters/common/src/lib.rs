@@ -10,43 +10,17 @@ pub mod testing;
 
 use serde::de::DeserializeOwned;
 
-/// Why a plugin configuration was refused: the field (`jwt.providers[0].issuer`) and the problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Path of the offending field; empty for the document as a whole.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
+pub use gateway_contract::ConfigError;
 
-impl ConfigError {
-    /// An error about `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "plugin configuration: {}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// How errors about the plugin configuration as a whole name it.
+const WHOLE_CONFIGURATION: &str = "plugin configuration";
 
 /// Parses a JSON plugin configuration. Errors name the field (`rules[2].scopes`); an empty
 /// configuration is refused with `expected`, a description of what should be there.
 pub fn parse_config<T: DeserializeOwned>(bytes: &[u8], expected: &str) -> Result<T, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new(
-            "",
+            WHOLE_CONFIGURATION,
             format!("plugin configuration is empty; expected {expected}"),
         ));
     }
@@ -54,7 +28,7 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8], expected: &str) -> Result
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." || field == "?" {
-            String::new()
+            WHOLE_CONFIGURATION.to_string()
         } else {
             field
         };

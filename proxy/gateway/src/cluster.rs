@@ -1,8 +1,7 @@
 //! Upstream clusters: endpoints with health and load, endpoint selection, and the retry budget.
 
 use crate::config::{
-    parse_endpoint, ClusterConfig, ConfigError, EndpointSpec, LoadBalancing, RetryConfig,
-    UpstreamProtocol,
+    ClusterConfig, ConfigError, EndpointAddress, LoadBalancing, RetryConfig, UpstreamProtocol,
 };
 use crate::upstream_tls::UpstreamCredentials;
 use pingora::http::RequestHeader;
@@ -250,16 +249,16 @@ pub async fn resolve_endpoints(
     lookup: NameLookup,
 ) -> Result<Vec<ResolvedEndpoint>, ConfigError> {
     let mut resolved = Vec::new();
-    for (i, text) in config.endpoints.iter().enumerate() {
+    for (i, endpoint) in config.endpoints.iter().enumerate() {
         let field = format!("{field}.endpoints[{i}]");
-        match parse_endpoint(text, &field)? {
-            EndpointSpec::Address(address) => resolved.push(ResolvedEndpoint {
-                address,
+        match endpoint {
+            EndpointAddress::Address(address) => resolved.push(ResolvedEndpoint {
+                address: *address,
                 name: None,
             }),
-            EndpointSpec::Name { .. } if lookup == NameLookup::Skip => {}
-            EndpointSpec::Name { host, port } => {
-                let lookup = tokio::net::lookup_host((host.as_str(), port));
+            EndpointAddress::Name { .. } if lookup == NameLookup::Skip => {}
+            EndpointAddress::Name { host, port } => {
+                let lookup = tokio::net::lookup_host((host.as_str(), *port));
                 let failed = |reason: String| {
                     ConfigError::new(&field, format!("cannot resolve {host}: {reason}"))
                 };

@@ -1,11 +1,10 @@
 //! Filter chains: loading a route's proxy-wasm filters through the host, and running one request
 //! through them. Requests pass the filters in order, responses in reverse order (as in Envoy).
 
-use crate::config::{value_bytes, Config, ConfigError, FailurePolicyConfig, FilterChainConfig};
+use crate::config::{value_bytes, Config, ConfigError, FilterChainConfig};
 use crate::metrics::{FilterPhase, FilterTimers, GatewayMetrics};
 use proxy_wasm_host::{
-    FailurePolicy, Headers, Host, HttpStream, LocalResponse, Plugin, PluginSpec, StreamInfo,
-    Verdict, VmLimits,
+    Headers, Host, HttpStream, LocalResponse, Plugin, PluginSpec, StreamInfo, Verdict,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -46,16 +45,8 @@ impl FilterChain {
                 PluginSpec::new(&filter.name, config.plugin_configuration(filter, &field)?);
             spec.root_id = filter.root_id.clone();
             spec.vm_configuration = value_bytes(filter.vm_configuration.as_ref());
-            spec.failure_policy = match filter.failure_policy {
-                FailurePolicyConfig::FailClosed => FailurePolicy::FailClosed,
-                FailurePolicyConfig::FailOpen => FailurePolicy::FailOpen,
-            };
-            spec.limits = VmLimits {
-                max_memory_bytes: filter.limits.max_memory_mib << 20,
-                callback_deadline: filter.limits.callback_timeout,
-                pause_timeout: filter.limits.pause_timeout,
-                ..VmLimits::default()
-            };
+            spec.failure_policy = filter.failure_policy;
+            spec.limits = filter.limits.vm_limits();
             let plugin = host
                 .load_plugin(&wasm, spec)
                 .await

@@ -77,11 +77,11 @@ async fn check_cluster(cluster: &Cluster, metrics: &GatewayMetrics) {
         .iter()
         .map(|endpoint| {
             let mut check = HttpHealthCheck::new(&endpoint.address.to_string(), false);
-            check.peer_template = cluster.peer(endpoint, Some(config.timeout));
-            check.peer_template.options.connection_timeout = Some(config.timeout);
-            check.peer_template.options.total_connection_timeout = Some(config.timeout);
-            let mut request =
-                RequestHeader::build("GET", config.path.as_bytes(), None).expect("valid request");
+            check.peer_template = cluster.peer(endpoint, Some(config.timeout.get()));
+            check.peer_template.options.connection_timeout = Some(config.timeout.get());
+            check.peer_template.options.total_connection_timeout = Some(config.timeout.get());
+            let mut request = RequestHeader::build("GET", config.path.as_str().as_bytes(), None)
+                .expect("valid request");
             let host = match &endpoint.name {
                 Some(name) => format!("{name}:{}", endpoint.address.port()),
                 None => endpoint.address.to_string(),
@@ -111,13 +111,13 @@ async fn check_cluster(cluster: &Cluster, metrics: &GatewayMetrics) {
         })
         .collect();
     let mut streaks = vec![Streak::default(); checks.len()];
-    let mut interval = tokio::time::interval(config.interval);
+    let mut interval = tokio::time::interval(config.interval.get());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let results =
             futures::future::join_all(checks.iter().map(|(_, check, backend)| async move {
-                tokio::time::timeout(config.timeout, check.check(backend))
+                tokio::time::timeout(config.timeout.get(), check.check(backend))
                     .await
                     .map_err(|_| "timed out".to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()))
@@ -126,9 +126,9 @@ async fn check_cluster(cluster: &Cluster, metrics: &GatewayMetrics) {
         for (((endpoint, _, _), result), streak) in checks.iter().zip(results).zip(&mut streaks) {
             let ok = result.is_ok();
             let threshold = if ok {
-                config.healthy_threshold
+                config.healthy_threshold.get()
             } else {
-                config.unhealthy_threshold
+                config.unhealthy_threshold.get()
             };
             if streak.observe(ok) < threshold || endpoint.is_healthy() == ok {
                 continue;

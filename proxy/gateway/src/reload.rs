@@ -200,37 +200,9 @@ impl Reloader {
     }
 }
 
-/// The settings a running process cannot change: Pingora binds listeners and sizes its worker
-/// pools once, and the wasm engine, shared-data backend and log subscriber are built at start.
-fn restart_only_changes(serving: &Config, new: &Config) -> Vec<&'static str> {
-    let (old_server, new_server) = (&serving.server, &new.server);
-    [
-        ("listeners", serving.listeners != new.listeners),
-        ("admin", serving.admin != new.admin),
-        ("shared_data", serving.shared_data != new.shared_data),
-        ("server.threads", old_server.threads != new_server.threads),
-        (
-            "server.shutdown_grace_period",
-            old_server.shutdown_grace_period != new_server.shutdown_grace_period,
-        ),
-        (
-            "server.module_cache_dir",
-            old_server.module_cache_dir != new_server.module_cache_dir,
-        ),
-        ("server.reload", old_server.reload != new_server.reload),
-        (
-            "server.upgrade_socket",
-            old_server.upgrade_socket != new_server.upgrade_socket,
-        ),
-        (
-            "logging.format",
-            serving.logging.format != new.logging.format,
-        ),
-        ("logging.level", serving.logging.level != new.logging.level),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
+/// The settings a running process cannot change that `new` changes, by their path in the file.
+fn restart_only_changes(serving: &Config, new: &Config) -> Vec<String> {
+    serving.process().changed_fields(&new.process())
 }
 
 /// Set by a SIGHUP that arrives before [`ReloadTrigger`] listens; it reloads once when it starts.
@@ -340,7 +312,7 @@ clusters: [{{name: app, endpoints: [127.0.0.1:9000]}}]
             parse("server: {max_request_body_bytes: 10}\nlogging: {access_log: false}");
         assert!(restart_only_changes(&base, &reloadable).is_empty());
         let mut moved = base.clone();
-        moved.listeners[0].address = "127.0.0.1:8081".into();
+        moved.listeners[0].address = "127.0.0.1:8081".parse().unwrap();
         assert_eq!(restart_only_changes(&base, &moved), ["listeners"]);
         let threads = parse("server: {threads: 4}\nlogging: {level: debug}");
         assert_eq!(

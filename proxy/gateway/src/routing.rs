@@ -1,7 +1,6 @@
 //! Route matching: the first route whose conditions all hold takes the request.
 
-use crate::config::{ConfigError, HeaderMatch, PathMatch, RouteMatch};
-use regex::Regex;
+use crate::config::{HeaderCondition, PathMatch, RouteMatch};
 
 /// The parts of a request routes match on.
 pub struct RequestFacts<'a> {
@@ -17,69 +16,14 @@ pub struct RequestFacts<'a> {
     pub header: &'a dyn Fn(&str) -> Option<&'a str>,
 }
 
-/// A compiled [`RouteMatch`].
-#[derive(Debug)]
-pub struct RouteMatcher {
-    listeners: Vec<String>,
-    path: Option<CompiledPath>,
-    hosts: Vec<String>,
-    methods: Vec<String>,
-    headers: Vec<CompiledHeader>,
-}
-
-#[derive(Debug)]
-enum CompiledPath {
-    Prefix(String),
-    Exact(String),
-    Regex(Regex),
-}
-
-#[derive(Debug)]
-struct CompiledHeader {
-    name: String,
-    condition: HeaderCondition,
-}
-
-#[derive(Debug)]
-enum HeaderCondition {
-    Exact(String),
-    Regex(Regex),
-    Present(bool),
-}
-
-impl RouteMatcher {
-    /// Compiles the conditions; `field` names the `match` block in errors.
-    pub fn compile(spec: &RouteMatch, field: &str) -> Result<Self, ConfigError> {
-        let path = match &spec.path {
-            None => None,
-            Some(path) => Some(compile_path(path, &format!("{field}.path"))?),
-        };
-        let headers = spec
-            .headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| compile_header(h, &format!("{field}.headers[{i}]")))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            listeners: spec.listeners.clone(),
-            path,
-            hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            methods: spec
-                .methods
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect(),
-            headers,
-        })
-    }
-
+impl RouteMatch {
     /// Whether the request satisfies every condition.
     pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
         let path_ok = match &self.path {
             None => true,
-            Some(CompiledPath::Prefix(p)) => request.path.starts_with(p.as_str()),
-            Some(CompiledPath::Exact(p)) => request.path == p,
-            Some(CompiledPath::Regex(r)) => r.is_match(request.path),
+            Some(PathMatch::Prefix(p)) => request.path.starts_with(p.as_str()),
+            Some(PathMatch::Exact(p)) => request.path == p,
+            Some(PathMatch::Regex(r)) => r.is_match(request.path),
         };
         path_ok
             && (self.listeners.is_empty() || self.listeners.iter().any(|l| l == request.listener))
@@ -90,7 +34,7 @@ impl RouteMatcher {
                     .any(|h| h.eq_ignore_ascii_case(request.host)))
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == request.method))
             && self.headers.iter().all(|h| {
-                let value = (request.header)(&h.name);
+                let value = (request.header)(h.name.as_str());
                 match &h.condition {
                     HeaderCondition::Present(want) => value.is_some() == *want,
                     HeaderCondition::Exact(v) => value == Some(v.as_str()),
@@ -100,61 +44,12 @@ impl RouteMatcher {
     }
 }
 
-fn compile_path(spec: &PathMatch, field: &str) -> Result<CompiledPath, ConfigError> {
-    match (&spec.prefix, &spec.exact, &spec.regex) {
-        (Some(prefix), None, None) => Ok(CompiledPath::Prefix(prefix.clone())),
-        (None, Some(exact), None) => Ok(CompiledPath::Exact(exact.clone())),
-        (None, None, Some(regex)) => Ok(CompiledPath::Regex(anchored(
-            regex,
-            &format!("{field}.regex"),
-        )?)),
-        _ => Err(ConfigError {
-            field: field.into(),
-            message: "set exactly one of prefix, exact or regex".into(),
-        }),
-    }
-}
-
-fn compile_header(spec: &HeaderMatch, field: &str) -> Result<CompiledHeader, ConfigError> {
-    let conditions = [
-        spec.exact.is_some(),
-        spec.regex.is_some(),
-        spec.present.is_some(),
-    ];
-    if conditions.iter().filter(|set| **set).count() != 1 {
-        return Err(ConfigError {
-            field: field.into(),
-            message: "set exactly one of exact, regex or present".into(),
-        });
-    }
-    let condition = if let Some(v) = &spec.exact {
-        HeaderCondition::Exact(v.clone())
-    } else if let Some(r) = &spec.regex {
-        HeaderCondition::Regex(anchored(r, &format!("{field}.regex"))?)
-    } else {
-        HeaderCondition::Present(spec.present.unwrap_or(true))
-    };
-    Ok(CompiledHeader {
-        name: spec.name.to_ascii_lowercase(),
-        condition,
-    })
-}
-
-/// Compiles a regex that must match the whole input, as in Envoy's `safe_regex`.
-fn anchored(pattern: &str, field: &str) -> Result<Regex, ConfigError> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| ConfigError {
-        field: field.into(),
-        message: format!("invalid regular expression: {e}"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn matcher(yaml: &str) -> RouteMatcher {
-        let spec: RouteMatch = serde_yaml_ng::from_str(yaml).unwrap();
-        RouteMatcher::compile(&spec, "match").unwrap()
+    fn matcher(yaml: &str) -> RouteMatch {
+        serde_yaml_ng::from_str(yaml).unwrap()
     }
 
     fn facts<'a>(
@@ -223,9 +118,12 @@ mod tests {
 
     #[test]
     fn header_needs_exactly_one_condition() {
-        let spec: RouteMatch =
-            serde_yaml_ng::from_str("headers: [{name: a, exact: b, present: true}]").unwrap();
-        let err = RouteMatcher::compile(&spec, "routes[0].match").unwrap_err();
+        let text = "
+listeners: [{name: public, address: 127.0.0.1:8080}]
+routes: [{name: all, cluster: app, match: {headers: [{name: a, exact: b, present: true}]}}]
+clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
+";
+        let err = crate::config::Config::parse(text, ".".into()).unwrap_err();
         assert_eq!(err.field, "routes[0].match.headers[0]");
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{
 };
 use crate::filter_chain::FilterChain;
 use crate::metrics::GatewayMetrics;
-use crate::routing::{RequestFacts, RouteMatcher};
+use crate::routing::RequestFacts;
 use crate::shared_data::SharedData;
 use crate::upstream_tls::UpstreamCredentials;
 use arc_swap::ArcSwap;
@@ -24,7 +24,6 @@ use tokio::sync::watch;
 pub struct Route {
     /// Its configuration.
     pub config: RouteConfig,
-    matcher: RouteMatcher,
     /// Its filters, if any.
     pub chain: Option<Arc<FilterChain>>,
 }
@@ -99,26 +98,24 @@ impl Generation {
         let routes = config
             .routes
             .iter()
-            .enumerate()
-            .map(|(i, route)| {
-                Ok(Arc::new(Route {
-                    matcher: RouteMatcher::compile(&route.matcher, &format!("routes[{i}].match"))?,
+            .map(|route| {
+                Arc::new(Route {
                     chain: route.filter_chain.as_ref().map(|name| chains[name].clone()),
                     config: route.clone(),
-                }))
+                })
             })
-            .collect::<Result<_, ConfigError>>()?;
+            .collect();
         Ok(Self {
             number,
             routes,
             clusters,
-            max_request_body_bytes: config.server.max_request_body_bytes,
+            max_request_body_bytes: config.server.requests.max_request_body_bytes,
             access_log: config.logging.access_log,
-            max_request_headers: config.server.max_request_headers,
-            max_request_header_bytes: config.server.max_request_header_bytes,
-            paths: config.server.paths.clone(),
-            reserved_headers: config.server.reserved_headers.clone(),
-            trusted_proxies: config.server.trusted_proxies.clone(),
+            max_request_headers: config.server.requests.max_request_headers,
+            max_request_header_bytes: config.server.requests.max_request_header_bytes,
+            paths: config.server.requests.paths.clone(),
+            reserved_headers: config.server.requests.reserved_headers.clone(),
+            trusted_proxies: config.server.requests.trusted_proxies.clone(),
             signing_keys,
         })
     }
@@ -144,7 +141,9 @@ impl Generation {
             host,
             header: &header,
         };
-        self.routes.iter().find(|r| r.matcher.matches(&facts))
+        self.routes
+            .iter()
+            .find(|r| r.config.matcher.matches(&facts))
     }
 
     /// The key that signs identity headers sent to `cluster`, if it has one.
@@ -185,6 +184,7 @@ impl Runtime {
         let host = Host::new(HostOptions {
             cache_dir: config
                 .server
+                .process
                 .module_cache_dir
                 .as_ref()
                 .map(|dir| config.resolve(dir)),

@@ -42,8 +42,8 @@ pub fn build(
 ) -> Result<Server, ConfigError> {
     runtime.shared_data.start();
     let runtime = Arc::new(runtime);
-    let grace = config.server.shutdown_grace_period;
-    let upgrade_socket = config.resolve(&config.server.upgrade_socket);
+    let grace = config.server.process.shutdown_grace_period;
+    let upgrade_socket = config.resolve(&config.server.process.upgrade_socket);
     if let Some(dir) = upgrade_socket.parent() {
         crate::private_dir::ensure_private(dir).map_err(|e| {
             ConfigError::new("server.upgrade_socket", format!("unsafe directory: {e}"))
@@ -51,7 +51,7 @@ pub fn build(
     }
     let admin_token = admin_token(config)?;
     let conf = ServerConf {
-        threads: config.server.threads,
+        threads: config.server.process.threads.get(),
         // Pingora waits this long after SIGTERM while in-flight requests finish.
         grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -92,10 +92,10 @@ pub fn build(
         let (open, refused) = runtime.metrics.listener_connections(&listener.name);
         let mut service = Service::new(
             format!("listener {}", listener.name),
-            ConnectionLimit::new(proxy, listener.max_connections, open, refused),
+            ConnectionLimit::new(proxy, listener.max_connections.get(), open, refused),
         );
         match &listener.tls {
-            None => service.add_tcp(&listener.address),
+            None => service.add_tcp(&listener.address.to_string()),
             Some(tls) => {
                 let client_ca = tls.client_ca.as_ref().map(|ca| config.resolve(ca));
                 let settings = listener_settings(
@@ -107,7 +107,7 @@ pub fn build(
                     field: format!("listeners[{}].tls", listener.name),
                     message,
                 })?;
-                service.add_tls_with_settings(&listener.address, None, settings);
+                service.add_tls_with_settings(&listener.address.to_string(), None, settings);
             }
         }
         server.add_service(service);
@@ -123,7 +123,7 @@ pub fn build(
         "admin".to_string(),
         AdminApp::new(runtime.clone(), reloader.clone(), admin_token),
     );
-    admin.add_tcp(&config.admin.address);
+    admin.add_tcp(&config.admin.address.to_string());
     server.add_service(admin);
     server.add_service(background_service(
         "health checks",
@@ -131,7 +131,7 @@ pub fn build(
     ));
     server.add_service(background_service(
         "configuration reloads",
-        ReloadTrigger::new(reloader, config.server.reload.clone()),
+        ReloadTrigger::new(reloader, config.server.process.reload.clone()),
     ));
     Ok(server)
 }
@@ -140,14 +140,9 @@ pub fn build(
 /// reachable beyond loopback without one.
 fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
     let Some(name) = &config.admin.bearer_token_env else {
-        let loopback = config
-            .admin
-            .address
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.ip().is_loopback());
-        if !loopback {
+        if !config.admin.address.0.ip().is_loopback() {
             tracing::warn!(
-                address = config.admin.address,
+                address = %config.admin.address,
                 "the admin listener is not on loopback and has no bearer token"
             );
         }

@@ -1,11 +1,11 @@
 //! Log output through `tracing`: JSON lines or pretty text, filtered by `logging.level`
 //! (or `RUST_LOG`, which wins when set).
 
-use crate::config::{LogFormat, LoggingSettings};
+use crate::config::{LogFormat, LogOutput};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Logs go to stderr; access-log lines have target `access_log`.
-pub fn init(settings: &LoggingSettings) {
+pub fn init(settings: &LogOutput) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let builder = tracing_subscriber::fmt()

@@ -6,12 +6,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// What a request gets when its filter traps, exceeds its limits or cannot start (named after
-/// Envoy's `FailurePolicy`). Whatever the policy, a broken VM is replaced by a fresh one for the
-/// requests that come after, so a failure costs the failing request only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Envoy's `FailurePolicy`, and written as Envoy writes it: `fail_closed`, `fail_open`). Whatever
+/// the policy, a broken VM is replaced by a fresh one for the requests that come after, so a
+/// failure costs the failing request only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
-    /// The request gets a 503 JSON error (Envoy's default).
+    /// The request gets a 503 JSON error (Envoy's default). `reload`, the name of an earlier
+    /// policy that did this and then restarted the VM (every policy restarts it now), is read as
+    /// `fail_closed`.
     #[default]
+    #[serde(alias = "reload")]
     FailClosed,
     /// The request goes on without the filter.
     FailOpen,

@@ -105,7 +105,7 @@ fn load(path: &Path, lookup: NameLookup, serving: bool) -> Result<Loaded, String
     let invalid = |e| format!("{}: invalid configuration: {e}", path.display());
     let config = Config::from_file(path).map_err(invalid)?;
     if serving {
-        gateway::telemetry::init(&config.logging);
+        gateway::telemetry::init(&config.logging.output);
     }
     // Before the filters compile: a file changed meanwhile is reloaded once the proxy serves.
     let read = FileStamps::of(path, &config);

@@ -1,9 +1,9 @@
 //! Upstream clusters: endpoints, balancing, TLS, timeouts, health checks and retries.
 
-use super::values::{duration, parse_address};
-use super::ConfigError;
+use super::values::{duration, AtLeastOne, EndpointAddress, HeaderName, NonZeroDuration, UrlPath};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ pub struct ClusterConfig {
     pub name: String,
     /// `ip:port` endpoints, or `name:port`, which stands for every address the name resolves to
     /// when the configuration loads (at start and on each reload).
-    pub endpoints: Vec<String>,
+    #[serde(deserialize_with = "endpoints")]
+    pub endpoints: Vec<EndpointAddress>,
     /// How an endpoint is chosen.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
@@ -49,10 +50,17 @@ pub struct IdentitySignatureConfig {
     pub key_env: String,
 }
 
+fn endpoints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EndpointAddress>, D::Error> {
+    let endpoints = Vec::deserialize(d)?;
+    if endpoints.is_empty() {
+        return Err(de::Error::custom("at least one endpoint is needed"));
+    }
+    Ok(endpoints)
+}
+
 /// Load-balancing policy: `round_robin`, `least_connections` or
 /// `{consistent_hash: {header: <name>}}`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(try_from = "LoadBalancingRepr")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LoadBalancing {
     /// Each endpoint in turn.
     #[default]
@@ -62,44 +70,58 @@ pub enum LoadBalancing {
     /// The same header value always goes to the same endpoint (while it is healthy).
     ConsistentHash {
         /// Header whose value is hashed; requests without it are spread round robin.
-        header: String,
+        header: HeaderName,
     },
 }
 
-/// The YAML shapes of [`LoadBalancing`].
+impl<'de> Deserialize<'de> for LoadBalancing {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LoadBalancingVisitor)
+    }
+}
+
+/// Reads a policy's name, or the map of a policy with settings; the map is read field by field,
+/// so an error inside it names its field.
+struct LoadBalancingVisitor;
+
+const EXPECTED_POLICIES: &str =
+    "round_robin, least_connections or {consistent_hash: {header: <name>}}";
+
+impl<'de> Visitor<'de> for LoadBalancingVisitor {
+    type Value = LoadBalancing;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECTED_POLICIES)
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<LoadBalancing, E> {
+        match name {
+            "round_robin" => Ok(LoadBalancing::RoundRobin),
+            "least_connections" => Ok(LoadBalancing::LeastConnections),
+            other => Err(E::custom(format!(
+                "unknown policy {other:?} (expected {EXPECTED_POLICIES})"
+            ))),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LoadBalancing, A::Error> {
+        let policy = PolicyWithSettings::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(LoadBalancing::ConsistentHash {
+            header: policy.consistent_hash.header,
+        })
+    }
+}
+
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum LoadBalancingRepr {
-    Named(String),
-    Hash {
-        consistent_hash: ConsistentHashConfig,
-    },
+#[serde(deny_unknown_fields)]
+struct PolicyWithSettings {
+    consistent_hash: ConsistentHashConfig,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsistentHashConfig {
-    header: String,
-}
-
-impl TryFrom<LoadBalancingRepr> for LoadBalancing {
-    type Error = String;
-
-    fn try_from(repr: LoadBalancingRepr) -> Result<Self, String> {
-        match repr {
-            LoadBalancingRepr::Named(name) => match name.as_str() {
-                "round_robin" => Ok(Self::RoundRobin),
-                "least_connections" => Ok(Self::LeastConnections),
-                other => Err(format!(
-                    "unknown policy {other:?} (expected round_robin, least_connections or \
-                     {{consistent_hash: {{header: <name>}}}})"
-                )),
-            },
-            LoadBalancingRepr::Hash { consistent_hash } => Ok(Self::ConsistentHash {
-                header: consistent_hash.header.to_ascii_lowercase(),
-            }),
-        }
-    }
+    header: HeaderName,
 }
 
 /// Wire protocol to upstream endpoints.
@@ -169,35 +191,35 @@ impl Default for ClusterTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Path to request.
-    pub path: String,
+    pub path: UrlPath,
     /// Time between checks.
-    #[serde(default = "default_interval", with = "duration")]
-    pub interval: Duration,
+    #[serde(default = "default_interval")]
+    pub interval: NonZeroDuration,
     /// A check that takes longer fails.
-    #[serde(default = "default_check_timeout", with = "duration")]
-    pub timeout: Duration,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: NonZeroDuration,
     /// Consecutive failures before an endpoint is taken out.
     #[serde(default = "default_threshold")]
-    pub unhealthy_threshold: u32,
+    pub unhealthy_threshold: AtLeastOne<u32>,
     /// Consecutive successes before it is put back.
     #[serde(default = "one")]
-    pub healthy_threshold: u32,
+    pub healthy_threshold: AtLeastOne<u32>,
 }
 
-fn default_interval() -> Duration {
-    Duration::from_secs(5)
+fn default_interval() -> NonZeroDuration {
+    NonZeroDuration::new(Duration::from_secs(5)).expect("positive")
 }
 
-fn default_check_timeout() -> Duration {
-    Duration::from_secs(1)
+fn default_check_timeout() -> NonZeroDuration {
+    NonZeroDuration::new(Duration::from_secs(1)).expect("positive")
 }
 
-fn default_threshold() -> u32 {
-    2
+fn default_threshold() -> AtLeastOne<u32> {
+    AtLeastOne::new(2).expect("at least 1")
 }
 
-fn one() -> u32 {
-    1
+fn one() -> AtLeastOne<u32> {
+    AtLeastOne::new(1).expect("at least 1")
 }
 
 /// Retries for idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) that failed to connect
@@ -221,91 +243,4 @@ impl Default for RetryConfig {
             min_retries_per_second: 3,
         }
     }
-}
-
-pub(super) fn check_cluster(cluster: &ClusterConfig, field: &str) -> Result<(), ConfigError> {
-    if cluster.endpoints.is_empty() {
-        return Err(ConfigError::new(
-            format!("{field}.endpoints"),
-            "at least one endpoint is needed",
-        ));
-    }
-    for (i, endpoint) in cluster.endpoints.iter().enumerate() {
-        parse_endpoint(endpoint, &format!("{field}.endpoints[{i}]"))?;
-    }
-    if let LoadBalancing::ConsistentHash { header } = &cluster.load_balancing {
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            return Err(ConfigError::new(
-                format!("{field}.load_balancing.consistent_hash.header"),
-                format!("{header:?} is not a valid header name"),
-            ));
-        }
-    }
-    if let Some(check) = &cluster.health_check {
-        if !check.path.starts_with('/') {
-            return Err(ConfigError::new(
-                format!("{field}.health_check.path"),
-                "must start with /",
-            ));
-        }
-        if check.unhealthy_threshold == 0 || check.healthy_threshold == 0 {
-            return Err(ConfigError::new(
-                format!("{field}.health_check"),
-                "thresholds must be at least 1",
-            ));
-        }
-        if check.interval.is_zero() || check.timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{field}.health_check"),
-                "interval and timeout must be positive",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// An upstream endpoint as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointSpec {
-    /// `ip:port` (or `localhost:port`).
-    Address(SocketAddr),
-    /// `name:port`, resolved when the configuration loads.
-    Name {
-        /// The DNS name.
-        host: String,
-        /// The port.
-        port: u16,
-    },
-}
-
-/// Parses an endpoint: an address, or a DNS name and a port.
-pub fn parse_endpoint(text: &str, field: &str) -> Result<EndpointSpec, ConfigError> {
-    if let Ok(address) = parse_address(text, field) {
-        return Ok(EndpointSpec::Address(address));
-    }
-    let invalid = || {
-        ConfigError::new(
-            field,
-            format!("{text:?} is neither ip:port nor a DNS name and port (name:port)"),
-        )
-    };
-    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
-    let port: u16 = port.parse().map_err(|_| invalid())?;
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if port == 0 || host.len() > 253 || !host.split('.').all(label_ok) {
-        return Err(invalid());
-    }
-    Ok(EndpointSpec::Name {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
 }

@@ -1,6 +1,7 @@
 //! Filter chains and the proxy-wasm filters in them.
 
-use super::values::duration;
+use super::values::{duration, AtLeastOne};
+use proxy_wasm_host::{FailurePolicy, VmLimits};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,24 +38,10 @@ pub struct FilterConfig {
     pub configuration_file: Option<PathBuf>,
     /// What requests get when the filter fails.
     #[serde(default)]
-    pub failure_policy: FailurePolicyConfig,
+    pub failure_policy: FailurePolicy,
     /// Per-VM limits.
     #[serde(default)]
     pub limits: FilterLimits,
-}
-
-/// Failure policy names, as in Envoy's `failure_policy`: what the request that hit the failure
-/// gets. Either way the next request runs on a fresh VM.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FailurePolicyConfig {
-    /// A 503 JSON error. `reload`, the name of an earlier policy that did this and then
-    /// restarted the VM (every policy restarts it now), is read as `fail_closed`.
-    #[default]
-    #[serde(alias = "reload")]
-    FailClosed,
-    /// The request goes on without the filter.
-    FailOpen,
 }
 
 /// Filter VM limits.
@@ -62,7 +49,7 @@ pub enum FailurePolicyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FilterLimits {
     /// Linear memory cap, in MiB.
-    pub max_memory_mib: usize,
+    pub max_memory_mib: AtLeastOne<usize>,
     /// CPU deadline for one callback.
     #[serde(with = "duration")]
     pub callback_timeout: Duration,
@@ -71,11 +58,23 @@ pub struct FilterLimits {
     pub pause_timeout: Duration,
 }
 
+impl FilterLimits {
+    /// The limits in the wasm host's units.
+    pub fn vm_limits(&self) -> VmLimits {
+        VmLimits {
+            max_memory_bytes: self.max_memory_mib.get() << 20,
+            callback_deadline: self.callback_timeout,
+            pause_timeout: self.pause_timeout,
+            ..VmLimits::default()
+        }
+    }
+}
+
 impl Default for FilterLimits {
     fn default() -> Self {
-        let limits = proxy_wasm_host::VmLimits::default();
+        let limits = VmLimits::default();
         Self {
-            max_memory_mib: limits.max_memory_bytes >> 20,
+            max_memory_mib: AtLeastOne::new(limits.max_memory_bytes >> 20).expect("at least 1 MiB"),
             callback_timeout: limits.callback_deadline,
             pause_timeout: limits.pause_timeout,
         }

@@ -4,15 +4,21 @@
 //! what to fix. Relative paths (filters, TLS files) are resolved against the file's directory.
 //!
 //! One module per section: `process` (server, reloads, logging, admin, listeners), `routes`,
-//! `clusters`, `filters`, `shared_data`; `values` holds the syntaxes they share (addresses,
-//! durations, `${NAME}`). This file has the whole file's type, loading, and the checks.
+//! `clusters`, `filters`, `shared_data`; `values` holds the value types they share (addresses,
+//! endpoints, header names, paths, durations, counts), each of which checks itself as it is read,
+//! so a field's error comes from its type. This file has the whole file's type, loading, and the
+//! checks that need more than one field: references between sections, unique names and
+//! addresses, and files that must exist.
+//!
+//! Naming: a `…Config` is an item the gateway builds something from (a route, a cluster, a
+//! filter); a `…Settings` is a section used as it is read.
 
 pub use crate::client_headers::{ReservedHeaders, TrustedProxies};
 pub use crate::path_normalization::{EscapedSlashes, PathSettings};
+pub use gateway_contract::ConfigError;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 mod clusters;
 mod filters;
@@ -21,34 +27,16 @@ mod routes;
 mod shared_data;
 mod values;
 
-use clusters::check_cluster;
 pub use clusters::*;
 pub use filters::*;
 pub use process::*;
 pub use routes::*;
 pub use shared_data::*;
 use values::expand_env;
-pub use values::{parse_address, parse_duration, value_bytes};
-
-/// A configuration error: the field it concerns and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// Dotted path of the offending field, e.g. `clusters[0].endpoints[1]`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error about `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use values::{
+    parse_duration, value_bytes, Address, AtLeastOne, EndpointAddress, HeaderName, NonZeroDuration,
+    UrlPath,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -102,7 +90,7 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let field = e.path().to_string();
             let field = if field == "." { "(file)".into() } else { field };
-            let message = e.into_inner().to_string();
+            let message = without_location(&e.into_inner().to_string()).to_string();
             // The YAML error may already start with (part of) the path; say it once.
             let message = match message.split_once(": ") {
                 Some((head, rest)) if field.starts_with(head) => rest.to_string(),
@@ -158,6 +146,17 @@ impl Config {
             .collect()
     }
 
+    /// Everything only a restart applies; a reload compares it with the serving one.
+    pub fn process(&self) -> ProcessSettings<'_> {
+        ProcessSettings {
+            listeners: &self.listeners,
+            admin: &self.admin,
+            shared_data: &self.shared_data,
+            server: &self.server.process,
+            logging: &self.logging.output,
+        }
+    }
+
     /// The filter chain a route refers to.
     pub fn filter_chain(&self, name: &str) -> Option<&FilterChainConfig> {
         self.filter_chains.iter().find(|c| c.name == name)
@@ -183,17 +182,8 @@ impl Config {
         Ok(())
     }
 
+    /// The checks that need more than one field; each field checked itself as it was read.
     fn check(&self) -> Result<(), ConfigError> {
-        if self.server.threads == 0 {
-            return Err(ConfigError::new("server.threads", "must be at least 1"));
-        }
-        if self.server.reload.poll_interval < Duration::from_millis(100) {
-            return Err(ConfigError::new(
-                "server.reload.poll_interval",
-                "must be at least 100ms",
-            ));
-        }
-        parse_address(&self.admin.address, "admin.address")?;
         if self.listeners.is_empty() {
             return Err(ConfigError::new(
                 "listeners",
@@ -204,17 +194,10 @@ impl Config {
         unique_names(self.listeners.iter().map(|l| &l.name), "listeners")?;
         for (i, listener) in self.listeners.iter().enumerate() {
             let field = format!("listeners[{i}]");
-            let addr = parse_address(&listener.address, &format!("{field}.address"))?;
-            if !addresses.insert(addr) {
+            if !addresses.insert(listener.address) {
                 return Err(ConfigError::new(
                     format!("{field}.address"),
-                    format!("{addr} is used by another listener"),
-                ));
-            }
-            if listener.max_connections == 0 {
-                return Err(ConfigError::new(
-                    format!("{field}.max_connections"),
-                    "must be at least 1",
+                    format!("{} is used by another listener", listener.address),
                 ));
             }
             if let Some(tls) = &listener.tls {
@@ -227,10 +210,8 @@ impl Config {
         }
         unique_names(self.clusters.iter().map(|c| &c.name), "clusters")?;
         for (i, cluster) in self.clusters.iter().enumerate() {
-            let field = format!("clusters[{i}]");
-            check_cluster(cluster, &field)?;
             if let Some(tls) = &cluster.tls {
-                self.check_upstream_tls(tls, &format!("{field}.tls"))?;
+                self.check_upstream_tls(tls, &format!("clusters[{i}].tls"))?;
             }
         }
         unique_names(self.filter_chains.iter().map(|c| &c.name), "filter_chains")?;
@@ -247,12 +228,6 @@ impl Config {
                     return Err(ConfigError::new(
                         field,
                         "set either configuration or configuration_file, not both",
-                    ));
-                }
-                if filter.limits.max_memory_mib == 0 {
-                    return Err(ConfigError::new(
-                        format!("{field}.limits.max_memory_mib"),
-                        "must be at least 1",
                     ));
                 }
                 if let Some(file) = &filter.configuration_file {
@@ -291,7 +266,6 @@ impl Config {
                     format!("no listener is named {unknown:?}"),
                 ));
             }
-            crate::routing::RouteMatcher::compile(&route.matcher, &format!("{field}.match"))?;
         }
         Ok(())
     }
@@ -306,6 +280,20 @@ impl Config {
                 format!("no such file: {}", resolved.display()),
             ))
         }
+    }
+}
+
+/// A YAML error's message without the line and column it adds: the field path says where.
+fn without_location(message: &str) -> &str {
+    match message.rsplit_once(" at line ") {
+        Some((head, position))
+            if position
+                .split(" column ")
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            head
+        }
+        _ => message,
     }
 }
 
@@ -334,6 +322,7 @@ fn unique_names<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const MINIMAL: &str = "
 listeners: [{name: public, address: 127.0.0.1:8080}]
@@ -348,7 +337,7 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
     #[test]
     fn minimal_file_gets_defaults() {
         let config = parse(MINIMAL).unwrap();
-        assert_eq!(config.server.threads, 2);
+        assert_eq!(config.server.process.threads.get(), 2);
         assert_eq!(config.clusters[0].load_balancing, LoadBalancing::RoundRobin);
         assert_eq!(config.clusters[0].timeouts.connect, Duration::from_secs(2));
         assert_eq!(
@@ -389,12 +378,14 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
     #[test]
     fn endpoints_are_addresses_or_dns_names() {
         assert_eq!(
-            parse_endpoint("10.0.0.1:80", "e").unwrap(),
-            EndpointSpec::Address("10.0.0.1:80".parse().unwrap())
+            "10.0.0.1:80".parse::<EndpointAddress>().unwrap(),
+            EndpointAddress::Address("10.0.0.1:80".parse().unwrap())
         );
         assert_eq!(
-            parse_endpoint("Billing.default.svc.cluster.local.:8080", "e").unwrap(),
-            EndpointSpec::Name {
+            "Billing.default.svc.cluster.local.:8080"
+                .parse::<EndpointAddress>()
+                .unwrap(),
+            EndpointAddress::Name {
                 host: "billing.default.svc.cluster.local".into(),
                 port: 8080
             }
@@ -407,7 +398,7 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
             "a..b:80",
             "a_b:80",
         ] {
-            assert!(parse_endpoint(bad, "e").is_err(), "{bad}");
+            assert!(bad.parse::<EndpointAddress>().is_err(), "{bad}");
         }
     }
 
@@ -424,6 +415,57 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
         let timeout = MINIMAL.replace("cluster: app}", "cluster: app, timeout: 5 parsecs}");
         let err = parse(&timeout).unwrap_err();
         assert_eq!(err.field, "routes[0].timeout");
+    }
+
+    #[test]
+    fn value_types_refuse_bad_values_naming_the_field() {
+        let cluster = |extra: &str| {
+            MINIMAL.replace(
+                "endpoints: [127.0.0.1:9000]",
+                &format!("endpoints: [127.0.0.1:9000], {extra}"),
+            )
+        };
+        let cases = [
+            (
+                MINIMAL.replace("[127.0.0.1:9000]", "[]"),
+                "clusters[0].endpoints: at least one endpoint is needed",
+            ),
+            (
+                format!("{MINIMAL}server: {{threads: 0}}"),
+                "server.threads: must be at least 1",
+            ),
+            (
+                format!("{MINIMAL}server: {{reload: {{poll_interval: 10ms}}}}"),
+                "server.reload.poll_interval: must be at least 100ms",
+            ),
+            (
+                format!("{MINIMAL}admin: {{address: nowhere}}"),
+                "admin.address: \"nowhere\" is not an address of the form ip:port",
+            ),
+            (
+                cluster("health_check: {path: healthz}"),
+                "clusters[0].health_check.path: must start with /",
+            ),
+            (
+                cluster("health_check: {path: /healthz, interval: 0s}"),
+                "clusters[0].health_check.interval: must be positive",
+            ),
+            (
+                cluster("load_balancing: {consistent_hash: {header: 'x y'}}"),
+                "clusters[0].load_balancing.consistent_hash.header: \"x y\" is not a valid header \
+                 name",
+            ),
+            (
+                MINIMAL.replace(
+                    "cluster: app}",
+                    "cluster: app, match: {headers: [{name: 'a b', present: true}]}}",
+                ),
+                "routes[0].match.headers[0].name: \"a b\" is not a valid header name",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(&text).unwrap_err().to_string(), expected, "{text}");
+        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Where filters' shared data lives: process memory or Redis.
 
 use super::values::{duration, optional_duration};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Where filters' shared data lives.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SharedDataSettings {
     /// `memory` (per process) or `redis` (shared by every proxy using the same Redis).
@@ -17,7 +17,7 @@ pub struct SharedDataSettings {
 }
 
 /// The shared-data backends.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SharedDataBackendKind {
     /// One LRU map per process (the default; nothing to run).
@@ -28,7 +28,7 @@ pub enum SharedDataBackendKind {
 }
 
 /// Bounds of process-local shared data.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySettings {
     /// Most keys kept; the least recently used go first.
@@ -47,7 +47,7 @@ impl Default for MemorySettings {
 }
 
 /// The Redis backend's settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// One server: `redis://host:port/db`, or `rediss://` for TLS.
@@ -97,7 +97,7 @@ impl Default for RedisConfig {
 }
 
 /// What shared-data calls do while Redis is unreachable or slow.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnavailableConfig {
     /// Use process-local state; limits hold per proxy until Redis returns.
@@ -108,7 +108,7 @@ pub enum UnavailableConfig {
 }
 
 /// Key expiry: the longest matching prefix wins, else `default`. TTLs refresh on every write.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExpiryConfig {
     /// TTL of keys no prefix matches; `null` keeps them until deleted.
@@ -128,7 +128,7 @@ impl Default for ExpiryConfig {
 }
 
 /// The TTL of keys starting with `prefix`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpiryRule {
     /// A key prefix, such as `cache|` or `ratelimit|`.
