@@ -90,8 +90,8 @@ pub enum UnsignedCallers {
 pub struct RuntimeSettings {
     /// The `.wasm` file; relative paths are resolved against the configuration file's directory.
     pub module: PathBuf,
-    /// Its expected SHA-256 (hex); a file that does not match is refused at start-up.
-    pub sha256: String,
+    /// Its expected SHA-256; a file that does not match is refused at start-up.
+    pub sha256: Sha256Hex,
     /// The interpreter's version, reported by `GET /v1/runtimes`.
     pub version: String,
 }
@@ -214,14 +214,11 @@ impl Settings {
         if self.concurrency.max_running == 0 {
             return Err("concurrency.max_running must be at least 1".into());
         }
-        for (language, runtime) in &self.runtimes {
+        for language in self.runtimes.keys() {
             if crate::runtimes::Language::interpreted(language).is_none() {
                 return Err(format!(
                     "runtimes.{language}: unknown language (python, javascript)"
                 ));
-            }
-            if !is_sha256_hex(&runtime.sha256) {
-                return Err(format!("runtimes.{language}.sha256: not a hex SHA-256"));
             }
         }
         for dataset in &self.datasets {
@@ -261,8 +258,26 @@ impl Settings {
     }
 }
 
-fn is_sha256_hex(text: &str) -> bool {
-    text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit())
+/// A SHA-256 digest written as 64 hex digits, kept lower case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// The digest, lower-case hex.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(text.to_ascii_lowercase()))
+        } else {
+            Err(serde::de::Error::custom("not a hex SHA-256"))
+        }
+    }
 }
 
 impl Default for Settings {

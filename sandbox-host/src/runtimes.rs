@@ -106,11 +106,11 @@ pub fn read_verified(language: &str, settings: &RuntimeSettings) -> Result<Vec<u
         source,
     })?;
     let actual = hex::encode(Sha256::digest(&bytes));
-    if !actual.eq_ignore_ascii_case(&settings.sha256) {
+    if actual != settings.sha256.as_str() {
         return Err(RuntimeError::Checksum {
             language: language.into(),
             path: settings.module.clone(),
-            expected: settings.sha256.clone(),
+            expected: settings.sha256.as_str().to_owned(),
             actual,
         });
     }

@@ -4,7 +4,7 @@
 //! configuration generation serves, and how the last reload went) and `/metrics` (Prometheus text).
 
 use crate::reload::Reloader;
-use crate::runtime::Runtime;
+use crate::state::GatewayState;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -13,18 +13,18 @@ use std::sync::Arc;
 
 /// The admin endpoints.
 pub struct AdminApp {
-    runtime: Arc<Runtime>,
+    state: Arc<GatewayState>,
     reloader: Arc<Reloader>,
     /// SHA-256 of the bearer token `/config` and `/metrics` require, if any.
     token_digest: Option<[u8; 32]>,
 }
 
 impl AdminApp {
-    /// Serves `runtime`'s state and `reloader`'s history; with `token`, `/config` and `/metrics`
+    /// Serves `state`'s state and `reloader`'s history; with `token`, `/config` and `/metrics`
     /// need it as a bearer token.
-    pub fn new(runtime: Arc<Runtime>, reloader: Arc<Reloader>, token: Option<String>) -> Self {
+    pub fn new(state: Arc<GatewayState>, reloader: Arc<Reloader>, token: Option<String>) -> Self {
         Self {
-            runtime,
+            state,
             reloader,
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
         }
@@ -50,14 +50,14 @@ impl AdminApp {
     fn config(&self) -> serde_json::Value {
         serde_json::json!({
             "path": self.reloader.path().display().to_string(),
-            "generation": self.runtime.current().number,
+            "generation": self.state.current().number,
             "last_reload": self.reloader.last_report(),
         })
     }
 
     fn readiness(&self) -> serde_json::Value {
         let mut clusters = serde_json::Map::new();
-        for cluster in self.runtime.current().clusters() {
+        for cluster in self.state.current().clusters() {
             let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
             clusters.insert(
                 cluster.config.name.clone(),
@@ -98,9 +98,9 @@ impl ServeHttp for AdminApp {
                 self.config().to_string().into_bytes(),
             ),
             "/metrics" => {
-                let mut text = self.runtime.metrics.render();
-                text.push_str(&self.runtime.host.metrics().render_prometheus());
-                text.push_str(&self.runtime.shared_data.render_prometheus());
+                let mut text = self.state.metrics.render();
+                text.push_str(&self.state.host.metrics().render_prometheus());
+                text.push_str(&self.state.shared_data.render_prometheus());
                 (200, "text/plain; version=0.0.4", text.into_bytes())
             }
             _ => (

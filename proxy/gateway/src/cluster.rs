@@ -257,10 +257,10 @@ pub async fn resolve_endpoints(
                 name: None,
             }),
             EndpointAddress::Name { .. } if lookup == NameLookup::Skip => {}
-            EndpointAddress::Name { host, port } => {
-                let lookup = tokio::net::lookup_host((host.as_str(), *port));
+            EndpointAddress::Name { name, port } => {
+                let lookup = tokio::net::lookup_host((name.as_str(), *port));
                 let failed = |reason: String| {
-                    ConfigError::new(&field, format!("cannot resolve {host}: {reason}"))
+                    ConfigError::new(&field, format!("cannot resolve {name}: {reason}"))
                 };
                 let mut addresses: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
                     .await
@@ -271,7 +271,7 @@ pub async fn resolve_endpoints(
                 addresses.dedup();
                 resolved.extend(addresses.into_iter().map(|address| ResolvedEndpoint {
                     address,
-                    name: Some(host.clone()),
+                    name: Some(name.clone()),
                 }));
             }
         }

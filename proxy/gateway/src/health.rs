@@ -4,7 +4,7 @@
 
 use crate::cluster::{Cluster, Endpoint};
 use crate::metrics::GatewayMetrics;
-use crate::runtime::Runtime;
+use crate::state::GatewayState;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
@@ -17,23 +17,23 @@ use std::sync::Arc;
 /// requests: after a reload the checks restart on the new generation's clusters (an unchanged
 /// cluster is the same object, so its endpoints keep their health).
 pub struct HealthChecker {
-    runtime: Arc<Runtime>,
+    state: Arc<GatewayState>,
 }
 
 impl HealthChecker {
-    /// Checks `runtime`'s clusters.
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    /// Checks `state`'s clusters.
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        Self { state }
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut installs = self.runtime.installs();
+        let mut installs = self.state.installs();
         loop {
-            let metrics = &self.runtime.metrics;
-            let generation = self.runtime.current();
+            let metrics = &self.state.metrics;
+            let generation = self.state.current();
             let checked = generation
                 .clusters()
                 .filter(|cluster| cluster.config.health_check.is_some());

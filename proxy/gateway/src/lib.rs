@@ -1,6 +1,7 @@
-//! A Pingora reverse proxy that runs proxy-wasm filter chains on the `proxy-wasm-host` runtime.
+//! A Pingora reverse proxy that runs proxy-wasm filter chains on the `proxy-wasm-host` crate's
+//! host.
 //!
-//! Layout: `config` (the YAML file and its checks) → `runtime` (compiled routes, clusters and
+//! Layout: `config` (the YAML file and its checks) → `state` (compiled routes, clusters and
 //! loaded filter chains) → `proxy` (Pingora's phases: routing, filters, upstream, errors) →
 //! `server` (listeners, admin, health checks). The binary in `src/bin/proxy.rs` is a thin CLI.
 
@@ -22,10 +23,11 @@ pub mod peer_identity;
 pub mod private_dir;
 pub mod proxy;
 pub mod reload;
+mod request_context;
 pub mod responses;
 pub mod routing;
-pub mod runtime;
 pub mod server;
 pub mod shared_data;
+pub mod state;
 pub mod telemetry;
 pub mod upstream_tls;

@@ -1,7 +1,7 @@
 //! The request path: Pingora's phases mapped onto routing, the filter chain and the upstream.
 
 use crate::client_headers;
-use crate::cluster::{Cluster, InFlight};
+use crate::cluster::InFlight;
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding::{self, TraceContext};
@@ -9,8 +9,9 @@ use crate::header_maps;
 use crate::lifecycle::Lifecycle;
 use crate::offload;
 use crate::path_normalization::PathRejection;
+use crate::request_context::{retry_budget_allows, within_retry_limits, Answered, RequestContext};
 use crate::responses::{self, ProxyError};
-use crate::runtime::{Generation, Route, Runtime};
+use crate::state::{GatewayState, Generation};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -19,7 +20,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorSource, ErrorType};
 use proxy_wasm_host::{LocalResponse, StreamInfo};
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ const DRAIN_LIMIT: u64 = 1 << 20;
 
 /// The proxy logic for one listener.
 pub struct Gateway {
-    runtime: Arc<Runtime>,
+    state: Arc<GatewayState>,
     listener: String,
     tls: bool,
     lifecycle: Arc<Lifecycle>,
@@ -38,13 +39,13 @@ impl Gateway {
     /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`); while `lifecycle`
     /// is handing over to a new process, responses close their connection.
     pub fn new(
-        runtime: Arc<Runtime>,
+        state: Arc<GatewayState>,
         listener: &str,
         tls: bool,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
-            runtime,
+            state,
             listener: listener.to_string(),
             tls,
             lifecycle,
@@ -52,75 +53,12 @@ impl Gateway {
     }
 }
 
-/// How the proxy itself ended a request, instead of the upstream's response.
-#[derive(Debug, Clone, Copy)]
-enum Answered {
-    /// A local reply with this status (a filter's, or an error the proxy chose).
-    Locally(u16),
-    /// The stream was reset without a response.
-    Reset,
-}
-
-impl Answered {
-    /// The status for the access log and metrics: 0 for a reset, as Envoy logs it.
-    fn status(self) -> u16 {
-        match self {
-            Self::Locally(status) => status,
-            Self::Reset => 0,
-        }
-    }
-}
-
-/// Per-request state.
-pub struct RequestContext {
-    started: Instant,
-    /// The configuration this request runs on from start to end, even if a reload swaps it.
-    generation: Arc<Generation>,
-    request_id: String,
-    trace: Option<TraceContext>,
-    route: Option<Arc<Route>>,
-    cluster: Option<Arc<Cluster>>,
-    in_flight: Option<InFlight>,
-    failed_endpoint: Option<SocketAddr>,
-    attempts: u32,
-    upstream_started: Option<Instant>,
-    upstream_headers_after: Option<Duration>,
-    chain: Option<ChainRun>,
-    /// An error chosen by the proxy; `fail_to_proxy` renders it.
-    error: Option<ProxyError>,
-    /// The proxy itself already answered (or reset) the request; nothing else must be written.
-    answered: Option<Answered>,
-    /// Replaces the upstream body (a 5xx turned into JSON, or a response-phase local reply).
-    replacement_body: Option<Bytes>,
-    request_body_bytes: u64,
-    /// The request headers ended the stream (no body): filters get no body callback, as in Envoy.
-    request_ended_with_headers: bool,
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> RequestContext {
-        RequestContext {
-            started: Instant::now(),
-            generation: self.runtime.current(),
-            request_id: String::new(),
-            trace: None,
-            route: None,
-            cluster: None,
-            in_flight: None,
-            failed_endpoint: None,
-            attempts: 0,
-            upstream_started: None,
-            upstream_headers_after: None,
-            chain: None,
-            error: None,
-            answered: None,
-            replacement_body: None,
-            request_body_bytes: 0,
-            request_ended_with_headers: false,
-        }
+        RequestContext::new(self.state.current())
     }
 
     async fn request_filter(
@@ -163,9 +101,7 @@ impl ProxyHttp for Gateway {
             return self.refuse(session, ctx, ProxyError::NoRoute).await;
         };
         client_headers::strip_hop_by_hop(session.req_header_mut(), route.config.allow_upgrade);
-        let cluster = generation.cluster(&route.config.cluster);
         ctx.route = Some(route.clone());
-        ctx.cluster = Some(cluster.clone());
 
         let declared_length = session
             .req_header()
@@ -200,21 +136,22 @@ impl ProxyHttp for Gateway {
             }
             .into(),
             route_name: Some(route.config.name.clone()),
-            cluster_name: Some(cluster.config.name.clone()),
+            cluster_name: Some(route.cluster.config.name.clone()),
             peer_certificate: crate::peer_identity::verified_peer(session),
         };
         let mut headers = header_maps::request_to_filters(session.req_header(), self.tls);
         let end_of_stream = session.is_body_empty();
         ctx.request_ended_with_headers = end_of_stream;
-        let (chain, metrics) = (chain.clone(), self.runtime.metrics.clone());
-        let (run, headers, verdict) = self
-            .filter_phase(async move {
-                let mut run = chain.start(info, &metrics);
+        ctx.chain = Some(chain.start(info, &self.state.metrics));
+        let Some((headers, verdict)) = self
+            .run_filters(ctx, move |mut run| async move {
                 let verdict = run.request_headers(&mut headers, end_of_stream).await;
-                (run, headers, verdict)
+                (run, (headers, verdict))
             })
-            .await;
-        ctx.chain = Some(run);
+            .await
+        else {
+            return Ok(false);
+        };
         match verdict {
             ChainVerdict::Continue | ChainVerdict::Buffer => {
                 header_maps::apply_to_request(session.req_header_mut(), &headers)?;
@@ -233,12 +170,12 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let cluster = ctx.cluster.clone().expect("routed in request_filter");
-        let route = ctx.route.clone().expect("routed in request_filter");
+        let route = ctx.chosen_route()?.clone();
+        let cluster = &route.cluster;
         if ctx.attempts == 0 {
             cluster.record_request();
         } else {
-            self.runtime.metrics.retry(&cluster.config.name);
+            self.state.metrics.retry(&cluster.config.name);
         }
         ctx.attempts += 1;
         let hash_key = cluster.hash_key(session.req_header());
@@ -258,7 +195,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
-        let cluster = ctx.cluster.as_ref().expect("routed in request_filter");
+        let cluster = &ctx.chosen_route()?.cluster;
         // Over the identity headers as they leave: set by the filters, clients' own removed.
         if let Some(key) = ctx.generation.signing_key(&cluster.config.name) {
             let signature = key.sign_headers(&upstream_request.headers);
@@ -277,9 +214,7 @@ impl ProxyHttp for Gateway {
         // Nothing was sent, so another endpoint may be tried for any method.
         ctx.failed_endpoint = peer.address().as_inet().copied();
         ctx.in_flight = None;
-        let may_retry =
-            within_retry_limits(session, ctx) && ctx.cluster.as_ref().expect("routed").try_retry();
-        e.set_retry(may_retry);
+        e.set_retry(within_retry_limits(session, ctx) && retry_budget_allows(ctx));
         e
     }
 
@@ -296,7 +231,7 @@ impl ProxyHttp for Gateway {
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && within_retry_limits(session, ctx) {
             e.retry.decide_reuse(client_reused);
-            if e.retry() && !ctx.cluster.as_ref().expect("routed").try_retry() {
+            if e.retry() && !retry_budget_allows(ctx) {
                 e.set_retry(false);
             }
         } else {
@@ -321,17 +256,19 @@ impl ProxyHttp for Gateway {
         if ctx.request_ended_with_headers && body.as_ref().is_none_or(|b| b.is_empty()) {
             return Ok(());
         }
-        let Some(mut run) = ctx.chain.take() else {
+        if ctx.chain.is_none() {
+            return Ok(());
+        }
+        let mut chunk = body.take().map(Vec::from).unwrap_or_default();
+        let Some((chunk, verdict)) = self
+            .run_filters(ctx, move |mut run| async move {
+                let verdict = run.request_body(&mut chunk, end_of_stream).await;
+                (run, (chunk, verdict))
+            })
+            .await
+        else {
             return Ok(());
         };
-        let mut chunk = body.take().map(Vec::from).unwrap_or_default();
-        let (run, chunk, verdict) = self
-            .filter_phase(async move {
-                let verdict = run.request_body(&mut chunk, end_of_stream).await;
-                (run, chunk, verdict)
-            })
-            .await;
-        ctx.chain = Some(run);
         match verdict {
             ChainVerdict::Continue => {
                 *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
@@ -372,9 +309,9 @@ impl ProxyHttp for Gateway {
                 "application/json",
             )?;
         }
-        let Some(mut run) = ctx.chain.take() else {
+        if ctx.chain.is_none() {
             return Ok(());
-        };
+        }
         let mut headers = header_maps::response_to_filters(response);
         let end_of_stream = session.req_header().method == http::Method::HEAD
             || matches!(status, 204 | 304)
@@ -382,13 +319,15 @@ impl ProxyHttp for Gateway {
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() == b"0");
-        let (run, headers, verdict) = self
-            .filter_phase(async move {
+        let Some((headers, verdict)) = self
+            .run_filters(ctx, move |mut run| async move {
                 let verdict = run.response_headers(&mut headers, end_of_stream).await;
-                (run, headers, verdict)
+                (run, (headers, verdict))
             })
-            .await;
-        ctx.chain = Some(run);
+            .await
+        else {
+            return Ok(());
+        };
         match verdict {
             ChainVerdict::Continue | ChainVerdict::Buffer => {
                 header_maps::apply_to_response(response, &headers)
@@ -418,16 +357,17 @@ impl ProxyHttp for Gateway {
             ctx.replacement_body = Some(Bytes::new());
             return Ok(None);
         }
-        let Some(mut run) = ctx.chain.take() else {
+        if ctx.chain.is_none() {
             return Ok(None);
-        };
+        }
         let mut chunk = body.take().map(Vec::from).unwrap_or_default();
         // Pingora 0.9 calls this phase synchronously; see `offload` for how filters still await.
-        let (run, chunk, verdict) = offload::block_on(async move {
+        let Some((chunk, verdict)) = run_filters_blocking(ctx, move |mut run| async move {
             let verdict = run.response_body(&mut chunk, end_of_stream).await;
-            (run, chunk, verdict)
-        });
-        ctx.chain = Some(run);
+            (run, (chunk, verdict))
+        }) else {
+            return Ok(None);
+        };
         match verdict {
             ChainVerdict::Continue => {
                 *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
@@ -464,24 +404,19 @@ impl ProxyHttp for Gateway {
             };
         }
         if session.response_written().is_none() {
-            let written = match ctx.chain.take() {
-                // Filters see the error like any response (a cache may answer stale instead).
-                Some(mut run) => {
-                    let local = error.local_response(&ctx.request_id);
-                    let (run, verdict) = self
-                        .filter_phase(async move {
-                            let verdict = run.through_response_phases(local).await;
-                            (run, verdict)
-                        })
-                        .await;
-                    ctx.chain = Some(run);
-                    match verdict {
-                        ChainVerdict::Respond(response) => {
-                            responses::write_local(session, response, &ctx.request_id).await
-                        }
-                        _ => Ok(()),
-                    }
+            // Filters see the error like any response (a cache may answer stale instead).
+            let local = error.local_response(&ctx.request_id);
+            let verdict = self
+                .run_filters(ctx, move |mut run| async move {
+                    let verdict = run.through_response_phases(local).await;
+                    (run, verdict)
+                })
+                .await;
+            let written = match verdict {
+                Some(ChainVerdict::Respond(response)) => {
+                    responses::write_local(session, response, &ctx.request_id).await
                 }
+                Some(_) => Ok(()),
                 None => responses::write_error(session, error, &ctx.request_id).await,
             };
             if let Err(write_error) = written {
@@ -511,9 +446,12 @@ impl ProxyHttp for Gateway {
             .or(ctx.answered.map(Answered::status))
             .unwrap_or(0);
         let route = ctx.route.as_ref().map_or("", |r| r.config.name.as_str());
-        let cluster = ctx.cluster.as_ref().map_or("", |c| c.config.name.as_str());
+        let cluster = ctx
+            .route
+            .as_ref()
+            .map_or("", |r| r.cluster.config.name.as_str());
         let elapsed = ctx.started.elapsed();
-        self.runtime
+        self.state
             .metrics
             .request_done(route, cluster, status, elapsed);
         if !ctx.generation.access_log {
@@ -545,17 +483,27 @@ impl ProxyHttp for Gateway {
 
 impl Gateway {
     /// Whether filter callbacks may wait for shared data (Redis), so phases run on the filter
-    /// runtime (see `offload`); the host's backend says so.
+    /// state (see `offload`); the host's backend says so.
     fn may_wait(&self) -> bool {
-        !self.runtime.shared_data.answers_immediately()
+        !self.state.shared_data.answers_immediately()
     }
 
-    /// Runs a filter phase where this deployment runs them (see `offload::filter_phase`).
-    async fn filter_phase<T: Send + 'static>(
+    /// Runs one phase of the request's filter chain where this deployment runs phases (see
+    /// `offload::filter_phase`), then puts the chain back; `None` when the request has no filters.
+    /// The phase owns the chain while it runs, so it can move to the offload runtime.
+    async fn run_filters<T, Phase>(
         &self,
-        phase: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> T {
-        offload::filter_phase(self.may_wait(), phase).await
+        ctx: &mut RequestContext,
+        phase: impl FnOnce(ChainRun) -> Phase,
+    ) -> Option<T>
+    where
+        T: Send + 'static,
+        Phase: Future<Output = (ChainRun, T)> + Send + 'static,
+    {
+        let run = ctx.chain.take()?;
+        let (run, output) = offload::filter_phase(self.may_wait(), phase(run)).await;
+        ctx.chain = Some(run);
+        Some(output)
     }
 
     /// Sets `x-request-id`, `traceparent` and `X-Forwarded-*` on the request before filters run.
@@ -647,10 +595,19 @@ fn normalize_path(session: &mut Session, generation: &Generation) -> Result<(), 
     Ok(())
 }
 
-/// Whether the request has attempts left and its body (if any) can still be replayed.
-fn within_retry_limits(session: &Session, ctx: &RequestContext) -> bool {
-    let cluster = ctx.cluster.as_ref().expect("routed before any attempt");
-    cluster.has_attempts_left(ctx.attempts) && !session.as_ref().retry_buffer_truncated()
+/// [`Gateway::run_filters`] for the phases Pingora calls synchronously.
+fn run_filters_blocking<T, Phase>(
+    ctx: &mut RequestContext,
+    phase: impl FnOnce(ChainRun) -> Phase,
+) -> Option<T>
+where
+    T: Send + 'static,
+    Phase: Future<Output = (ChainRun, T)> + Send + 'static,
+{
+    let run = ctx.chain.take()?;
+    let (run, output) = offload::block_on(phase(run));
+    ctx.chain = Some(run);
+    Some(output)
 }
 
 /// Sends a filter's local reply and records that the request is answered.

@@ -7,7 +7,7 @@
 //! reason, and the old configuration keeps serving.
 
 use crate::config::{Config, ReloadSettings};
-use crate::runtime::Runtime;
+use crate::state::GatewayState;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -70,10 +70,10 @@ impl FileStamps {
     }
 }
 
-/// Reloads one configuration file into a [`Runtime`].
+/// Reloads one configuration file into a [`GatewayState`].
 pub struct Reloader {
     path: PathBuf,
-    runtime: Arc<Runtime>,
+    gateway: Arc<GatewayState>,
     state: Mutex<ReloaderState>,
 }
 
@@ -90,13 +90,18 @@ struct ReloaderState {
 }
 
 impl Reloader {
-    /// Reloads `path` into `runtime`. `serving` was loaded from it when the files were as
+    /// Reloads `path` into `gateway`. `serving` was loaded from it when the files were as
     /// `read` says (taken right after parsing, before compiling filters).
-    pub fn new(path: PathBuf, serving: Config, read: FileStamps, runtime: Arc<Runtime>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        serving: Config,
+        read: FileStamps,
+        gateway: Arc<GatewayState>,
+    ) -> Self {
         let watched = serving.referenced_files();
         Self {
             path,
-            runtime,
+            gateway,
             state: Mutex::new(ReloaderState {
                 serving,
                 watched,
@@ -148,7 +153,7 @@ impl Reloader {
                 "configuration reload refused; the previous configuration keeps serving"
             ),
         }
-        self.runtime.metrics.config_reload(result.is_ok());
+        self.gateway.metrics.config_reload(result.is_ok());
         self.state().last = Some(report);
         result
     }
@@ -177,9 +182,9 @@ impl Reloader {
                 fixed.join(", ")
             ));
         }
-        let generation = self.runtime.prepare(&config).await.map_err(invalid)?;
+        let generation = self.gateway.prepare(&config).await.map_err(invalid)?;
         let number = generation.number;
-        self.runtime.install(generation);
+        self.gateway.install(generation);
         self.state().serving = config;
         Ok(number)
     }

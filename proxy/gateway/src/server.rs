@@ -10,7 +10,7 @@ use crate::lifecycle::{Lifecycle, LifecycleWatcher};
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
 use crate::reload::{FileStamps, ReloadTrigger, Reloader};
-use crate::runtime::Runtime;
+use crate::state::GatewayState;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -25,8 +25,8 @@ const UPGRADE_WAIT_TRIES: usize = 30;
 /// Loads the filters of `config` (compiling them and checking their configuration); this is also
 /// what `proxy validate` runs. Their root VMs tick on the offload runtime from then on, with or
 /// without traffic, as in Envoy.
-pub fn load(config: &Config, lookup: NameLookup) -> Result<Runtime, ConfigError> {
-    crate::offload::run_persistently(Runtime::build(config, lookup))
+pub fn load(config: &Config, lookup: NameLookup) -> Result<GatewayState, ConfigError> {
+    crate::offload::run_persistently(GatewayState::build(config, lookup))
 }
 
 /// Builds the server for `config`, read from `config_path` (which reloads read again) when its
@@ -37,11 +37,11 @@ pub fn build(
     config_path: &Path,
     config: &Config,
     read: FileStamps,
-    runtime: Runtime,
+    state: GatewayState,
     upgrade: bool,
 ) -> Result<Server, ConfigError> {
-    runtime.shared_data.start();
-    let runtime = Arc::new(runtime);
+    state.shared_data.start();
+    let state = Arc::new(state);
     let grace = config.server.process.shutdown_grace_period;
     let upgrade_socket = config.resolve(&config.server.process.upgrade_socket);
     if let Some(dir) = upgrade_socket.parent() {
@@ -78,7 +78,7 @@ pub fn build(
     ));
     for listener in &config.listeners {
         let gateway = Gateway::new(
-            runtime.clone(),
+            state.clone(),
             &listener.name,
             listener.tls.is_some(),
             lifecycle.clone(),
@@ -89,7 +89,7 @@ pub fn build(
             options.h2c = true;
             proxy.server_options = Some(options);
         }
-        let (open, refused) = runtime.metrics.listener_connections(&listener.name);
+        let (open, refused) = state.metrics.listener_connections(&listener.name);
         let mut service = Service::new(
             format!("listener {}", listener.name),
             ConnectionLimit::new(proxy, listener.max_connections.get(), open, refused),
@@ -117,17 +117,17 @@ pub fn build(
         config_path.to_path_buf(),
         config.clone(),
         read,
-        runtime.clone(),
+        state.clone(),
     ));
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(runtime.clone(), reloader.clone(), admin_token),
+        AdminApp::new(state.clone(), reloader.clone(), admin_token),
     );
     admin.add_tcp(&config.admin.address.to_string());
     server.add_service(admin);
     server.add_service(background_service(
         "health checks",
-        HealthChecker::new(runtime.clone()),
+        HealthChecker::new(state.clone()),
     ));
     server.add_service(background_service(
         "configuration reloads",

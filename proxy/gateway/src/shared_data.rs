@@ -1,8 +1,8 @@
 //! The shared-data backend the configuration asks for (memory or Redis), and its metrics.
 
-use crate::config::{ConfigError, SharedDataBackendKind, SharedDataSettings, UnavailableConfig};
+use crate::config::{ConfigError, SharedDataBackendKind, SharedDataSettings};
 use proxy_wasm_host::{MemoryLimits, MemorySharedData, SharedDataBackend};
-use shared_data_redis::{ExpiryRules, RedisSettings, RedisSharedData, Topology, UnavailablePolicy};
+use shared_data_redis::{ExpiryRules, RedisSettings, RedisSharedData, Topology};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -18,16 +18,7 @@ impl SharedData {
     /// Builds the backend. Redis need not be up: the link connects in the background and calls
     /// follow `on_unavailable` until it does.
     pub fn from_config(settings: &SharedDataSettings) -> Result<Self, ConfigError> {
-        let memory = MemoryLimits {
-            max_entries: settings.memory.max_entries,
-            max_bytes: settings.memory.max_bytes,
-        };
-        if memory.max_entries == 0 || memory.max_bytes == 0 {
-            return Err(ConfigError::new(
-                "shared_data.memory",
-                "max_entries and max_bytes must be at least 1",
-            ));
-        }
+        let memory = settings.memory.limits();
         match settings.backend {
             SharedDataBackendKind::Memory => {
                 Ok(Self::Memory(Arc::new(MemorySharedData::new(memory))))
@@ -153,16 +144,7 @@ fn redis_settings(
             )
         })?),
     };
-    for (name, value) in [
-        ("operation_timeout", config.operation_timeout),
-        ("connect_timeout", config.connect_timeout),
-        ("min_reconnect_backoff", config.min_reconnect_backoff),
-    ] {
-        if value.is_zero() {
-            return Err(ConfigError::new(field(name), "must be more than 0"));
-        }
-    }
-    if config.max_reconnect_backoff < config.min_reconnect_backoff {
+    if config.max_reconnect_backoff < config.min_reconnect_backoff.get() {
         return Err(ConfigError::new(
             field("max_reconnect_backoff"),
             "must be at least min_reconnect_backoff",
@@ -181,9 +163,9 @@ fn redis_settings(
         username: config.username.clone(),
         password,
         key_prefix: config.key_prefix.clone(),
-        operation_timeout: config.operation_timeout,
-        connect_timeout: config.connect_timeout,
-        min_backoff: config.min_reconnect_backoff,
+        operation_timeout: config.operation_timeout.get(),
+        connect_timeout: config.connect_timeout.get(),
+        min_backoff: config.min_reconnect_backoff.get(),
         max_backoff: config.max_reconnect_backoff,
         expiry: ExpiryRules {
             prefixes: config
@@ -194,10 +176,7 @@ fn redis_settings(
                 .collect(),
             default: config.expiry.default,
         },
-        on_unavailable: match config.on_unavailable {
-            UnavailableConfig::FailOpen => UnavailablePolicy::FailOpen,
-            UnavailableConfig::FailClosed => UnavailablePolicy::FailClosed,
-        },
+        on_unavailable: config.on_unavailable,
         fallback_limits,
     })
 }

@@ -13,8 +13,10 @@ pub enum Topology {
     Cluster(Vec<String>),
 }
 
-/// What happens to shared-data calls while Redis is unreachable or slow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What happens to shared-data calls while Redis is unreachable or slow (written `fail_open` or
+/// `fail_closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UnavailablePolicy {
     /// Use process-local state (bounded like the memory backend) until Redis returns; limits then
     /// hold per process instead of cluster-wide.

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use gateway::cluster::NameLookup;
 use gateway::config::Config;
 use gateway::reload::FileStamps;
-use gateway::runtime::Runtime;
+use gateway::state::GatewayState;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             let Loaded {
                 config,
                 read,
-                runtime,
+                state,
             } = match load(&path, NameLookup::Resolve, true) {
                 Ok(loaded) => loaded,
                 Err(message) => {
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let server = match gateway::server::build(&path, &config, read, runtime, upgrade) {
+            let server = match gateway::server::build(&path, &config, read, state, upgrade) {
                 Ok(server) => server,
                 Err(error) => {
                     eprintln!("{}: invalid configuration: {error}", path.display());
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
 struct Loaded {
     config: Config,
     read: FileStamps,
-    runtime: Runtime,
+    state: GatewayState,
 }
 
 /// Reads and loads a configuration; with `serving`, logging starts before the filters load, so
@@ -109,10 +109,10 @@ fn load(path: &Path, lookup: NameLookup, serving: bool) -> Result<Loaded, String
     }
     // Before the filters compile: a file changed meanwhile is reloaded once the proxy serves.
     let read = FileStamps::of(path, &config);
-    let runtime = gateway::server::load(&config, lookup).map_err(invalid)?;
+    let state = gateway::server::load(&config, lookup).map_err(invalid)?;
     Ok(Loaded {
         config,
         read,
-        runtime,
+        state,
     })
 }

@@ -386,7 +386,7 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
                 .parse::<EndpointAddress>()
                 .unwrap(),
             EndpointAddress::Name {
-                host: "billing.default.svc.cluster.local".into(),
+                name: "billing.default.svc.cluster.local".into(),
                 port: 8080
             }
         );

@@ -1,7 +1,9 @@
 //! Where filters' shared data lives: process memory or Redis.
 
-use super::values::{duration, optional_duration};
+use super::values::{duration, optional_duration, AtLeastOne, NonZeroDuration};
+use proxy_wasm_host::MemoryLimits;
 use serde::{Deserialize, Serialize};
+use shared_data_redis::UnavailablePolicy;
 use std::time::Duration;
 
 /// Where filters' shared data lives.
@@ -32,16 +34,27 @@ pub enum SharedDataBackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySettings {
     /// Most keys kept; the least recently used go first.
-    pub max_entries: usize,
+    pub max_entries: AtLeastOne<usize>,
     /// Most bytes (keys plus values) kept.
-    pub max_bytes: usize,
+    pub max_bytes: AtLeastOne<usize>,
+}
+
+impl MemorySettings {
+    /// The bounds in the wasm host's terms.
+    pub fn limits(&self) -> MemoryLimits {
+        MemoryLimits {
+            max_entries: self.max_entries.get(),
+            max_bytes: self.max_bytes.get(),
+        }
+    }
 }
 
 impl Default for MemorySettings {
     fn default() -> Self {
+        let limits = MemoryLimits::default();
         Self {
-            max_entries: 100_000,
-            max_bytes: 64 << 20,
+            max_entries: AtLeastOne::new(limits.max_entries).expect("at least 1"),
+            max_bytes: AtLeastOne::new(limits.max_bytes).expect("at least 1"),
         }
     }
 }
@@ -61,19 +74,16 @@ pub struct RedisConfig {
     /// Prepended to every key, so deployments can share a Redis.
     pub key_prefix: String,
     /// Longest a filter waits for Redis before `on_unavailable` applies.
-    #[serde(with = "duration")]
-    pub operation_timeout: Duration,
+    pub operation_timeout: NonZeroDuration,
     /// Longest a connection attempt may take.
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
+    pub connect_timeout: NonZeroDuration,
     /// First wait before reconnecting; doubles on each failure up to `max_reconnect_backoff`.
-    #[serde(with = "duration")]
-    pub min_reconnect_backoff: Duration,
+    pub min_reconnect_backoff: NonZeroDuration,
     /// Longest wait between reconnection attempts.
     #[serde(with = "duration")]
     pub max_reconnect_backoff: Duration,
     /// `fail_open` (process-local state while Redis is away) or `fail_closed` (503).
-    pub on_unavailable: UnavailableConfig,
+    pub on_unavailable: UnavailablePolicy,
     /// Key expiry in Redis.
     pub expiry: ExpiryConfig,
 }
@@ -86,25 +96,15 @@ impl Default for RedisConfig {
             username: None,
             password_env: None,
             key_prefix: "gateway:".into(),
-            operation_timeout: Duration::from_millis(50),
-            connect_timeout: Duration::from_secs(1),
-            min_reconnect_backoff: Duration::from_millis(100),
+            operation_timeout: NonZeroDuration::new(Duration::from_millis(50)).expect("positive"),
+            connect_timeout: NonZeroDuration::new(Duration::from_secs(1)).expect("positive"),
+            min_reconnect_backoff: NonZeroDuration::new(Duration::from_millis(100))
+                .expect("positive"),
             max_reconnect_backoff: Duration::from_secs(5),
-            on_unavailable: UnavailableConfig::FailOpen,
+            on_unavailable: UnavailablePolicy::FailOpen,
             expiry: ExpiryConfig::default(),
         }
     }
-}
-
-/// What shared-data calls do while Redis is unreachable or slow.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnavailableConfig {
-    /// Use process-local state; limits hold per proxy until Redis returns.
-    #[default]
-    FailOpen,
-    /// Answer requests that need shared data with a 503.
-    FailClosed,
 }
 
 /// Key expiry: the longest matching prefix wins, else `default`. TTLs refresh on every write.

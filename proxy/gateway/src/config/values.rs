@@ -62,7 +62,7 @@ pub enum EndpointAddress {
     /// `name:port`.
     Name {
         /// The DNS name, lower case, without a trailing dot.
-        host: String,
+        name: String,
         /// The port.
         port: u16,
     },
@@ -76,7 +76,7 @@ impl FromStr for EndpointAddress {
             return Ok(Self::Address(address));
         }
         let invalid = || format!("{text:?} is neither ip:port nor a DNS name and port (name:port)");
-        let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+        let (name, port) = text.rsplit_once(':').ok_or_else(invalid)?;
         let port: u16 = port.parse().map_err(|_| invalid())?;
         let label_ok = |label: &str| {
             !label.is_empty()
@@ -87,12 +87,12 @@ impl FromStr for EndpointAddress {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
-        let host = host.strip_suffix('.').unwrap_or(host);
-        if port == 0 || host.len() > 253 || !host.split('.').all(label_ok) {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if port == 0 || name.len() > 253 || !name.split('.').all(label_ok) {
             return Err(invalid());
         }
         Ok(Self::Name {
-            host: host.to_ascii_lowercase(),
+            name: name.to_ascii_lowercase(),
             port,
         })
     }
@@ -206,6 +206,12 @@ impl NonZeroDuration {
     /// The duration.
     pub fn get(self) -> Duration {
         self.0
+    }
+}
+
+impl Serialize for NonZeroDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        duration::serialize(&self.0, s)
     }
 }
 

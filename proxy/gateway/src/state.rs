@@ -1,5 +1,5 @@
 //! The configuration turned into what the request path uses: a [`Generation`] of compiled routes,
-//! clusters and loaded filter chains, swapped as a whole on reload, and the [`Runtime`] that
+//! clusters and loaded filter chains, swapped as a whole on reload, and the [`GatewayState`] that
 //! outlives generations (wasm host, shared data, metrics).
 
 use crate::callouts::ClusterCallouts;
@@ -24,6 +24,8 @@ use tokio::sync::watch;
 pub struct Route {
     /// Its configuration.
     pub config: RouteConfig,
+    /// The cluster it sends requests to.
+    pub cluster: Arc<Cluster>,
     /// Its filters, if any.
     pub chain: Option<Arc<FilterChain>>,
 }
@@ -100,6 +102,7 @@ impl Generation {
             .iter()
             .map(|route| {
                 Arc::new(Route {
+                    cluster: clusters[&route.cluster].clone(),
                     chain: route.filter_chain.as_ref().map(|name| chains[name].clone()),
                     config: route.clone(),
                 })
@@ -151,11 +154,6 @@ impl Generation {
         self.signing_keys.get(cluster)
     }
 
-    /// A cluster by name (routes are checked to name existing clusters).
-    pub fn cluster(&self, name: &str) -> Arc<Cluster> {
-        self.clusters[name].clone()
-    }
-
     /// All clusters.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values()
@@ -164,7 +162,7 @@ impl Generation {
 
 /// What lives as long as the process: the wasm host (engine, compiled modules, shared data),
 /// metrics, and the generation serving new requests.
-pub struct Runtime {
+pub struct GatewayState {
     /// The proxy's metrics.
     pub metrics: Arc<GatewayMetrics>,
     /// The wasm host running the filters.
@@ -176,7 +174,7 @@ pub struct Runtime {
     installed: watch::Sender<u64>,
 }
 
-impl Runtime {
+impl GatewayState {
     /// Starts the wasm host and loads `config` as generation 1, looking endpoint names up or not.
     pub async fn build(config: &Config, lookup: NameLookup) -> Result<Self, ConfigError> {
         let shared_data = SharedData::from_config(&config.shared_data)?;
