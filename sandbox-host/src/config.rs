@@ -4,6 +4,7 @@
 //! request asking for more is refused, not silently clamped).
 
 use crate::limits::LimitSettings;
+pub use crate::runtimes::RuntimeSettings;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -82,18 +83,6 @@ pub enum UnsignedCallers {
     ComputeOnly,
     /// Answer 401 `untrusted_caller`.
     Refuse,
-}
-
-/// One interpreter: a WASI command module from a pinned registry package.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeSettings {
-    /// The `.wasm` file; relative paths are resolved against the configuration file's directory.
-    pub module: PathBuf,
-    /// Its expected SHA-256; a file that does not match is refused at start-up.
-    pub sha256: Sha256Hex,
-    /// The interpreter's version, reported by `GET /v1/runtimes`.
-    pub version: String,
 }
 
 /// The admission queue in front of the guest threads.
@@ -254,28 +243,6 @@ impl Settings {
         }
         for dataset in &mut self.datasets {
             dataset.path = base.join(&dataset.path);
-        }
-    }
-}
-
-/// A SHA-256 digest written as 64 hex digits, kept lower case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sha256Hex(String);
-
-impl Sha256Hex {
-    /// The digest, lower-case hex.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Sha256Hex {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Self(text.to_ascii_lowercase()))
-        } else {
-            Err(serde::de::Error::custom("not a hex SHA-256"))
         }
     }
 }
