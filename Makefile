@@ -67,7 +67,7 @@ deps-rust:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml tests/harness/pyproject.toml
-	@$(call announce,installing the Python environment in .venv: python-ml, its model and the test tools,2 to 4 minutes the first time)
+	@$(call announce,installing the Python environment in .venv: python-ml with its model and the test tools,2 to 4 minutes the first time)
 	@[ -x $(PYTHON) ] || python3 -m venv $(VENV) || $(call retry,creating .venv,venv)
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt -e 'python-ml[dev]' \
 	  -e tests/harness || $(call retry,installing the Python packages,venv)

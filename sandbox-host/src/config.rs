@@ -5,6 +5,7 @@
 
 use crate::limits::LimitSettings;
 pub use crate::runtimes::RuntimeSettings;
+use gateway_contract::ConfigError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -189,15 +190,19 @@ impl Settings {
             message,
         };
         let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
-        let mut settings: Settings = serde_path_to_error::deserialize(deserializer)
-            .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))?;
+        let mut settings: Settings =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                let error =
+                    ConfigError::from_yaml(&e.path().to_string(), &e.inner().to_string(), "(file)");
+                invalid(error.to_string())
+            })?;
         settings.validate().map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         settings.resolve_paths(base);
         Ok(settings)
     }
 
-    /// Checks what serde cannot: limits within maxima, names, digests.
+    /// Checks what serde cannot: limits within maxima, names, languages.
     pub fn validate(&self) -> Result<(), String> {
         self.limits.validate()?;
         if self.concurrency.max_running == 0 {

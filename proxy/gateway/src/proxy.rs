@@ -482,8 +482,8 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    /// Whether filter callbacks may wait for shared data (Redis), so phases run on the filter
-    /// state (see `offload`); the host's backend says so.
+    /// Whether filter callbacks may wait for shared data (Redis), so phases run on the offload
+    /// runtime (see `offload`); the host's backend says so.
     fn may_wait(&self) -> bool {
         !self.state.shared_data.answers_immediately()
     }

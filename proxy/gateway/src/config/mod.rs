@@ -88,15 +88,7 @@ impl Config {
         let text = expand_env(text, |name| std::env::var(name).ok())?;
         let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
         let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { "(file)".into() } else { field };
-            let message = without_location(&e.into_inner().to_string()).to_string();
-            // The YAML error may already start with (part of) the path; say it once.
-            let message = match message.split_once(": ") {
-                Some((head, rest)) if field.starts_with(head) => rest.to_string(),
-                _ => message,
-            };
-            ConfigError::new(field, message)
+            ConfigError::from_yaml(&e.path().to_string(), &e.inner().to_string(), "(file)")
         })?;
         config.base_dir = base_dir;
         config.check()?;
@@ -280,20 +272,6 @@ impl Config {
                 format!("no such file: {}", resolved.display()),
             ))
         }
-    }
-}
-
-/// A YAML error's message without the line and column it adds: the field path says where.
-fn without_location(message: &str) -> &str {
-    match message.rsplit_once(" at line ") {
-        Some((head, position))
-            if position
-                .split(" column ")
-                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
-        {
-            head
-        }
-        _ => message,
     }
 }
 

@@ -287,7 +287,7 @@ pub struct ListenerTls {
 
 /// Everything only a restart applies: Pingora binds listeners and sizes its worker pools once,
 /// and the wasm engine, shared-data backend and log subscriber are built at start.
-#[derive(Serialize)]
+#[derive(PartialEq, Serialize)]
 pub struct ProcessSettings<'a> {
     /// `listeners`.
     pub listeners: &'a [ListenerConfig],
@@ -305,12 +305,19 @@ impl ProcessSettings<'_> {
     /// The fields that differ in `other`, by their path in the file (`server.threads`); a list
     /// is named as a whole.
     pub fn changed_fields(&self, other: &Self) -> Vec<String> {
-        let as_value = |settings: &Self| {
-            serde_yaml_ng::to_value(settings).expect("settings serialize to YAML")
-        };
-        let mut changed = Vec::new();
-        differences(&as_value(self), &as_value(other), "", &mut changed);
-        changed
+        match (
+            serde_yaml_ng::to_value(self),
+            serde_yaml_ng::to_value(other),
+        ) {
+            (Ok(old), Ok(new)) => {
+                let mut changed = Vec::new();
+                differences(&old, &new, "", &mut changed);
+                changed
+            }
+            // A path that is not UTF-8 has no YAML form; say that something changed.
+            _ if self != other => vec!["process settings".to_string()],
+            _ => Vec::new(),
+        }
     }
 }
 
