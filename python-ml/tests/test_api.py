@@ -108,6 +108,20 @@ def test_health_readiness_and_openapi(corpus_service: RunningService) -> None:
         assert "401" in paths["/v1/rag/query"]["post"]["responses"]
 
 
+def test_metrics_count_requests_by_route_template_not_by_path(corpus_service: RunningService) -> None:
+    with corpus_service.client() as client:
+        for name in ("one", "two", "three"):
+            assert client.get(f"/v1/rag/documents/{name}").status_code in (401, 404)
+        assert client.get("/no/such/path").status_code == 404
+        text = client.get("/metrics").text
+    route = "/v1/rag/documents/{document_id}"
+    counted = [line for line in text.splitlines() if line.startswith("python_ml_requests_total{")]
+    assert any(f'route="{route}"' in line and 'method="GET"' in line for line in counted), counted
+    assert not any("one" in line or "/no/such/path" in line for line in counted), counted
+    assert any('route="unmatched"' in line and 'status="404"' in line for line in counted), counted
+    assert f'python_ml_request_duration_seconds_count{{route="{route}"}}' in text
+
+
 def test_not_ready_when_the_model_cannot_load(service_factory: Callable[..., RunningService], tmp_path: object) -> None:
     service = service_factory(wait_ready=False, model_dir=str(tmp_path))
     with service.client() as client:

@@ -1,4 +1,4 @@
-"""The HTTP service: embeddings, RAG ingest and query, health and readiness.
+"""The HTTP service: embeddings, RAG ingest and query, health, readiness and metrics.
 
 The model loads in the background after start-up; `/readyz` answers 200 only once it has, and the
 model endpoints answer 503 `model_loading` until then. Model work runs in worker threads, at most
@@ -22,8 +22,9 @@ from .embedding import MODEL_NAME, Embedder, bundled_model_dir
 from .errors import RequestIdMiddleware, install_error_handlers
 from .generation import build_generator
 from .limits import BodySizeLimit
+from .metrics import MetricsMiddleware, ServiceMetrics
 from .rag import Rag
-from .routers import documents, embeddings, health, query
+from .routers import documents, embeddings, health, metrics, query
 from .settings import Settings
 from .store import VectorStore
 from .trust import log_trust_mode
@@ -63,11 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Embeddings and retrieval-augmented answers behind the gateway.",
         lifespan=lifespan,
     )
-    # The last added runs first: the request id exists before the body limit can refuse anything.
+    app.state.metrics = ServiceMetrics()
+    # The last added runs first: the request id exists before the body limit can refuse anything,
+    # and the metrics see every answer, refusals included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for router in (health.router, embeddings.router, documents.router, query.router):
+    for router in (health.router, metrics.router, embeddings.router, documents.router, query.router):
         app.include_router(router)
     return app
 
