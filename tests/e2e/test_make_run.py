@@ -1,0 +1,117 @@
+"""`make run` as a newcomer meets it: the real command, its ports, and the README quick start's
+calls through the gateway to python-ml (ingest, ask plain and streamed, embed with the official
+`openai` client), to sandbox-host (run code), then the cache hit, the rate limit and the metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+from harness.gateway import DEMO_KEY, REPO, wait_until_serving
+
+GATEWAY = "http://127.0.0.1:10000"
+ADMIN = "http://127.0.0.1:9901"
+ML = "http://127.0.0.1:8100"
+SANDBOX = "http://127.0.0.1:8090"
+KEY = {"x-api-key": DEMO_KEY}
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`make run` in its own process group, once python-ml answers through the gateway; its output
+    goes to a log that a failure quotes."""
+    log = tmp_path_factory.mktemp("make-run") / "make-run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # The first run may still build; python-ml then loads its model, sandbox-host its
+        # interpreters: their readiness probes say when.
+        for ready in (ADMIN + "/readyz", ML + "/readyz", SANDBOX + "/readyz"):
+            why_not = wait_until_serving(process, ready, 600)
+            if why_not is not None:
+                pytest.fail(f"make run did not serve {ready}: {why_not}\n{log.read_text()[-4000:]}")
+        yield log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def ask(question: str, **extra: object) -> requests.Response:
+    return requests.post(GATEWAY + "/v1/rag/query", json={"question": question, **extra}, headers=KEY, timeout=60)
+
+
+def test_make_run_prints_the_calls_to_try(make_run: Path) -> None:
+    printed = make_run.read_text()
+    for call in ("/v1/rag/documents", "/v1/rag/query", "/v1/embeddings", "/v1/executions", "/metrics"):
+        assert call in printed, printed
+
+
+def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
+    assert requests.post(GATEWAY + "/v1/rag/query", json={"question": "hi"}, timeout=10).status_code == 401
+
+    text = (REPO / "python-ml" / "corpus" / "espresso.md").read_text()
+    ingested = requests.post(
+        GATEWAY + "/v1/rag/documents", json={"documents": [{"id": "espresso", "text": text}]}, headers=KEY, timeout=60
+    )
+    assert ingested.status_code == 200, ingested.text
+    assert ingested.json()["chunks"] >= 1
+
+    answer = ask("How long does an espresso shot take to pull?")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["sources"] and body["sources"][0]["document_id"] == "espresso"
+    assert body["answer"]
+
+    with requests.post(
+        GATEWAY + "/v1/rag/query",
+        json={"question": "What pressure does espresso need?", "stream": True},
+        headers=KEY,
+        stream=True,
+        timeout=60,
+    ) as streamed:
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        events = [line.split(": ", 1)[1] for line in streamed.iter_lines(decode_unicode=True) if line.startswith("event: ")]
+    assert events[0] == "token" and events[-1] == "done", events
+
+    client = openai.OpenAI(base_url=GATEWAY + "/v1", api_key="unused", default_headers=KEY, max_retries=0)
+    embedded = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a cappuccino", "a flat white"])
+    assert [len(item.embedding) for item in embedded.data] == [384, 384]
+
+    run = requests.post(
+        GATEWAY + "/v1/executions", json={"language": "python", "code": "print(1+1)"}, headers=KEY, timeout=60
+    )
+    assert run.status_code == 200, run.text
+    assert run.json()["stdout"] == "2\n"
+
+
+def test_a_repeated_question_is_answered_from_the_cache(make_run: Path) -> None:
+    question = "Which grind does espresso use?"
+    first = ask(question)
+    again = ask(question)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["x-cache"] == "HIT", dict(again.headers)
+    assert again.json() == first.json()
+
+
+def test_the_limit_per_identity_then_the_metrics(make_run: Path) -> None:
+    responses = [requests.get(GATEWAY + "/hello", headers=KEY, timeout=10) for _ in range(40)]
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused, [r.status_code for r in responses]
+    assert json.loads(refused[0].text)["error"]["code"] == "rate_limited"
+
+    metrics = requests.get(ADMIN + "/metrics", timeout=10).text
+    assert 'route="rag-query"' in metrics, metrics[:2000]
+    assert 'route="sandbox-executions"' in metrics
