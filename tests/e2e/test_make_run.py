@@ -1,11 +1,13 @@
 """`make run` as a newcomer meets it: the real command, its ports, and the README quick start's
 calls through the gateway to python-ml (ingest, ask plain and streamed, embed with the official
-`openai` client), to sandbox-host (run code), then the cache hit, the rate limit and the metrics."""
+`openai` client), to sandbox-host (run code), then the cache hit, the rate limit, and the metrics
+of the three services that the Grafana dashboard (deploy/grafana) queries."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -83,7 +85,9 @@ def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
         timeout=60,
     ) as streamed:
         assert streamed.headers["content-type"].startswith("text/event-stream")
-        events = [line.split(": ", 1)[1] for line in streamed.iter_lines(decode_unicode=True) if line.startswith("event: ")]
+        events = [
+            line.split(": ", 1)[1] for line in streamed.iter_lines(decode_unicode=True) if line.startswith("event: ")
+        ]
     assert events[0] == "token" and events[-1] == "done", events
 
     client = openai.OpenAI(base_url=GATEWAY + "/v1", api_key="unused", default_headers=KEY, max_retries=0)
@@ -106,12 +110,23 @@ def test_a_repeated_question_is_answered_from_the_cache(make_run: Path) -> None:
     assert again.json() == first.json()
 
 
-def test_the_limit_per_identity_then_the_metrics(make_run: Path) -> None:
+def test_the_limit_per_identity_then_the_metrics_the_dashboard_reads(make_run: Path) -> None:
     responses = [requests.get(GATEWAY + "/hello", headers=KEY, timeout=10) for _ in range(40)]
     refused = [r for r in responses if r.status_code == 429]
     assert refused, [r.status_code for r in responses]
     assert json.loads(refused[0].text)["error"]["code"] == "rate_limited"
 
-    metrics = requests.get(ADMIN + "/metrics", timeout=10).text
-    assert 'route="rag-query"' in metrics, metrics[:2000]
-    assert 'route="sandbox-executions"' in metrics
+    exposed = "\n".join(requests.get(url + "/metrics", timeout=10).text for url in (ADMIN, ML, SANDBOX))
+    served = {line.split("{")[0].split(" ")[0] for line in exposed.splitlines() if not line.startswith("#")}
+    assert 'route="rag-query"' in exposed and 'route="sandbox-executions"' in exposed
+    hits = next(line for line in exposed.splitlines() if line.startswith('wasm_cache_hits_total{plugin="cache"}'))
+    assert float(hits.rsplit(" ", 1)[1]) >= 1, hits
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "gateway-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"([a-z][a-z0-9_]*)\s*[{\[]", target["expr"])
+    }
+    assert queried and queried <= served, sorted(queried - served)

@@ -13,7 +13,7 @@ use filter_common::host::{now, request_header, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -37,6 +37,42 @@ struct FilterState {
     stored: RefCell<Sweep>,
     /// Waiting requests another request answered from cache (their response is our reply).
     answered: RefCell<HashSet<u32>>,
+    /// Responses by how the cache took part, as `X-Cache` says.
+    outcomes: OutcomeMetrics,
+}
+
+/// Counters of responses by their `X-Cache` value (`cache_hits_total`, `cache_misses_total`,
+/// `cache_stale_total`, `cache_bypassed_total`), for a hit ratio; `None` if the host refused one.
+struct OutcomeMetrics {
+    hits: Option<u32>,
+    misses: Option<u32>,
+    stale: Option<u32>,
+    bypassed: Option<u32>,
+}
+
+impl OutcomeMetrics {
+    fn define() -> Self {
+        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Self {
+            hits: counter("cache_hits_total"),
+            misses: counter("cache_misses_total"),
+            stale: counter("cache_stale_total"),
+            bypassed: counter("cache_bypassed_total"),
+        }
+    }
+
+    /// Counts one response labelled `label` (`HIT`, `MISS`, `STALE` or `BYPASS`).
+    fn count(&self, label: &str) {
+        let metric = match label {
+            "HIT" => self.hits,
+            "MISS" => self.misses,
+            "STALE" => self.stale,
+            _ => self.bypassed,
+        };
+        if let Some(id) = metric {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
 }
 
 struct CacheRoot {
@@ -56,6 +92,7 @@ impl RootContext for CacheRoot {
                     in_flight: RefCell::default(),
                     stored: RefCell::new(Sweep::new(MAX_TRACKED_KEYS)),
                     answered: RefCell::default(),
+                    outcomes: OutcomeMetrics::define(),
                 }));
                 self.set_tick_period(SWEEP_PERIOD);
                 true
@@ -161,11 +198,13 @@ impl HttpContext for CacheRequest {
         let Plan::Use(plan) = &self.plan else {
             if let Response::Label(label) = self.response {
                 self.set_http_response_header("x-cache", Some(label));
+                self.state.outcomes.count(label);
             }
             return Action::Continue;
         };
         let answered_by_leader = self.state.answered.borrow_mut().remove(&self.context_id);
         if answered_by_leader || matches!(self.response, Response::Untouched) {
+            self.state.outcomes.count("HIT");
             return Action::Continue; // our own HIT reply
         }
         // Bytes: the SDK's `String` accessor panics on values that are not UTF-8, which an
@@ -184,10 +223,12 @@ impl HttpContext for CacheRequest {
                         .collect(),
                 );
                 self.response = Response::ReplaceBody(entry.body);
+                self.state.outcomes.count("STALE");
                 return Action::Continue;
             }
         }
         self.set_http_response_header("x-cache", Some("MISS"));
+        self.state.outcomes.count("MISS");
         self.response = match self.state.cache.start_entry(plan, status, headers, now) {
             Some(entry) if self.key.is_some() => Response::Capture(entry),
             _ => Response::Label("MISS"),
