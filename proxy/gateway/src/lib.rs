@@ -29,5 +29,6 @@ pub mod routing;
 pub mod server;
 pub mod shared_data;
 pub mod state;
+pub mod status_page;
 pub mod telemetry;
 pub mod upstream_tls;

@@ -4,6 +4,7 @@ use crate::config::{ConfigError, SharedDataBackendKind, SharedDataSettings};
 use proxy_wasm_host::{MemoryLimits, MemorySharedData, SharedDataBackend};
 use shared_data_redis::{ExpiryRules, RedisSettings, RedisSharedData, Topology};
 use std::fmt::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 /// The configured backend.
@@ -17,14 +18,15 @@ pub enum SharedData {
 impl SharedData {
     /// Builds the backend. Redis need not be up: the link connects in the background and calls
     /// follow `on_unavailable` until it does.
-    pub fn from_config(settings: &SharedDataSettings) -> Result<Self, ConfigError> {
+    /// Relative files in `settings` (the Redis CA) are read from `base_dir`.
+    pub fn from_config(settings: &SharedDataSettings, base_dir: &Path) -> Result<Self, ConfigError> {
         let memory = settings.memory.limits();
         match settings.backend {
             SharedDataBackendKind::Memory => {
                 Ok(Self::Memory(Arc::new(MemorySharedData::new(memory))))
             }
             SharedDataBackendKind::Redis => {
-                let redis = redis_settings(settings, memory)?;
+                let redis = redis_settings(settings, base_dir, memory)?;
                 // Filter phases run on the filter runtime with Redis (see `offload`); its I/O
                 // runs there too, so a call costs no hop to another thread.
                 let backend = RedisSharedData::on_runtime(redis, crate::offload::runtime_handle())
@@ -54,6 +56,15 @@ impl SharedData {
     pub fn start(&self) {
         if let Self::Redis(redis) = self {
             redis.connect_in_background();
+        }
+    }
+
+    /// The backend's name and, for Redis, whether a connection is up.
+    pub fn describe(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Memory(_) => ("memory", "in this process"),
+            Self::Redis(redis) if redis.stats().connected => ("redis", "connected"),
+            Self::Redis(_) => ("redis", "not connected (on_unavailable applies)"),
         }
     }
 
@@ -126,6 +137,7 @@ impl SharedData {
 
 fn redis_settings(
     settings: &SharedDataSettings,
+    base_dir: &Path,
     fallback_limits: MemoryLimits,
 ) -> Result<RedisSettings, ConfigError> {
     let config = &settings.redis;
@@ -178,5 +190,14 @@ fn redis_settings(
         },
         on_unavailable: config.on_unavailable,
         fallback_limits,
+        root_certificates: match &config.tls.ca {
+            None => None,
+            Some(file) => {
+                let path = base_dir.join(file);
+                Some(std::fs::read(&path).map_err(|e| {
+                    ConfigError::new(field("tls.ca"), format!("cannot read {}: {e}", path.display()))
+                })?)
+            }
+        },
     })
 }

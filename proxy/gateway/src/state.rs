@@ -154,6 +154,11 @@ impl Generation {
         self.signing_keys.get(cluster)
     }
 
+    /// The routes, in matching order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
     /// All clusters.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.clusters.values()
@@ -177,7 +182,7 @@ pub struct GatewayState {
 impl GatewayState {
     /// Starts the wasm host and loads `config` as generation 1, looking endpoint names up or not.
     pub async fn build(config: &Config, lookup: NameLookup) -> Result<Self, ConfigError> {
-        let shared_data = SharedData::from_config(&config.shared_data)?;
+        let shared_data = SharedData::from_config(&config.shared_data, &config.base_dir)?;
         let callouts = Arc::new(ClusterCallouts::default());
         let host = Host::new(HostOptions {
             cache_dir: config

@@ -133,7 +133,11 @@ impl Link {
                     redis = redis.set_password(password);
                 }
                 info = info.set_redis_settings(redis);
-                (Target::Single(redis::Client::open(info)?), display)
+                let client = match tls_certificates(settings) {
+                    Some(certificates) => redis::Client::build_with_tls(info, certificates)?,
+                    None => redis::Client::open(info)?,
+                };
+                (Target::Single(client), display)
             }
             Topology::Cluster(nodes) => {
                 let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
@@ -145,6 +149,9 @@ impl Link {
                 }
                 if let Some(password) = &settings.password {
                     builder = builder.password(password);
+                }
+                if let Some(certificates) = tls_certificates(settings) {
+                    builder = builder.certs(certificates);
                 }
                 let display = nodes.iter().map(|n| redacted(n)).collect::<Vec<_>>();
                 (Target::Cluster(builder.build()?), display.join(","))
@@ -347,6 +354,17 @@ fn is_link_failure(error: &RedisError) -> bool {
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_unrecoverable_error()
+}
+
+/// The private CA to verify `rediss://` servers with, if the settings name one.
+fn tls_certificates(settings: &RedisSettings) -> Option<redis::TlsCertificates> {
+    settings
+        .root_certificates
+        .as_ref()
+        .map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
 }
 
 /// The URL without its password, for logs.

@@ -71,6 +71,9 @@ pub struct RedisSettings {
     pub on_unavailable: UnavailablePolicy,
     /// Bounds of the process-local state used under [`UnavailablePolicy::FailOpen`].
     pub fallback_limits: MemoryLimits,
+    /// PEM of the CAs that may sign the servers' certificates (`rediss://`), instead of the
+    /// system's roots: a private CA.
+    pub root_certificates: Option<Vec<u8>>,
 }
 
 impl RedisSettings {
@@ -92,6 +95,7 @@ impl RedisSettings {
             },
             on_unavailable: UnavailablePolicy::FailOpen,
             fallback_limits: MemoryLimits::default(),
+            root_certificates: None,
         }
     }
 }

@@ -41,5 +41,5 @@ pub use shared_data::{
 pub use stream::HttpStream;
 pub use types::{
     FailurePolicy, LoadError, LocalResponse, PeerCertificate, PluginSpec, StreamInfo, Verdict,
-    VmLimits,
+    VmLimits, TRAPS_METRIC, VM_RESTARTS_METRIC,
 };

@@ -59,6 +59,14 @@ impl MetricsRegistry {
         Ok(id)
     }
 
+    /// The value of `plugin`'s counter or gauge `name`; 0 while nothing defined it.
+    pub fn value(&self, plugin: &str, name: &str) -> i64 {
+        let key = (plugin.to_string(), name.to_string());
+        let id = self.ids.read().expect("metrics lock").get(&key).copied();
+        id.and_then(|id| self.metric(id).ok())
+            .map_or(0, |metric| metric.value.load(Ordering::Relaxed))
+    }
+
     fn metric(&self, id: u32) -> Result<Arc<Metric>, Status> {
         let metrics = self.metrics.read().expect("metrics lock");
         id.checked_sub(1)

@@ -4,6 +4,7 @@ use crate::callout::HttpCallDispatcher;
 use crate::metrics::MetricsRegistry;
 use crate::queues::SharedQueues;
 use crate::shared_data::SharedDataBackend;
+use crate::types::{TRAPS_METRIC, VM_RESTARTS_METRIC};
 use std::sync::Arc;
 
 /// What all plugins of a host share.
@@ -17,12 +18,12 @@ pub(crate) struct HostServices {
 impl HostServices {
     /// Counts a filter trap in the metrics (`wasm_filter_traps_total{plugin=...}`).
     pub(crate) fn record_trap(&self, plugin: &str) {
-        self.count(plugin, "filter_traps_total");
+        self.count(plugin, TRAPS_METRIC);
     }
 
     /// Counts a VM started in place of a broken one (`wasm_filter_vm_restarts_total`).
     pub(crate) fn record_vm_restart(&self, plugin: &str) {
-        self.count(plugin, "filter_vm_restarts_total");
+        self.count(plugin, VM_RESTARTS_METRIC);
     }
 
     fn count(&self, plugin: &str, name: &str) {

@@ -5,6 +5,12 @@ use crate::headers::Headers;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The host's own counter of a plugin's traps (`wasm_filter_traps_total` in Prometheus text).
+pub const TRAPS_METRIC: &str = "filter_traps_total";
+
+/// The host's own counter of VMs started in place of broken ones (`wasm_filter_vm_restarts_total`).
+pub const VM_RESTARTS_METRIC: &str = "filter_vm_restarts_total";
+
 /// What a request gets when its filter traps, exceeds its limits or cannot start (named after
 /// Envoy's `FailurePolicy`, and written as Envoy writes it: `fail_closed`, `fail_open`). Whatever
 /// the policy, a broken VM is replaced by a fresh one for the requests that come after, so a

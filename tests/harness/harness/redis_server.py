@@ -26,6 +26,8 @@ class RedisServer:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
+    """More `redis-server` options, such as `--cluster-enabled yes`."""
 
     @property
     def url(self) -> str:
@@ -36,7 +38,13 @@ class RedisServer:
         """Starts the server and waits until it answers PING."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                [
+                    redis_binary(),
+                    *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                    # A cluster node's state file, beside the log rather than in the working directory.
+                    *("--cluster-config-file", str(self.log_path.with_suffix(".nodes.conf"))),
+                    *self.extra_args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -64,9 +72,9 @@ class RedisServer:
             return None
 
 
-def start_redis(work_dir: Path) -> RedisServer:
-    """Starts a server on a free port; logs go to `work_dir`."""
+def start_redis(work_dir: Path, *extra_args: str) -> RedisServer:
+    """Starts a server on a free port with `extra_args`; logs go to `work_dir`."""
     port = free_port()
-    server = RedisServer(port, work_dir / f"redis-{port}.log")
+    server = RedisServer(port, work_dir / f"redis-{port}.log", extra_args=extra_args)
     server.start()
     return server

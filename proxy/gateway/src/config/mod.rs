@@ -200,6 +200,9 @@ impl Config {
                 }
             }
         }
+        if let Some(ca) = &self.shared_data.redis.tls.ca {
+            self.check_file(ca, "shared_data.redis.tls.ca")?;
+        }
         unique_names(self.clusters.iter().map(|c| &c.name), "clusters")?;
         for (i, cluster) in self.clusters.iter().enumerate() {
             if let Some(tls) = &cluster.tls {

@@ -157,6 +157,15 @@ impl TryFrom<HeaderMatchFile> for HeaderMatch {
 pub struct Pattern(Regex);
 
 impl Pattern {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        let anchored = self.0.as_str();
+        anchored
+            .strip_prefix("^(?:")
+            .and_then(|rest| rest.strip_suffix(")$"))
+            .unwrap_or(anchored)
+    }
+
     /// Whether `text` matches as a whole.
     pub fn is_match(&self, text: &str) -> bool {
         self.0.is_match(text)

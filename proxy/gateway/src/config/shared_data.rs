@@ -4,6 +4,7 @@ use super::values::{duration, optional_duration, AtLeastOne, NonZeroDuration};
 use proxy_wasm_host::MemoryLimits;
 use serde::{Deserialize, Serialize};
 use shared_data_redis::UnavailablePolicy;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where filters' shared data lives.
@@ -86,6 +87,17 @@ pub struct RedisConfig {
     pub on_unavailable: UnavailablePolicy,
     /// Key expiry in Redis.
     pub expiry: ExpiryConfig,
+    /// TLS for `rediss://` URLs and cluster nodes.
+    pub tls: RedisTls,
+}
+
+/// How the gateway verifies Redis servers over TLS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTls {
+    /// PEM bundle of the CAs that may sign the servers' certificates, instead of the system's
+    /// roots (a private CA); relative to the configuration file.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -103,6 +115,7 @@ impl Default for RedisConfig {
             max_reconnect_backoff: Duration::from_secs(5),
             on_unavailable: UnavailablePolicy::FailOpen,
             expiry: ExpiryConfig::default(),
+            tls: RedisTls::default(),
         }
     }
 }
