@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from harness.echo_upstream import EchoServer, start_echo_upstream
+from harness.echo_upstream import EchoServer
 from harness.gateway import Gateway, built_filter, start_gateway
 from harness.redis_server import RedisServer, start_redis
 
@@ -40,12 +40,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def upstream() -> Iterator[EchoServer]:
-    """The echo upstream both proxies front."""
-    server = start_echo_upstream(name="app")
-    yield server
-    server.shutdown()
-    server.server_close()
+def upstream(upstreams: Callable[..., EchoServer]) -> EchoServer:
+    """The echo upstream the proxies front."""
+    return upstreams("app")
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
-from harness.echo_upstream import EchoServer, start_echo_upstream
+from harness.echo_upstream import EchoServer
 from harness.envoy import free_port
 from harness.gateway import Gateway, built_filter, start_gateway
 from harness.redis_server import RedisServer, start_redis
@@ -67,11 +67,9 @@ def keys_on(node: RedisServer) -> list[str]:
 
 
 @pytest.fixture
-def upstream() -> Iterator[EchoServer]:
-    server = start_echo_upstream(name="app")
-    yield server
-    server.shutdown()
-    server.server_close()
+def upstream(upstreams: Callable[..., EchoServer]) -> EchoServer:
+    """The echo upstream the proxies front."""
+    return upstreams("app")
 
 
 @pytest.fixture

@@ -17,9 +17,12 @@ pub enum SharedData {
 
 impl SharedData {
     /// Builds the backend. Redis need not be up: the link connects in the background and calls
-    /// follow `on_unavailable` until it does.
-    /// Relative files in `settings` (the Redis CA) are read from `base_dir`.
-    pub fn from_config(settings: &SharedDataSettings, base_dir: &Path) -> Result<Self, ConfigError> {
+    /// follow `on_unavailable` until it does. Relative files in `settings` (the Redis CA) are
+    /// read from `base_dir`.
+    pub fn from_config(
+        settings: &SharedDataSettings,
+        base_dir: &Path,
+    ) -> Result<Self, ConfigError> {
         let memory = settings.memory.limits();
         match settings.backend {
             SharedDataBackendKind::Memory => {
@@ -192,12 +195,69 @@ fn redis_settings(
         fallback_limits,
         root_certificates: match &config.tls.ca {
             None => None,
+            Some(_) if !config.cluster_nodes.is_empty() => {
+                return Err(ConfigError::new(
+                    field("tls.ca"),
+                    "a private CA works with url (one server), not cluster_nodes: cluster nodes \
+                     are verified against the system's roots",
+                ));
+            }
             Some(file) => {
                 let path = base_dir.join(file);
                 Some(std::fs::read(&path).map_err(|e| {
-                    ConfigError::new(field("tls.ca"), format!("cannot read {}: {e}", path.display()))
+                    ConfigError::new(
+                        field("tls.ca"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?)
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_settings;
+    use crate::config::Config;
+    use proxy_wasm_host::MemoryLimits;
+    use std::path::Path;
+
+    fn shared_data(redis: &str) -> Result<(), String> {
+        let text = format!(
+            "
+listeners: [{{name: public, address: 127.0.0.1:8080}}]
+routes: [{{name: all, cluster: app}}]
+clusters: [{{name: app, endpoints: [127.0.0.1:9000]}}]
+shared_data: {{backend: redis, redis: {redis}}}
+"
+        );
+        let config = Config::parse(&text, ".".into()).map_err(|e| e.to_string())?;
+        redis_settings(&config.shared_data, Path::new("."), MemoryLimits::default())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_private_ca_is_read_for_one_server_and_refused_beside_cluster_nodes() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        assert_eq!(
+            shared_data(&format!(
+                "{{url: \"rediss://redis:6380\", tls: {{ca: {ca}}}}}"
+            )),
+            Ok(())
+        );
+        let cluster = shared_data(&format!(
+            "{{cluster_nodes: [\"rediss://a:6380\"], tls: {{ca: {ca}}}}}"
+        ))
+        .unwrap_err();
+        assert!(
+            cluster.starts_with("shared_data.redis.tls.ca: "),
+            "{cluster}"
+        );
+        let missing = shared_data("{url: \"rediss://redis:6380\", tls: {ca: /nonexistent.pem}}");
+        assert_eq!(
+            missing.unwrap_err(),
+            "shared_data.redis.tls.ca: no such file: /nonexistent.pem"
+        );
+    }
 }

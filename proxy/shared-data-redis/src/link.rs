@@ -150,9 +150,6 @@ impl Link {
                 if let Some(password) = &settings.password {
                     builder = builder.password(password);
                 }
-                if let Some(certificates) = tls_certificates(settings) {
-                    builder = builder.certs(certificates);
-                }
                 let display = nodes.iter().map(|n| redacted(n)).collect::<Vec<_>>();
                 (Target::Cluster(builder.build()?), display.join(","))
             }

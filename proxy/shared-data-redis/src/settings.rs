@@ -71,8 +71,9 @@ pub struct RedisSettings {
     pub on_unavailable: UnavailablePolicy,
     /// Bounds of the process-local state used under [`UnavailablePolicy::FailOpen`].
     pub fallback_limits: MemoryLimits,
-    /// PEM of the CAs that may sign the servers' certificates (`rediss://`), instead of the
-    /// system's roots: a private CA.
+    /// PEM of the CAs that may sign the server's certificate (`rediss://`), instead of the
+    /// system's roots: a private CA. One server only: the cluster client verifies nodes against
+    /// the system's roots (the Redis client takes a CA for a cluster only with rustls).
     pub root_certificates: Option<Vec<u8>>,
 }
 

@@ -95,8 +95,9 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisTls {
-    /// PEM bundle of the CAs that may sign the servers' certificates, instead of the system's
-    /// roots (a private CA); relative to the configuration file.
+    /// PEM bundle of the CAs that may sign the server's certificate, instead of the system's
+    /// roots (a private CA); relative to the configuration file. With `url` only: cluster nodes
+    /// are verified against the system's roots.
     pub ca: Option<PathBuf>,
 }
 
