@@ -139,6 +139,40 @@ def validate(config_file: Path, *options: str) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
+def test_the_backends_are_where_the_one_line_switches_point(tmp_path: Path) -> None:
+    backends = documents(DEPLOY / "kubernetes" / "backends.yaml")
+    services = {service["metadata"]["name"]: service for service in by_kind(backends, "Service")}
+    for workload in by_kind(backends, "Deployment") + by_kind(backends, "StatefulSet"):
+        name = workload["metadata"]["name"]
+        template = workload["spec"]["template"]
+        assert workload["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        assert services[name]["spec"]["selector"] == workload["spec"]["selector"]["matchLabels"]
+        (container,) = template["spec"]["containers"]
+        (port,) = services[name]["spec"]["ports"]
+        assert port["targetPort"] in {p["name"] for p in container["ports"]}, name
+
+    def address(service: str) -> str:
+        namespace = services[service]["metadata"].get("namespace", "default")
+        return f"{service}.{namespace}.svc.cluster.local:{services[service]['spec']['ports'][0]['port']}"
+
+    sidecar_docs = documents(DEPLOY / "kubernetes" / "gateway-sidecar.yaml")
+    deployment = named(sidecar_docs, "Deployment", "python-ml")
+    (python_ml,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "python-ml"]
+    assert {"name": "PYML_QDRANT_URL", "value": f"http://{address('qdrant')}"} in python_ml["env"]
+
+    # Shared data switches to Redis by uncommenting one line of the sidecar's proxy.yaml.
+    config_map = named(sidecar_docs, "ConfigMap", "gateway-sidecar-config")
+    text = config_map["data"]["proxy.yaml"]
+    (switch,) = [line for line in text.splitlines() if line.startswith("# shared_data:")]
+    switched = yaml.safe_load(text.replace(switch, switch.removeprefix("# ")))
+    assert switched["shared_data"]["redis"]["url"] == f"redis://{address('redis')}/0"
+    config_dir = "/etc/gateway/config"
+    for key, value in config_map["data"].items():
+        (tmp_path / key).write_text(value.replace(config_dir, str(tmp_path)))
+    (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(switched).replace(config_dir, str(tmp_path)))
+    validate(tmp_path / "proxy.yaml", "--skip-dns")
+
+
 def test_istio_wasm_plugins_carry_the_same_plugin_configuration() -> None:
     plugins = by_kind(documents(DEPLOY / "istio" / "wasm-plugins.yaml"), "WasmPlugin")
     deployment = by_kind(documents(DEPLOY / "kubernetes" / "gateway-sidecar.yaml"), "Deployment")[0]
