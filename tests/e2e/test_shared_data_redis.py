@@ -55,7 +55,7 @@ def proxies(tmp_path: Path, redis_server: RedisServer, upstream: EchoServer) -> 
         for _ in range(count):
             started.append(start_gateway(config, tmp_path))
         for proxy in started:
-            wait_for_metric(proxy, "shared_data_redis_connected", 1)
+            proxy.wait_for_metric("shared_data_redis_connected", 1)
         return started
 
     yield start
@@ -95,21 +95,6 @@ def gateway_config(redis_server: RedisServer, upstream: EchoServer, on_unavailab
     }
 
 
-def metric(proxy: Gateway, name: str) -> float:
-    """A metric's value from the proxy's `/metrics` (0 when absent)."""
-    for line in requests.get(f"{proxy.admin_url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def wait_for_metric(proxy: Gateway, name: str, value: float, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while metric(proxy, name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}:\n{proxy.log()[-3000:]}"
-        time.sleep(0.05)
-
-
 def burst(targets: list[Gateway], path: str, count: int) -> list[int]:
     """`count` concurrent requests spread round-robin over `targets`; their statuses."""
 
@@ -129,7 +114,7 @@ def test_two_proxies_enforce_one_global_limit(proxies: Callable[..., list[Gatewa
     assert statuses.count(200) == 99, "the limit holds across both proxies, not per proxy"
     assert statuses.count(429) == 900
     for proxy in both:
-        assert metric(proxy, "shared_data_fallback_operations_total") == 0
+        assert proxy.metric("shared_data_fallback_operations_total") == 0
 
 
 def test_a_response_cached_by_one_proxy_is_a_hit_on_the_other(proxies: Callable[..., list[Gateway]]) -> None:
@@ -176,15 +161,15 @@ def test_fail_open_keeps_serving_through_a_redis_outage_and_resumes(
     served_during_outage = len(load.statuses)
     redis_server.start()
     for proxy in both:
-        wait_for_metric(proxy, "shared_data_redis_connected", 1)
+        proxy.wait_for_metric("shared_data_redis_connected", 1)
     time.sleep(0.5)
     load.stop()
     assert load.errors == [], "no request hung or failed"
     assert set(load.statuses) == {200}, "fail-open: every request was served"
     assert served_during_outage > 0
     for proxy in both:
-        assert metric(proxy, "shared_data_fallback_operations_total") > 0, "local state was used"
-        assert metric(proxy, "shared_data_redis_reconnects_total") >= 1
+        assert proxy.metric("shared_data_fallback_operations_total") > 0, "local state was used"
+        assert proxy.metric("shared_data_redis_reconnects_total") >= 1
     # State is shared again: Redis restarted empty, and one limit holds across both proxies.
     assert burst(both[:1], "/limited/again", 1) == [200]
     assert burst(both, "/limited/again", 199).count(200) == 99
@@ -200,9 +185,9 @@ def test_fail_closed_answers_503_during_a_redis_outage_and_recovers(
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "shared_data_unavailable"
     assert refused.json()["error"]["request_id"] == "outage-1"
-    assert metric(proxy, "shared_data_refused_operations_total") > 0
+    assert proxy.metric("shared_data_refused_operations_total") > 0
     redis_server.start()
-    wait_for_metric(proxy, "shared_data_redis_connected", 1)
+    proxy.wait_for_metric("shared_data_redis_connected", 1)
     deadline = time.monotonic() + 10
     while requests.get(f"{proxy.url}/cached/fc", headers=HEADERS, timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "never recovered after Redis returned"

@@ -4,7 +4,6 @@ unknown certificate, never connects, and keeps serving under `on_unavailable`.""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,20 +75,6 @@ def start_proxy(tmp_path: Path, upstream: EchoServer, tls_port: int, tls: dict[s
     )
 
 
-def metric(proxy: Gateway, name: str) -> float:
-    for line in requests.get(f"{proxy.admin_url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def wait_for(proxy: Gateway, name: str, at_least: float) -> None:
-    deadline = time.monotonic() + 15
-    while metric(proxy, name) < at_least:
-        assert time.monotonic() < deadline, f"{name} stayed below {at_least}:\n{proxy.log()[-3000:]}"
-        time.sleep(0.05)
-
-
 def test_a_private_ca_verifies_redis_and_the_limit_is_shared(
     tmp_path: Path, upstream: EchoServer, tls_redis: tuple[int, Authority]
 ) -> None:
@@ -97,14 +82,14 @@ def test_a_private_ca_verifies_redis_and_the_limit_is_shared(
     proxies = [start_proxy(tmp_path, upstream, tls_port, {"ca": str(ca.bundle)}) for _ in range(2)]
     try:
         for proxy in proxies:
-            wait_for(proxy, "shared_data_redis_connected", 1)
+            proxy.wait_for_metric("shared_data_redis_connected", 1)
         statuses = [
             requests.get(f"{proxies[i % 2].url}/work", headers={"x-caller": "carol"}, timeout=10).status_code
             for i in range(8)
         ]
         assert statuses == [200] * 5 + [429] * 3, "one limit over TLS, shared by both proxies"
         for proxy in proxies:
-            assert metric(proxy, "shared_data_fallback_operations_total") == 0
+            assert proxy.metric("shared_data_fallback_operations_total") == 0
     finally:
         for proxy in proxies:
             proxy.stop()
@@ -116,8 +101,8 @@ def test_without_the_ca_the_certificate_is_refused_and_traffic_goes_on(
     tls_port, _ = tls_redis
     proxy = start_proxy(tmp_path, upstream, tls_port, {})
     try:
-        wait_for(proxy, "shared_data_redis_connection_errors_total", 1)
-        assert metric(proxy, "shared_data_redis_connected") == 0
+        proxy.wait_for_metric("shared_data_redis_connection_errors_total", 1)
+        assert proxy.metric("shared_data_redis_connected") == 0
         response = requests.get(f"{proxy.url}/work", headers={"x-caller": "dave"}, timeout=10)
         assert response.status_code == 200, "fail_open: process-local state while Redis is unverified"
     finally:

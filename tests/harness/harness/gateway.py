@@ -88,6 +88,20 @@ class Gateway:
         """Base URL of the admin listener."""
         return f"http://127.0.0.1:{self.admin_port}"
 
+    def metric(self, name: str) -> float:
+        """An unlabelled metric's value from the admin `/metrics` (0 while absent)."""
+        for line in requests.get(f"{self.admin_url}/metrics", timeout=5).text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return 0.0
+
+    def wait_for_metric(self, name: str, at_least: float, timeout: float = 15) -> None:
+        """Waits until metric `name` reaches `at_least`; fails with the proxy's log if it does not."""
+        deadline = time.monotonic() + timeout
+        while self.metric(name) < at_least:
+            assert time.monotonic() < deadline, f"{name} stayed below {at_least}:\n{self.log()[-3000:]}"
+            time.sleep(0.05)
+
     def log(self) -> str:
         """Everything the proxy has logged so far."""
         return self.log_path.read_text(errors="replace")
