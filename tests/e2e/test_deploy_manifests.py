@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from harness.gateway import REPO, run_proxy, wasm_dir
 
@@ -90,6 +91,8 @@ def test_the_sidecar_deployment_references_what_exists(tmp_path: Path) -> None:
     assert clusters["sandbox-host"]["identity_signature"]["key_env"] in secret_env
     # python-ml scopes documents by tenant: it verifies the same key the sidecar signs with.
     (python_ml,) = [c for c in spec["template"]["spec"]["containers"] if c["name"] == "python-ml"]
+    python_ml_env = {e["name"]: e.get("value") for e in python_ml["env"]}
+    assert clusters["local"]["endpoints"] == [f"{python_ml_env['PYML_HOST']}:{python_ml_env['PYML_PORT']}"]
     signing_key = secret_of(sidecar, clusters["local"]["identity_signature"]["key_env"])
     assert secret_of(python_ml, "PYML_GATEWAY_SIGNING_KEY") == signing_key
     routes = {route["name"]: route for route in proxy_config["routes"]}
@@ -139,7 +142,7 @@ def validate(config_file: Path, *options: str) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
-def test_the_backends_are_where_the_one_line_switches_point(tmp_path: Path) -> None:
+def test_the_backends_are_where_the_one_line_switches_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backends = documents(DEPLOY / "kubernetes" / "backends.yaml")
     services = {service["metadata"]["name"]: service for service in by_kind(backends, "Service")}
     for workload in by_kind(backends, "Deployment") + by_kind(backends, "StatefulSet"):
@@ -157,8 +160,23 @@ def test_the_backends_are_where_the_one_line_switches_point(tmp_path: Path) -> N
 
     sidecar_docs = documents(DEPLOY / "kubernetes" / "gateway-sidecar.yaml")
     deployment = named(sidecar_docs, "Deployment", "python-ml")
-    (python_ml,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "python-ml"]
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    python_ml, gateway = containers["python-ml"], containers["gateway"]
     assert {"name": "PYML_QDRANT_URL", "value": f"http://{address('qdrant')}"} in python_ml["env"]
+
+    # Each backend takes its key from the Secret its clients read, and only its clients' pods in.
+    (qdrant,) = by_kind(backends, "StatefulSet")
+    (qdrant_server,) = qdrant["spec"]["template"]["spec"]["containers"]
+    assert secret_of(qdrant_server, "QDRANT__SERVICE__API_KEY") == secret_of(python_ml, "PYML_QDRANT_API_KEY")
+    redis = named(backends, "Deployment", "redis")
+    (redis_server,) = redis["spec"]["template"]["spec"]["containers"]
+    assert "$(REDIS_PASSWORD)" in redis_server["args"]
+    redis_password = secret_of(redis_server, "REDIS_PASSWORD")
+    policies = {p["spec"]["podSelector"]["matchLabels"]["app"]: p for p in by_kind(backends, "NetworkPolicy")}
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    for backend in ("qdrant", "redis"):
+        (allowed,) = policies[backend]["spec"]["ingress"]
+        assert allowed["from"] == [{"podSelector": {"matchLabels": pods}}], backend
 
     # Shared data switches to Redis by uncommenting one line of the sidecar's proxy.yaml.
     config_map = named(sidecar_docs, "ConfigMap", "gateway-sidecar-config")
@@ -166,10 +184,13 @@ def test_the_backends_are_where_the_one_line_switches_point(tmp_path: Path) -> N
     (switch,) = [line for line in text.splitlines() if line.startswith("# shared_data:")]
     switched = yaml.safe_load(text.replace(switch, switch.removeprefix("# ")))
     assert switched["shared_data"]["redis"]["url"] == f"redis://{address('redis')}/0"
+    gateway_password = secret_of(gateway, switched["shared_data"]["redis"]["password_env"])
+    assert {k: v for k, v in gateway_password.items() if k != "optional"} == redis_password
     config_dir = "/etc/gateway/config"
     for key, value in config_map["data"].items():
         (tmp_path / key).write_text(value.replace(config_dir, str(tmp_path)))
     (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(switched).replace(config_dir, str(tmp_path)))
+    monkeypatch.setenv("REDIS_PASSWORD", "as-the-pod-has-it")
     validate(tmp_path / "proxy.yaml", "--skip-dns")
 
 

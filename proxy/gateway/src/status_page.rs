@@ -103,7 +103,7 @@ pub fn render(state: &GatewayState, reloader: &Reloader) -> String {
             );
         }
     }
-    page.push_str("</table><p>Prometheus metrics: <a href=\"/metrics\">/metrics</a>; the configuration generation as JSON: <a href=\"/config\">/config</a>.</p></body></html>");
+    page.push_str("</table><p>Trap and restart counts are per filter name, as in <code>/metrics</code>: a name used in two chains shows one total.</p><p>Prometheus metrics: <a href=\"/metrics\">/metrics</a>; the configuration generation as JSON: <a href=\"/config\">/config</a>.</p></body></html>");
     page
 }
 

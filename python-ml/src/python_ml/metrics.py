@@ -1,6 +1,6 @@
 """Prometheus metrics: requests and their duration per route, counted by an ASGI middleware and
-served at `GET /metrics`. Routes are labelled by their template (`/v1/rag/documents/{document_id}`),
-so a caller cannot create series with the paths it sends."""
+served at `GET /metrics`. Routes are labelled by their template (`/v1/rag/documents/{document_id}`)
+and methods from a fixed set, so a caller cannot create series with what it sends."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED = "unmatched"
-"""The route label of a request no route matched (a 404)."""
+"""The route label of a request no route took: a 404, or one refused before routing (a 413)."""
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Method labels kept as sent; any other method a caller invents is counted as `OTHER`."""
 
 
 class ServiceMetrics:
@@ -65,5 +68,6 @@ class MetricsMiddleware:
         finally:
             # The router puts the matched route in the scope; its template bounds the label set.
             route = getattr(scope.get("route"), "path_format", UNMATCHED)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.duration.labels(route).observe(time.perf_counter() - started)
