@@ -64,8 +64,12 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def services_healthy() -> bool:
-    """Whether the gateway answers and its health checks see python-ml and sandbox-host up."""
+    """Whether python-ml (its model loaded) and sandbox-host are ready, and the gateway's health
+    checks see them up (an endpoint checked while it was still loading is out until checked
+    again)."""
     try:
+        if not all(requests.get(url + "/readyz", timeout=2).ok for url in (ML, SANDBOX)):
+            return False
         clusters = requests.get(ADMIN + "/readyz", timeout=2).json()["clusters"]
     except (requests.RequestException, ValueError):
         return False
