@@ -59,7 +59,7 @@ impl AdminApp {
     fn readiness(&self) -> serde_json::Value {
         let mut clusters = serde_json::Map::new();
         for cluster in self.state.current().clusters() {
-            let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
+            let healthy = cluster.healthy_endpoints();
             clusters.insert(
                 cluster.config.name.clone(),
                 serde_json::json!({"healthy": healthy, "endpoints": cluster.endpoints.len()}),

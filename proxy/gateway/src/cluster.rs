@@ -120,6 +120,11 @@ impl Cluster {
                 .all(|(kept, new)| kept.address == new.address && kept.name == new.name)
     }
 
+    /// How many endpoints are in rotation now (what `/readyz` and the status page report).
+    pub fn healthy_endpoints(&self) -> usize {
+        self.endpoints.iter().filter(|e| e.is_healthy()).count()
+    }
+
     /// Picks a healthy endpoint, avoiding `exclude` (a failed attempt) when another is healthy.
     /// `hash_key` is the consistent-hash header's value, when the policy uses one.
     pub fn select(

@@ -56,7 +56,7 @@ pub fn render(state: &GatewayState, reloader: &Reloader) -> String {
     let mut clusters: Vec<_> = generation.clusters().collect();
     clusters.sort_by(|a, b| a.config.name.cmp(&b.config.name));
     for cluster in clusters {
-        let healthy = cluster.endpoints.iter().filter(|e| e.is_healthy()).count();
+        let healthy = cluster.healthy_endpoints();
         let class = if healthy == 0 { "bad" } else { "ok" };
         let endpoints: Vec<String> = cluster
             .endpoints
