@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fake_llm import FakeLLM, Reply
 from fastapi import FastAPI
 from python_ml.app import create_app
 from python_ml.dependencies import ServiceState
@@ -106,3 +107,18 @@ def corpus_service() -> Iterator[RunningService]:
 def embedder() -> Embedder:
     """The model, loaded once."""
     return Embedder(bundled_model_dir())
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[Callable[[list[Reply]], FakeLLM]]:
+    """Starts scripted provider stand-ins (`fake_llm([Reply(...)])`), stopped after the test."""
+    started: list[FakeLLM] = []
+
+    def start(script: list[Reply]) -> FakeLLM:
+        server = FakeLLM(script)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

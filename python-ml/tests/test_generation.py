@@ -3,7 +3,7 @@ failures, timeouts and cancellation. No test reaches the network."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from conftest import RunningService
@@ -12,20 +12,6 @@ from test_api import assert_error, parse_events
 
 DOCUMENT = {"id": "geo", "text": "Paris is the capital of France. Berlin is the capital of Germany."}
 QUESTION = {"question": "What is the capital of France?"}
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[Callable[[list[Reply]], FakeLLM]]:
-    started: list[FakeLLM] = []
-
-    def start(script: list[Reply]) -> FakeLLM:
-        server = FakeLLM(script)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def provider_settings(provider: str, llm: FakeLLM) -> dict[str, object]:

@@ -1,6 +1,7 @@
 //! sandbox-host: runs untrusted, LLM-generated Python, JavaScript and WebAssembly on wasmtime with
 //! strict limits, behind the gateway. Guide: `docs/sandbox.md`; security model: `docs/sandbox-security.md`.
 
+pub mod access_log;
 pub mod admission;
 pub mod api;
 pub mod capabilities;

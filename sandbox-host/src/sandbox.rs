@@ -63,6 +63,21 @@ pub enum Outcome {
     Trap,
 }
 
+impl Outcome {
+    /// The name clients read in `outcome`, and metrics and spans label executions with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory_limit",
+            Self::OutputLimit => "output_limit",
+            Self::ScratchLimit => "scratch_limit",
+            Self::Trap => "trap",
+        }
+    }
+}
+
 /// The result of one execution.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -576,5 +591,29 @@ fn classify(
         ),
         Some(trap) => (Outcome::Trap, None, Some(trap.to_string())),
         None => (Outcome::Trap, None, Some(error.root_cause().to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn outcome_names_are_what_clients_read() {
+        for outcome in [
+            Outcome::Ok,
+            Outcome::Error,
+            Outcome::Timeout,
+            Outcome::MemoryLimit,
+            Outcome::OutputLimit,
+            Outcome::ScratchLimit,
+            Outcome::Trap,
+        ] {
+            assert_eq!(
+                serde_json::to_value(outcome).unwrap(),
+                outcome.as_str(),
+                "{outcome:?}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP service: `POST /v1/executions`, `GET /v1/runtimes`, `/healthz`, `/readyz`, `/metrics`.
 
+use crate::access_log::{self, request_id, SpanAttributes};
 use crate::admission::Admission;
 use crate::api::{ApiError, ExecutionRequest, Failure};
 use crate::capabilities::{grant, ApprovalKey, Caller, Mount};
@@ -16,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use gateway_identity::{SignatureError, SigningKey};
+use request_tracing::{KeyValue, TraceExport};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +35,8 @@ pub struct Service {
     admission: Admission,
     metrics: Metrics,
     draining: AtomicBool,
+    /// Whether requests' spans are exported (OpenTelemetry).
+    trace_export: Arc<TraceExport>,
 }
 
 /// `POST /v1/executions`'s answer: the report, with the request id and language.
@@ -45,8 +49,9 @@ struct ExecutionResponse<'a> {
 }
 
 impl Service {
-    /// A service that is not ready until [`Service::load`] has built its sandbox.
-    pub fn new(settings: Settings) -> Arc<Self> {
+    /// A service that is not ready until [`Service::load`] has built its sandbox; `tracing`
+    /// says whether requests' spans are exported.
+    pub fn new(settings: Settings, trace_export: Arc<TraceExport>) -> Arc<Self> {
         let gateway_key = gateway_key(&settings);
         let approval_key = settings
             .approval_key_env
@@ -60,6 +65,7 @@ impl Service {
             sandbox: OnceLock::new(),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
+            trace_export,
         })
     }
 
@@ -84,6 +90,10 @@ impl Service {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                self.trace_export.clone(),
+                access_log::observe,
+            ))
             .with_state(self.clone())
     }
 
@@ -207,7 +217,7 @@ async fn execute_request(
         request_id,
         identity = caller.identity.as_deref().unwrap_or("-"),
         language = language.as_str(),
-        outcome = ?report.outcome,
+        outcome = report.outcome.as_str(),
         duration_ms = report.duration_ms,
         fuel_used = report.fuel_used,
         "execution"
@@ -217,14 +227,21 @@ async fn execute_request(
         language,
         report: &report,
     };
-    Ok((
+    let mut response = (
         [(
             header::HeaderName::from_static(gateway_contract::headers::REQUEST_ID),
             request_id.to_string(),
         )],
         Json(body),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(SpanAttributes(vec![
+        KeyValue::new("sandbox.language", language.as_str()),
+        KeyValue::new("sandbox.outcome", report.outcome.as_str()),
+        KeyValue::new("sandbox.duration_ms", report.duration_ms),
+        KeyValue::new("sandbox.fuel_used", report.fuel_used as i64),
+    ]));
+    Ok(response)
 }
 
 async fn runtimes(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
@@ -349,13 +366,6 @@ fn invalid_request(message: String) -> Failure {
 }
 
 /// The gateway's request id when it sent a sane one, else a new one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(gateway_contract::headers::REQUEST_ID)
-        .and_then(|value| gateway_contract::usable_request_id(value.as_bytes()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
-}
-
 /// The caller the gateway vouches for: identity, scopes and approval count only when the
 /// request carries a valid, fresh gateway signature over them.
 fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller, SignatureError> {

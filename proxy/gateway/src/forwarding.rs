@@ -1,5 +1,5 @@
-//! Headers a gateway adds on the way upstream: `x-request-id`, W3C `traceparent`, and
-//! `X-Forwarded-For` / `-Proto`.
+//! Headers a gateway adds on the way upstream: `x-request-id` and `X-Forwarded-For` / `-Proto`
+//! (W3C `traceparent` is `request_tracing`'s).
 
 use std::net::IpAddr;
 
@@ -9,69 +9,6 @@ pub fn request_id(client_value: Option<&[u8]>) -> String {
         Some(id) => id.to_owned(),
         None => uuid::Uuid::new_v4().to_string(),
     }
-}
-
-/// A W3C trace context hop: the trace id is kept (or started) and this proxy becomes the parent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// The span id this proxy forwards as parent.
-    pub span_id: String,
-    /// Trace flags (sampled bit).
-    pub flags: String,
-}
-
-impl TraceContext {
-    /// Continues the client's `traceparent`, or starts a trace when it is absent or malformed.
-    pub fn continue_or_start(client_value: Option<&[u8]>) -> Self {
-        let span_id = random_hex(8);
-        if let Some((trace_id, flags)) = client_value.and_then(parse_traceparent) {
-            return Self {
-                trace_id,
-                span_id,
-                flags,
-            };
-        }
-        Self {
-            trace_id: random_hex(16),
-            span_id,
-            flags: "01".into(),
-        }
-    }
-
-    /// The `traceparent` header value to send upstream.
-    pub fn header_value(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
-    }
-}
-
-/// Parses `00-<trace-id>-<parent-id>-<flags>`; returns the trace id and flags.
-fn parse_traceparent(value: &[u8]) -> Option<(String, String)> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let mut parts = text.split('-');
-    let (version, trace_id, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    // Version 00 has exactly four fields; later versions may append more.
-    let valid = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace_id, 32)
-        && trace_id.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then(|| (trace_id.to_string(), flags.to_string()))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let uuid = uuid::Uuid::new_v4();
-    let mut hex = uuid.simple().to_string();
-    hex.truncate(bytes * 2);
-    hex
 }
 
 /// The `X-Forwarded-For` value: the connecting address, appended to the client's list when the
@@ -107,32 +44,6 @@ mod tests {
             assert_eq!(generated.len(), 36, "{bad:?} replaced by a UUID");
         }
         assert_ne!(request_id(None), request_id(None));
-    }
-
-    #[test]
-    fn traceparent_keeps_the_trace_and_replaces_the_parent() {
-        let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let hop = TraceContext::continue_or_start(Some(incoming));
-        assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(hop.span_id, "00f067aa0ba902b7");
-        assert_eq!(hop.flags, "01");
-        let value = hop.header_value();
-        assert!(parse_traceparent(value.as_bytes()).is_some(), "{value}");
-    }
-
-    #[test]
-    fn malformed_traceparent_starts_a_new_trace() {
-        for bad in [
-            &b"garbage"[..],
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-        ] {
-            let hop = TraceContext::continue_or_start(Some(bad));
-            assert_ne!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-            assert_eq!(hop.trace_id.len(), 32);
-        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::client_headers;
 use crate::cluster::InFlight;
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
-use crate::forwarding::{self, TraceContext};
+use crate::forwarding;
 use crate::header_maps;
 use crate::lifecycle::Lifecycle;
 use crate::offload;
@@ -14,11 +14,12 @@ use crate::responses::{self, ProxyError};
 use crate::state::{GatewayState, Generation};
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorSource, ErrorType};
 use proxy_wasm_host::{LocalResponse, StreamInfo};
+use request_tracing::{KeyValue, RequestTrace, TraceExport};
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
@@ -33,22 +34,26 @@ pub struct Gateway {
     listener: String,
     tls: bool,
     lifecycle: Arc<Lifecycle>,
+    trace_export: Arc<TraceExport>,
 }
 
 impl Gateway {
     /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`); while `lifecycle`
-    /// is handing over to a new process, responses close their connection.
+    /// is handing over to a new process, responses close their connection; `tracing` says
+    /// whether requests' spans are exported.
     pub fn new(
         state: Arc<GatewayState>,
         listener: &str,
         tls: bool,
         lifecycle: Arc<Lifecycle>,
+        trace_export: Arc<TraceExport>,
     ) -> Self {
         Self {
             state,
             listener: listener.to_string(),
             tls,
             lifecycle,
+            trace_export,
         }
     }
 }
@@ -454,34 +459,69 @@ impl ProxyHttp for Gateway {
         self.state
             .metrics
             .request_done(route, cluster, status, elapsed);
-        if !ctx.generation.access_log {
-            return;
-        }
         let request = session.req_header();
-        tracing::info!(
-            target: "access_log",
-            listener = self.listener,
-            request_id = ctx.request_id,
-            trace_id = ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
-            client = session.client_addr().map(|a| a.to_string()),
-            method = request.method.as_str(),
-            path = request.uri.path(),
-            route,
-            cluster,
-            status,
-            attempts = ctx.attempts,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = ctx.upstream_headers_after.map(|d| d.as_secs_f64() * 1000.0),
-            request_bytes = ctx.request_body_bytes,
-            response_bytes = session.body_bytes_sent(),
-            filters,
-            error = e.map(|e| e.to_string()),
-            "request"
-        );
+        let trace = ctx.trace.take();
+        if ctx.generation.access_log {
+            tracing::info!(
+                target: "access_log",
+                listener = self.listener,
+                request_id = ctx.request_id,
+                trace_id = trace.as_ref().map(RequestTrace::trace_id),
+                client = session.client_addr().map(|a| a.to_string()),
+                method = request.method.as_str(),
+                path = request.uri.path(),
+                route,
+                cluster,
+                status,
+                attempts = ctx.attempts,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                upstream_ms = ctx.upstream_headers_after.map(|d| d.as_secs_f64() * 1000.0),
+                request_bytes = ctx.request_body_bytes,
+                response_bytes = session.body_bytes_sent(),
+                filters,
+                error = e.map(|e| e.to_string()),
+                "request"
+            );
+        }
+        if let Some(trace) = trace.filter(RequestTrace::is_recording) {
+            self.finish_span(trace, session.req_header(), ctx, status, filters);
+        }
     }
 }
 
 impl Gateway {
+    /// Ends a recorded request span, named as OpenTelemetry's HTTP conventions name server spans
+    /// (`{method} {route}`); a reset (status 0) or a 5xx marks it failed.
+    fn finish_span(
+        &self,
+        trace: RequestTrace,
+        request: &RequestHeader,
+        ctx: &RequestContext,
+        status: u16,
+        filters: String,
+    ) {
+        let route = ctx.route.as_ref().map(|r| r.config.name.as_str());
+        let cluster = ctx.route.as_ref().map(|r| r.cluster.config.name.as_str());
+        let name = match route {
+            Some(route) => format!("{} {route}", request.method),
+            None => request.method.to_string(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", request.method.to_string()),
+            KeyValue::new("url.path", request.uri.path().to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("gateway.listener", self.listener.clone()),
+            KeyValue::new("gateway.attempts", i64::from(ctx.attempts)),
+            KeyValue::new("gateway.filters", filters),
+            KeyValue::new("request.id", ctx.request_id.clone()),
+        ];
+        if let (Some(route), Some(cluster)) = (route, cluster) {
+            attributes.push(KeyValue::new("gateway.route", route.to_string()));
+            attributes.push(KeyValue::new("gateway.cluster", cluster.to_string()));
+        }
+        trace.finish(name, attributes, status == 0 || status >= 500);
+    }
+
     /// Whether filter callbacks may wait for shared data (Redis), so phases run on the offload
     /// runtime (see `offload`); the host's backend says so.
     fn may_wait(&self) -> bool {
@@ -520,16 +560,16 @@ impl Gateway {
         let request = session.req_header_mut();
         ctx.request_id =
             forwarding::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
-        let trace = TraceContext::continue_or_start(
-            request.headers.get("traceparent").map(|v| v.as_bytes()),
-        );
+        let trace = self
+            .trace_export
+            .start(request.headers.get("traceparent").map(|v| v.as_bytes()));
         let xff = forwarding::forwarded_for(
             request.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
             client_ip,
             trusted,
         );
         request.insert_header("x-request-id", ctx.request_id.as_str())?;
-        request.insert_header("traceparent", trace.header_value())?;
+        request.insert_header("traceparent", trace.context.header_value())?;
         match xff {
             Some(xff) => request.insert_header("x-forwarded-for", xff)?,
             None => {

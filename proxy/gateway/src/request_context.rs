@@ -2,12 +2,12 @@
 
 use crate::cluster::InFlight;
 use crate::filter_chain::ChainRun;
-use crate::forwarding::TraceContext;
 use crate::responses::ProxyError;
 use crate::state::{Generation, Route};
 use bytes::Bytes;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
+use request_tracing::RequestTrace;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +37,8 @@ pub struct RequestContext {
     /// The configuration this request runs on from start to end, even if a reload swaps it.
     pub generation: Arc<Generation>,
     pub request_id: String,
-    pub trace: Option<TraceContext>,
+    /// The request's place in its trace, and its span when traces are exported.
+    pub trace: Option<RequestTrace>,
     /// The route `request_filter` chose, and through it the cluster; the upstream phases run
     /// only after one is chosen.
     pub route: Option<Arc<Route>>,

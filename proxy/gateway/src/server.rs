@@ -6,7 +6,7 @@ use crate::cluster::NameLookup;
 use crate::config::{Config, ConfigError};
 use crate::connection_limit::ConnectionLimit;
 use crate::health::HealthChecker;
-use crate::lifecycle::{Lifecycle, LifecycleWatcher};
+use crate::lifecycle::{Lifecycle, LifecycleWatcher, TraceFlush};
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
 use crate::reload::{FileStamps, ReloadTrigger, Reloader};
@@ -16,6 +16,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use request_tracing::TraceExport;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -71,6 +72,16 @@ pub fn build(
     server.bootstrap();
     let server_conf = server.configuration.clone();
 
+    let trace_export = Arc::new(
+        TraceExport::from_env("gateway")
+            .map_err(|e| ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", e))?,
+    );
+    if trace_export.is_exporting() {
+        server.add_service(background_service(
+            "trace export",
+            TraceFlush::new(server.watch_execution_phase(), trace_export.clone()),
+        ));
+    }
     let lifecycle = Arc::new(Lifecycle::default());
     server.add_service(background_service(
         "lifecycle",
@@ -82,6 +93,7 @@ pub fn build(
             &listener.name,
             listener.tls.is_some(),
             lifecycle.clone(),
+            trace_export.clone(),
         );
         let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway);
         if listener.h2c {

@@ -22,11 +22,12 @@ from .embedding import MODEL_NAME, Embedder, bundled_model_dir
 from .errors import RequestIdMiddleware, install_error_handlers
 from .generation import build_generator
 from .limits import BodySizeLimit
-from .metrics import MetricsMiddleware, ServiceMetrics
+from .metrics import ServiceMetrics
 from .rag import Rag
 from .routers import documents, embeddings, health, metrics, query
 from .settings import Settings
 from .store import VectorStore
+from .telemetry import RequestTelemetry
 from .trust import log_trust_mode
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Embeddings and retrieval-augmented answers behind the gateway.",
         lifespan=lifespan,
+        # FastAPI's spans go to the provider `telemetry.configure_trace_export` installed; its own
+        # set-up from the environment would add exporters for metrics and logs too.
+        telemetry={"auto_configure": False},
     )
     app.state.metrics = ServiceMetrics()
     # The last added runs first: the request id exists before the body limit can refuse anything,
-    # and the metrics see every answer, refusals included.
+    # and the telemetry (metrics, access log, span) sees every answer, refusals included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     install_error_handlers(app)
     for router in (health.router, metrics.router, embeddings.router, documents.router, query.router):
         app.include_router(router)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,6 +105,7 @@ class RequestIdMiddleware:
         usable = 0 < len(incoming) <= _MAX_REQUEST_ID and all(0x21 <= byte <= 0x7E for byte in incoming)
         request_id = incoming.decode("ascii") if usable else str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = request_id
+        trace.get_current_span().set_attribute("request.id", request_id)  # FastAPI's server span
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -18,12 +18,15 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .chunking import split_sentences
 from .settings import Settings
 from .store import Hit
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _MAX_RETRY_AFTER_SECONDS = 30.0
@@ -108,6 +111,36 @@ class _HostedGenerator:
 
     @asynccontextmanager
     async def _open(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """The provider's streamed answer, in a client span (OpenTelemetry's GenAI conventions)
+        that the provider receives as its `traceparent` and that lasts until the stream ends."""
+        model = str(body.get("model", ""))
+        span = _tracer.start_span(
+            f"chat {model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": self.name,
+                "gen_ai.request.model": model,
+                "server.address": httpx.URL(url).host,
+            },
+        )
+        traced_headers = dict(headers)
+        propagate.inject(traced_headers, context=trace.set_span_in_context(span))
+        try:
+            response = await self._send(url, traced_headers, body, span)
+            try:
+                yield response
+            finally:
+                await response.aclose()
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            span.end()
+
+    async def _send(self, url: str, headers: dict[str, str], body: dict[str, Any], span: Span) -> httpx.Response:
+        """The provider's response once it accepts (a status below 400), retried before the first
+        byte on transport errors and retryable statuses, at most `llm_max_retries` times."""
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -118,11 +151,7 @@ class _HostedGenerator:
                 failure = f"{self.name}: {type(exc).__name__}"
             else:
                 if response.status_code < 400:
-                    try:
-                        yield response
-                    finally:
-                        await response.aclose()
-                    return
+                    return response
                 detail = (await response.aread())[:300].decode("utf-8", "replace")
                 await response.aclose()
                 failure = f"{self.name} answered {response.status_code}"
@@ -136,6 +165,7 @@ class _HostedGenerator:
             log.info("%s; retrying in %.2fs", failure, delay)
             await asyncio.sleep(delay)
             attempt += 1
+            span.set_attribute("http.request.resend_count", attempt)
 
     def _backoff(self, attempt: int) -> float:
         base: float = self._settings.llm_backoff_seconds * (2**attempt)

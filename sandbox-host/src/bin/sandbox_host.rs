@@ -1,9 +1,11 @@
 //! `sandbox-host --config sandbox.yaml`: the code-execution service.
 
 use clap::Parser;
+use request_tracing::TraceExport;
 use sandbox_host::{Service, Settings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Runs untrusted Python, JavaScript and WebAssembly on wasmtime with strict limits.
@@ -21,15 +23,29 @@ struct Args {
     cache_dir: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Flat JSON lines, as the gateway writes them: `request_id` and `trace_id` at the top level.
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    // Built before the runtime: the exporter's HTTP client blocks on a runtime of its own.
+    let trace_export = Arc::new(TraceExport::from_env("sandbox-host").map_err(anyhow::Error::msg)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let served = runtime.block_on(serve(args, trace_export.clone()));
+    drop(runtime);
+    // Outside the runtime, as the exporter's blocking client needs: what is queued leaves now.
+    trace_export.shutdown();
+    served
+}
+
+async fn serve(args: Args, trace_export: Arc<TraceExport>) -> anyhow::Result<()> {
     let mut settings = Settings::load(&args.config)?;
     if let Some(listen) = args.listen {
         settings.listen = listen;
@@ -39,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "sandbox-host listening; loading runtimes");
-    let service = Service::new(settings);
+    let service = Service::new(settings, trace_export);
     let loader = service.clone();
     tokio::spawn(async move {
         if let Err(error) = loader.load().await {

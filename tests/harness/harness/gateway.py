@@ -135,8 +135,11 @@ def port_of(address: str, default: int) -> int:
     return int(port) if port.isdigit() else default
 
 
-def start_gateway(config: dict[str, Any], work_dir: Path, timeout: float = 60) -> Gateway:
-    """Starts the proxy with `config`, filling in free ports for the listener and admin when unset.
+def start_gateway(
+    config: dict[str, Any], work_dir: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> Gateway:
+    """Starts the proxy with `config`, filling in free ports for the listener and admin when unset;
+    `env` adds to the environment it inherits.
 
     Returns once `/healthz` answers; raises `GatewayStartError` with the log if it exits first.
     """
@@ -151,7 +154,12 @@ def start_gateway(config: dict[str, Any], work_dir: Path, timeout: float = 60) -
     config_path = write_config(config, work_dir)
     log_path = config_path.with_suffix(".log")
     with log_path.open("wb") as log:
-        process = subprocess.Popen([str(proxy_binary()), "run", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(proxy_binary()), "run", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     gateway = Gateway(process, port, admin_port, log_path, config_path)
     failure = wait_until_serving(process, f"{gateway.admin_url}/healthz", timeout)
     # Pingora binds each listener on its service's own thread, so the admin can answer before the

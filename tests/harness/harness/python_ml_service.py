@@ -13,17 +13,29 @@ import requests
 
 
 def start_python_ml(
-    port: int, log_path: Path | None = None, timeout: float = 60, signing_key: str | None = None
+    port: int,
+    log_path: Path | None = None,
+    timeout: float = 60,
+    signing_key: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """The service on `127.0.0.1:port`, returned once `/readyz` says the model is loaded; with
-    `signing_key`, it scopes documents to the tenant the gateway signed for.
+    `signing_key`, it scopes documents to the tenant the gateway signed for; `env` adds to its
+    environment.
 
     Its output goes to `log_path` (quoted if it fails to start), or nowhere."""
-    env = {**os.environ, "PYML_PORT": str(port), "PYML_QDRANT_PATH": ":memory:", "PYML_GENERATOR": "extractive"}
+    service_env = {
+        **os.environ,
+        "PYML_PORT": str(port),
+        "PYML_QDRANT_PATH": ":memory:",
+        "PYML_GENERATOR": "extractive",
+        **(env or {}),
+    }
     if signing_key is not None:
-        env["PYML_GATEWAY_SIGNING_KEY"] = signing_key
+        service_env["PYML_GATEWAY_SIGNING_KEY"] = signing_key
     with (log_path or Path(os.devnull)).open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "python_ml"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "python_ml"]
+        process = subprocess.Popen(command, env=service_env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -76,8 +76,11 @@ class SandboxHost:
             return self.process.wait()
 
 
-def start_sandbox(work_dir: Path, overrides: dict[str, Any] | None = None, timeout: float = 300) -> SandboxHost:
-    """Starts the service and waits for `/readyz` (the first start compiles CPython: up to minutes)."""
+def start_sandbox(
+    work_dir: Path, overrides: dict[str, Any] | None = None, timeout: float = 300, env: dict[str, str] | None = None
+) -> SandboxHost:
+    """Starts the service and waits for `/readyz` (the first start compiles CPython: up to minutes);
+    `env` adds to the environment it inherits."""
     config = {**base_config(), **(overrides or {})}
     port = free_port()
     config_path = work_dir / f"sandbox-{port}.yaml"
@@ -94,7 +97,7 @@ def start_sandbox(work_dir: Path, overrides: dict[str, Any] | None = None, timeo
         cache_dir,
     ]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     host = SandboxHost(process, port, log_path)
     failure = wait_until_serving(process, f"{host.url}/readyz", timeout)
     if failure is None:
