@@ -15,16 +15,21 @@ use std::time::Instant;
 #[derive(Clone, Default)]
 pub struct SpanAttributes(pub Vec<KeyValue>);
 
+/// The request's id, in its extensions for handlers: the caller's `x-request-id` when usable
+/// as sent, else a new UUID. (The headers stay as sent: the gateway's signature covers them.)
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
 /// The caller's `x-request-id` when usable as sent (`gateway_contract`), else a new UUID.
-pub fn request_id(headers: &HeaderMap) -> String {
+fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|value| gateway_contract::usable_request_id(value.as_bytes()))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-/// The middleware: gives the request its id (written back into the request, so handlers, the
-/// line and the span agree), continues its trace, and logs it once answered.
+/// The middleware: gives the request its id (a [`RequestId`] extension, so handlers, the line and
+/// the span agree), continues its trace, and logs it once answered.
 pub async fn observe(
     State(trace_export): State<Arc<TraceExport>>,
     mut request: Request,
@@ -32,9 +37,9 @@ pub async fn observe(
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id(request.headers());
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        request.headers_mut().insert(REQUEST_ID, value);
-    }
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let trace = trace_export.start(
         request
             .headers()

@@ -1,6 +1,6 @@
 //! The HTTP service: `POST /v1/executions`, `GET /v1/runtimes`, `/healthz`, `/readyz`, `/metrics`.
 
-use crate::access_log::{self, request_id, SpanAttributes};
+use crate::access_log::{self, RequestId, SpanAttributes};
 use crate::admission::Admission;
 use crate::api::{ApiError, ExecutionRequest, Failure};
 use crate::capabilities::{grant, ApprovalKey, Caller, Mount};
@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use gateway_identity::{SignatureError, SigningKey};
 use request_tracing::{KeyValue, TraceExport};
@@ -115,8 +115,12 @@ impl Service {
     }
 }
 
-async fn execute(State(service): State<Arc<Service>>, headers: HeaderMap, body: Body) -> Response {
-    let request_id = request_id(&headers);
+async fn execute(
+    State(service): State<Arc<Service>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match run_execution(&service, &headers, body, &request_id).await {
         Ok(response) => response,
         Err(error) => {
@@ -244,10 +248,13 @@ async fn execute_request(
     Ok(response)
 }
 
-async fn runtimes(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
+async fn runtimes(
+    State(service): State<Arc<Service>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+) -> Response {
     let sandbox = match ready_sandbox(&service) {
         Ok(sandbox) => sandbox,
-        Err(failure) => return failure.for_request(&request_id(&headers)).into_response(),
+        Err(failure) => return failure.for_request(&request_id).into_response(),
     };
     let limits = sandbox.limit_settings();
     let runtimes: Vec<_> = sandbox
@@ -295,12 +302,12 @@ async fn metrics(State(service): State<Arc<Service>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn not_found(headers: HeaderMap) -> Response {
+async fn not_found(Extension(RequestId(request_id)): Extension<RequestId>) -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint",
-        &request_id(&headers),
+        &request_id,
     )
     .into_response()
 }

@@ -104,6 +104,21 @@ def test_stdin_args_and_the_callers_request_id(sandbox: SandboxHost) -> None:
     assert response.json()["request_id"] == response.headers["x-request-id"] == "req-42"
 
 
+@pytest.mark.parametrize("sent", [None, "has space", "x" * 500])
+def test_every_request_has_one_id_in_its_answer_and_its_access_log_line(sandbox: SandboxHost, sent: str | None) -> None:
+    """A missing or unusable `x-request-id` is replaced once: the answer and the log agree."""
+    headers = {} if sent is None else {"x-request-id": sent}
+    answered = requests.get(f"{sandbox.url}/no/such/endpoint", headers=headers, timeout=10)
+    request_id = error_of(answered)["request_id"]
+    assert request_id != sent and len(request_id) == 36
+    deadline = time.monotonic() + 10
+    while not (lines := [line for line in sandbox.log().splitlines() if f'"request_id":"{request_id}"' in line]):
+        assert time.monotonic() < deadline, "no access-log line"
+        time.sleep(0.05)
+    logged = json.loads(lines[0])
+    assert (logged["target"], logged["status"], logged["path"]) == ("access_log", 404, "/no/such/endpoint")
+
+
 def test_runtimes_lists_languages_versions_and_limits(sandbox: SandboxHost) -> None:
     listing = requests.get(f"{sandbox.url}/v1/runtimes", timeout=10).json()
     versions = {r["language"]: r["version"] for r in listing["runtimes"]}
