@@ -40,6 +40,8 @@ def test_headers_properties_and_bodies_match_the_host(probe: EnvoyProcess) -> No
     # body prepended and appended after buffering to end of stream.
     assert response.headers["x-prop-roundtrip"] == "from-request"
     assert response.headers["x-prop-code"] == "200"
+    # The request headers cannot be read in the body phase once their phase continued.
+    assert response.headers["x-late-request-header"] == "2"
     assert response.text.startswith("<") and response.text.endswith("!")
     seen = json.loads(response.text[1:-1])
     headers = seen["headers"]

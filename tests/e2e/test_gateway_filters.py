@@ -194,11 +194,6 @@ def test_unkeyed_headers_cannot_poison_the_cache(stack: Stack) -> None:
 
 
 def test_post_queries_are_keyed_by_body(stack: Stack) -> None:
-    if stack.kind == "envoy":
-        # Known gap, tracked in docs/filters/cache.md: under Envoy 1.40 the POST whose body the
-        # cache filter buffers is answered 503 before the filter decides. Our proxy is the
-        # reference here until that is understood.
-        pytest.xfail("Envoy answers 503 to a POST whose body the cache filter buffers")
     key = {"x-api-key": BATCH_KEY}
 
     def ask(question: str) -> requests.Response:

@@ -9,6 +9,7 @@
 use crate::cache::{response_status, Cache, Plan, RequestFacts};
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Freshness};
+use filter_common::header_text;
 use filter_common::host::{now, request_header, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use proxy_wasm::hostcalls;
@@ -124,6 +125,7 @@ impl RootContext for CacheRoot {
             leader: false,
             stale: None,
             response: Response::Untouched,
+            headers: None,
         }))
     }
 
@@ -154,6 +156,8 @@ struct CacheRequest {
     /// An entry past freshness that may stand in for a failed upstream.
     stale: Option<Entry>,
     response: Response,
+    /// The request headers, kept when the key waits for the body.
+    headers: Option<HeadersSnapshot>,
 }
 
 impl Context for CacheRequest {}
@@ -169,8 +173,12 @@ impl HttpContext for CacheRequest {
             }
             // The key needs the body. Pausing the headers would stop the body too (Envoy turns a
             // headers pause into StopAllIteration); the body phase buffers instead, and a hit
-            // then replaces the request that has started upstream.
-            Plan::Use(plan) if plan.needs_body && !end_of_stream => Action::Continue,
+            // then replaces the request that has started upstream. Envoy lets a filter read the
+            // request headers only until their phase continues, so the key's come from a copy.
+            Plan::Use(plan) if plan.needs_body && !end_of_stream => {
+                self.headers = Some(HeadersSnapshot(self.get_http_request_headers_bytes()));
+                Action::Continue
+            }
             Plan::Use(_) => self.resolve(None),
         }
     }
@@ -285,7 +293,10 @@ impl CacheRequest {
         let Plan::Use(plan) = &self.plan else {
             return Action::Continue;
         };
-        let key = self.state.cache.key(&CurrentRequest, body);
+        let key = match &self.headers {
+            Some(headers) => self.state.cache.key(headers, body),
+            None => self.state.cache.key(&CurrentRequest, body),
+        };
         let now = now().as_secs();
         let plan = plan.clone();
         self.response = Response::Label("MISS");
@@ -392,5 +403,15 @@ struct CurrentRequest;
 impl RequestFacts for CurrentRequest {
     fn header(&self, name: &str) -> Option<String> {
         request_header(name)
+    }
+}
+
+/// The request headers as the headers phase saw them.
+struct HeadersSnapshot(Vec<(String, Vec<u8>)>);
+
+impl RequestFacts for HeadersSnapshot {
+    fn header(&self, name: &str) -> Option<String> {
+        let (_, value) = self.0.iter().find(|(n, _)| n == name)?;
+        Some(header_text(value.clone()))
     }
 }

@@ -5,6 +5,7 @@ use crate::callout::{CalloutRequest, CalloutResponse};
 use crate::headers::Headers;
 use crate::plugin::PluginShared;
 use crate::types::{LocalResponse, StreamInfo};
+use crate::vm::Phase;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,6 +101,13 @@ pub(crate) struct StreamState {
     pub(crate) shared_data_unavailable: bool,
     /// Wakes a paused phase when a callout completes or the guest resumes the stream.
     pub(crate) wake: Arc<Notify>,
+    /// The request / response headers phase continued: as in Envoy, the guest can no longer
+    /// read or change those headers (they have gone on), until the stream ends.
+    pub(crate) request_headers_gone: bool,
+    pub(crate) response_headers_gone: bool,
+    /// `on_done`, `on_log` and `on_delete` are running: every map is readable again, as in
+    /// Envoy's access-log phase.
+    pub(crate) ending: bool,
 }
 
 impl StreamState {
@@ -119,6 +127,18 @@ impl StreamState {
             close: false,
             shared_data_unavailable: false,
             wake: Arc::new(Notify::new()),
+            request_headers_gone: false,
+            response_headers_gone: false,
+            ending: false,
+        }
+    }
+
+    /// Records that a headers phase returned `Continue`: its headers have gone on.
+    pub(crate) fn headers_passed_on(&mut self, phase: Phase) {
+        match phase {
+            Phase::RequestHeaders => self.request_headers_gone = true,
+            Phase::ResponseHeaders => self.response_headers_gone = true,
+            _ => {}
         }
     }
 }

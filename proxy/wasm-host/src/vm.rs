@@ -459,14 +459,21 @@ impl PluginVm {
                     .await?
             }
         };
-        Ok(result.map_or(Action::Continue, Action::from_i32))
+        let action = result.map_or(Action::Continue, Action::from_i32);
+        if action == Action::Continue {
+            if let Some(stream) = self.stream(id) {
+                stream.headers_passed_on(phase);
+            }
+        }
+        Ok(action)
     }
 
     /// Ends a stream: `on_done`, `on_log`, `on_delete`, then forgets its state.
     pub(crate) async fn finish_stream(&mut self, id: u32) {
-        if !self.store.data().streams.contains_key(&id) {
+        let Some(stream) = self.stream(id) else {
             return;
-        }
+        };
+        stream.ending = true;
         let ctx = id as i32;
         let _ = self.invoke(id, |c| c.on_done.as_ref(), ctx).await;
         let _ = self.invoke(id, |c| c.on_log.as_ref(), ctx).await;

@@ -100,6 +100,11 @@ async fn headers_properties_bodies_trailers_and_metrics() {
         "set_property survives phases"
     );
     assert_eq!(response.get_str("x-prop-code").unwrap(), "201");
+    assert_eq!(
+        response.get_str("x-late-request-header").unwrap(),
+        "2",
+        "request headers are BAD_ARGUMENT once their phase continued, as in Envoy"
+    );
     assert_eq!(response.get("content-length"), None);
 
     let mut body = b"done".to_vec();

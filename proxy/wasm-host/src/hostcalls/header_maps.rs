@@ -128,7 +128,9 @@ fn encoded_size(headers: &Headers) -> usize {
 }
 
 /// The map a guest names: `Ok(None)` when it does not exist in this context (read as empty, writes
-/// ignored, as the SDK accepts only OK from most map calls), `BAD_ARGUMENT` for an unknown type.
+/// ignored, as the SDK accepts only OK from most map calls), `BAD_ARGUMENT` for an unknown type
+/// and, as in Envoy, for request or response headers once their phase has continued (they have
+/// gone on; a filter that needs them later keeps a copy).
 fn map_ref(state: &mut HostState, map: i32) -> Result<Option<&Headers>, Status> {
     map_mut(state, map).map(|m| m.map(|h| &*h))
 }
@@ -141,9 +143,15 @@ fn map_mut(state: &mut HostState, map: i32) -> Result<Option<&mut Headers>, Stat
             state.callout_response.as_mut().map(|r| &mut r.trailers)
         }
         MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => None,
-        MapType::HttpRequestHeaders => state.stream().map(|s| &mut s.request_headers),
+        MapType::HttpRequestHeaders => match state.stream() {
+            Some(s) if s.request_headers_gone && !s.ending => return Err(Status::BadArgument),
+            stream => stream.map(|s| &mut s.request_headers),
+        },
         MapType::HttpRequestTrailers => state.stream().map(|s| &mut s.request_trailers),
-        MapType::HttpResponseHeaders => state.stream().map(|s| &mut s.response_headers),
+        MapType::HttpResponseHeaders => match state.stream() {
+            Some(s) if s.response_headers_gone && !s.ending => return Err(Status::BadArgument),
+            stream => stream.map(|s| &mut s.response_headers),
+        },
         MapType::HttpResponseTrailers => state.stream().map(|s| &mut s.response_trailers),
     })
 }

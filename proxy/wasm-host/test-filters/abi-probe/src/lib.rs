@@ -68,6 +68,7 @@ impl RootContext for ProbeRoot {
             mode: self.mode.clone(),
             requests_metric: self.requests_metric,
             sizes_metric: self.sizes_metric,
+            late_request_header: None,
         }))
     }
 
@@ -97,6 +98,33 @@ struct ProbeRequest {
     mode: String,
     requests_metric: u32,
     sizes_metric: u32,
+    /// The status of reading a request header in the body phase, after the headers phase
+    /// continued (the SDK's accessor would panic on it, so it is read through the raw call).
+    late_request_header: Option<i32>,
+}
+
+extern "C" {
+    fn proxy_get_header_map_value(
+        map_type: i32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> i32;
+}
+
+/// The raw status of `proxy_get_header_map_value` for a request header.
+fn request_header_status(name: &str) -> i32 {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer it allocated through the SDK's allocator, and a size.
+    let status =
+        unsafe { proxy_get_header_map_value(0, name.as_ptr(), name.len(), &mut data, &mut size) };
+    if !data.is_null() {
+        // SAFETY: on success the host handed over `size` bytes allocated by the guest's allocator.
+        drop(unsafe { Vec::from_raw_parts(data, size, size) });
+    }
+    status
 }
 
 impl Context for ProbeRequest {
@@ -211,6 +239,8 @@ impl HttpContext for ProbeRequest {
         if !end_of_stream {
             return Action::Pause;
         }
+        // The headers phase continued: as in Envoy, its headers are gone (BAD_ARGUMENT, 2).
+        self.late_request_header = Some(request_header_status(":path"));
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         proxy_wasm::hostcalls::record_metric(self.sizes_metric, body.len() as u64).unwrap();
         self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
@@ -230,6 +260,9 @@ impl HttpContext for ProbeRequest {
             .unwrap_or_default();
         self.set_http_response_header("x-prop-roundtrip", Some(&String::from_utf8_lossy(&state)));
         self.set_http_response_header("x-prop-code", Some(&code));
+        if let Some(status) = self.late_request_header {
+            self.set_http_response_header("x-late-request-header", Some(&status.to_string()));
+        }
         self.set_http_response_header("content-length", None);
         Action::Continue
     }
