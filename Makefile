@@ -130,7 +130,7 @@ test-e2e: deps-apt-test venv sandbox-runtimes filters proxy sandbox
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) -m pytest -q tests
 
 # The whole system on loopback (proxy/config/example.yaml): the gateway with the three filters in
-# front of python-ml (RAG and embeddings; offline model and generator, a hosted model when
+# front of python-ml (RAG, chat completions and embeddings; offline model and generator, a hosted model when
 # ANTHROPIC_API_KEY or OPENAI_API_KEY is set), sandbox-host on /v1/executions, and a demo upstream
 # that echoes each request (so the identity header the filter adds is visible). One generated key
 # signs the identity both services trust.
@@ -143,6 +143,7 @@ run: setup filters proxy sandbox
 	@echo "try (the README's quick start has more):"
 	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"documents\": [{\"id\": \"espresso\", \"text\": \"Espresso is brewed by forcing hot water through finely ground coffee at about 9 bar.\"}]}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/rag/documents"
 	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"question\": \"How is espresso brewed?\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/rag/query"
+	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"model\": \"any\", \"messages\": [{\"role\": \"user\", \"content\": \"How is espresso brewed?\"}]}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/chat/completions"
 	@echo "  curl -H 'x-api-key: demo-key-change-me' -H 'content-type: application/json' -d '{\"input\": \"a cappuccino\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/embeddings"
 	@echo "  curl -H 'x-api-key: demo-key-change-me' -d '{\"language\": \"python\", \"code\": \"print(1+1)\"}' http://127.0.0.1:$(RUN_LISTEN_PORT)/v1/executions"
 	@echo "  curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"

@@ -79,7 +79,8 @@ def test_the_provider_call_is_a_child_span_and_receives_the_trace(
     llm = fake_llm([Reply(text="Paris [1].")])
     service = ingested(service_factory(**provider_settings("openai", llm)))
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
-    with caplog.at_level(logging.INFO, logger="python_ml.access"), service.client() as client:
+    caplog.set_level(logging.INFO, logger="python_ml.access")
+    with service.client() as client:
         answer = client.post("/v1/rag/query", json=QUESTION, headers={"traceparent": f"00-{trace_id}-{caller_span}-01"})
     assert answer.status_code == 200, answer.text
 
@@ -97,9 +98,13 @@ def test_the_provider_call_is_a_child_span_and_receives_the_trace(
     sent = llm.recorded.requests[0]["headers"]["traceparent"]
     assert sent == f"00-{trace_id}-{format(provider_call.context.span_id, '016x')}-01"
 
+    # The line is written once the response has gone out, so it may follow the client's read.
     request_id = answer.headers["x-request-id"]
-    lines = [record.getMessage() for record in caplog.records if record.name == "python_ml.access"]
-    assert any(f"request_id={request_id}" in line and f"trace_id={trace_id}" in line for line in lines), lines
+    deadline = time.monotonic() + 10
+    while not (lines := [r.getMessage() for r in caplog.records if f"request_id={request_id}" in r.getMessage()]):
+        assert time.monotonic() < deadline, "no access-log line"
+        time.sleep(0.02)
+    assert f"trace_id={trace_id}" in lines[0] and lines[0].startswith("request method=POST"), lines
 
 
 @pytest.mark.parametrize("forged", ["garbage", "00-" + "f" * 32 + "-" + "0" * 16 + "-01", "00-zz-yy-01"])

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
-import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness.filter_stack import BATCH_KEY, BYPASS_KEY, ISSUER, KID, Stack

@@ -82,7 +82,8 @@ def ask(question: str, **extra: object) -> requests.Response:
 
 def test_make_run_prints_the_calls_to_try(make_run: Path) -> None:
     printed = make_run.read_text()
-    for call in ("/v1/rag/documents", "/v1/rag/query", "/v1/embeddings", "/v1/executions", "/metrics"):
+    calls = ("/v1/rag/documents", "/v1/rag/query", "/v1/chat/completions", "/v1/embeddings", "/v1/executions")
+    for call in (*calls, "/metrics"):
         assert call in printed, printed
 
 
@@ -118,6 +119,11 @@ def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
     client = openai.OpenAI(base_url=GATEWAY + "/v1", api_key="unused", default_headers=KEY, max_retries=0)
     embedded = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a cappuccino", "a flat white"])
     assert [len(item.embedding) for item in embedded.data] == [384, 384]
+    chat = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "How long does a shot take?"}]
+    )
+    assert chat.choices[0].message.content and "[1]" in chat.choices[0].message.content
+    assert chat.usage is not None and chat.usage.completion_tokens > 0
 
     run = requests.post(
         GATEWAY + "/v1/executions", json={"language": "python", "code": "print(1+1)"}, headers=KEY, timeout=60

@@ -110,6 +110,21 @@ def test_streamed_answers_pass_through_the_gateway(ml_gateway: Gateway) -> None:
     assert names[0] == "token" and names[-2:] == ["sources", "done"]
 
 
+def test_chat_completions_through_the_gateway_with_openais_client(ml_gateway: Gateway) -> None:
+    client = openai.OpenAI(base_url=ml_gateway.url + "/v1", api_key="unused", default_headers=KEY, max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": "How long does an espresso shot take?"}]
+    plain = client.chat.completions.create(model="any", messages=messages)
+    assert plain.choices[0].message.content and plain.usage is not None and plain.usage.total_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model="any", messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == plain.choices[0].message.content, "the stream passes through whole"
+    assert chunks[-1].usage == plain.usage
+
+
 def test_tenants_see_only_their_own_documents(gateway: Callable[[dict[str, Any]], Gateway], python_ml: int) -> None:
     keys = [
         {"identity": "ann", "key": "k-acme", "tenant": "acme"},

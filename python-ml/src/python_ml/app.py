@@ -24,7 +24,7 @@ from .generation import build_generator
 from .limits import BodySizeLimit
 from .metrics import ServiceMetrics
 from .rag import Rag
-from .routers import documents, embeddings, health, metrics, query
+from .routers import chat, documents, embeddings, health, metrics, query
 from .settings import Settings
 from .store import VectorStore
 from .telemetry import RequestTelemetry
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     install_error_handlers(app)
-    for router in (health.router, metrics.router, embeddings.router, documents.router, query.router):
+    for router in (health.router, metrics.router, embeddings.router, documents.router, query.router, chat.router):
         app.include_router(router)
     return app
 

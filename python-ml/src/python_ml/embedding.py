@@ -16,6 +16,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Encoding, Tokenizer
 
+from .tokens import TokenCounter
+
 Array = np.ndarray
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -106,6 +108,8 @@ class Embedder:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._tokenizer.no_padding()
+        self.tokens = TokenCounter(model_dir)
+        """The same word pieces, untruncated: chat usage."""
 
         w = load_file(str(model_dir / "model.safetensors"))
 

@@ -190,3 +190,82 @@ class ErrorResponse(BaseModel):
     """Every error: the same shape the gateway's filters answer with."""
 
     error: ErrorDetail
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content (OpenAI's content-part form)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One turn. Content is text, or text parts (images and audio are not served here)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=64)
+
+    def text(self) -> str:
+        """The content as one text."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: with `include_usage`, a last chunk carries the usage."""
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """`POST /v1/chat/completions`, as OpenAI's API takes it. Sampling settings a client sends
+    (`temperature`, `top_p`, …) are accepted and ignored; one answer (`n` = 1) is written."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=1)
+
+    def question(self) -> str | None:
+        """The last user turn, which the answer is about."""
+        return next((m.text() for m in reversed(self.messages) if m.role == "user"), None)
+
+    def token_limit(self) -> int | None:
+        """What the client allows the answer: `max_completion_tokens`, else `max_tokens`."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatUsage(BaseModel):
+    """Tokens read and written (the service's word pieces, `tokens.py`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatChoice(BaseModel):
+    """The answer."""
+
+    index: int = 0
+    message: ChatMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    """A non-streamed answer, as OpenAI's API gives it."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     """Any request body, declared or streamed, counted before it is parsed."""
     default_top_k: int = Field(5, ge=1, le=50)
 
+    max_chat_messages: int = Field(256, ge=1)
+    """Messages in one `POST /v1/chat/completions`."""
+    max_chat_chars: int = Field(200_000, ge=1)
+    """The characters of all of a chat request's messages together."""
+    max_completion_tokens: int = Field(4096, ge=1)
+    """The most a chat answer may use, and what it may use when the request sets no `max_tokens`."""
+
     gateway_signing_key: SecretStr | None = None
     """The HMAC key (at least 16 bytes) the gateway signs its identity headers with. Unset (local
     development): identity headers are ignored and every caller is the tenant `public`."""

@@ -61,7 +61,7 @@ async def query(request: Request, body: QueryRequest, caller: TrustedCaller, sta
         return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     generation_started = time.perf_counter()
-    answer = await _unless_disconnected(request, _collect(state.generator.stream(body.question, hits)))
+    answer = await unless_disconnected(request, collect_answer(state.generator.stream(body.question, hits)))
     if answer is None:
         return Response(status_code=499)
     return JSONResponse(
@@ -90,14 +90,15 @@ def _source(number: int, hit: Hit) -> Source:
     )
 
 
-async def _collect(pieces: AsyncIterator[str]) -> str:
+async def collect_answer(pieces: AsyncIterator[str]) -> str:
+    """The whole answer; a provider failure is 502 `llm_unavailable`."""
     try:
         return "".join([piece async for piece in pieces])
     except GenerationError as exc:
         raise ApiError(502, "llm_unavailable", str(exc)) from None
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     """Runs `work`, cancelling it (and the provider request under it) if the client goes away."""
     task = asyncio.ensure_future(work)
     while True:
