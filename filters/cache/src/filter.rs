@@ -9,9 +9,9 @@
 use crate::cache::{response_status, Cache, Plan, RequestFacts};
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Freshness};
-use filter_common::header_text;
-use filter_common::host::{now, request_header, HostSharedData};
+use filter_common::host::{now, request_header, request_headers, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
+use filter_common::HeaderSnapshot;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -157,7 +157,7 @@ struct CacheRequest {
     stale: Option<Entry>,
     response: Response,
     /// The request headers, kept when the key waits for the body.
-    headers: Option<HeadersSnapshot>,
+    headers: Option<HeaderSnapshot>,
 }
 
 impl Context for CacheRequest {}
@@ -176,7 +176,7 @@ impl HttpContext for CacheRequest {
             // then replaces the request that has started upstream. Envoy lets a filter read the
             // request headers only until their phase continues, so the key's come from a copy.
             Plan::Use(plan) if plan.needs_body && !end_of_stream => {
-                self.headers = Some(HeadersSnapshot(self.get_http_request_headers_bytes()));
+                self.headers = Some(request_headers());
                 Action::Continue
             }
             Plan::Use(_) => self.resolve(None),
@@ -294,7 +294,7 @@ impl CacheRequest {
             return Action::Continue;
         };
         let key = match &self.headers {
-            Some(headers) => self.state.cache.key(headers, body),
+            Some(headers) => self.state.cache.key(&SnapshotRequest(headers), body),
             None => self.state.cache.key(&CurrentRequest, body),
         };
         let now = now().as_secs();
@@ -406,12 +406,11 @@ impl RequestFacts for CurrentRequest {
     }
 }
 
-/// The request headers as the headers phase saw them.
-struct HeadersSnapshot(Vec<(String, Vec<u8>)>);
+/// The request as its headers phase saw it.
+struct SnapshotRequest<'a>(&'a HeaderSnapshot);
 
-impl RequestFacts for HeadersSnapshot {
+impl RequestFacts for SnapshotRequest<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        let (_, value) = self.0.iter().find(|(n, _)| n == name)?;
-        Some(header_text(value.clone()))
+        self.0.header(name)
     }
 }

@@ -1,7 +1,7 @@
 //! Host access shared by the filters' wasm shells: the clock, request headers, properties and
 //! shared data, all acting on the current (effective) context.
 
-use crate::{header_text, SharedStore};
+use crate::{header_text, HeaderSnapshot, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, Status};
 use std::time::{Duration, UNIX_EPOCH};
@@ -21,6 +21,11 @@ pub fn request_header(name: &str) -> Option<String> {
         .ok()
         .flatten()
         .map(header_text)
+}
+
+/// A copy of the current context's request headers; call it while their phase runs.
+pub fn request_headers() -> HeaderSnapshot {
+    HeaderSnapshot::new(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
 }
 
 /// A property such as `source.address`, as text.

@@ -36,6 +36,40 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8], expected: &str) -> Result
     })
 }
 
+/// Checks the name of a configured entry (a limit, a budget): non-empty, without `|` (it separates
+/// the parts of shared-data keys) or NUL, and not used by an `earlier` entry.
+pub fn check_entry_name<'a>(
+    field: &str,
+    name: &str,
+    mut earlier: impl Iterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
+    if name.is_empty() || name.contains(['\0', '|']) {
+        return Err(ConfigError::new(
+            format!("{field}.name"),
+            "must be non-empty, without '|' or NUL",
+        ));
+    }
+    if earlier.any(|other| other == name) {
+        return Err(ConfigError::new(
+            format!("{field}.name"),
+            format!("{name:?} is used by another entry"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a configured request header name (a key taken from a header): not empty, and not a
+/// pseudo-header.
+pub fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.starts_with(':') {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a request header name"),
+        ));
+    }
+    Ok(())
+}
+
 /// A serde error message with the values it quotes taken out: configurations hold API keys and
 /// secrets, and their errors are logged. serde quotes values in double quotes (`invalid type:
 /// string "sk-…", expected …`) and names fields and variants in backticks, which are kept.
@@ -52,6 +86,25 @@ fn redact_values(message: &str) -> String {
         inside = !inside;
     }
     out
+}
+
+/// Request headers copied while their phase runs: Envoy lets a filter read them only until that
+/// phase continues (later reads are `BAD_ARGUMENT`), so a filter that decides from the body keeps
+/// this copy for what it needs of the headers.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderSnapshot(Vec<(String, Vec<u8>)>);
+
+impl HeaderSnapshot {
+    /// A copy of `pairs` (lowercase names, as both hosts give them).
+    pub fn new(pairs: Vec<(String, Vec<u8>)>) -> Self {
+        Self(pairs)
+    }
+
+    /// The first value of header `name`, as text ([`header_text`]).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (_, value) = self.0.iter().find(|(n, _)| n == name)?;
+        Some(header_text(value.clone()))
+    }
 }
 
 /// Shared data as filters use it: values with a compare-and-swap version. The host implements it

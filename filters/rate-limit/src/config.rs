@@ -1,6 +1,6 @@
 //! Plugin configuration of the rate-limit filter, parsed and validated in `on_configure`.
 
-use filter_common::{parse_config, ConfigError};
+use filter_common::{check_entry_name, check_header_name, parse_config, ConfigError};
 use serde::Deserialize;
 
 /// The validated configuration.
@@ -117,18 +117,11 @@ impl RateLimitConfig {
         }
         for (i, limit) in self.limits.iter().enumerate() {
             let field = format!("limits[{i}]");
-            if limit.name.is_empty() || limit.name.contains(['\0', '|']) {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    "must be non-empty, without '|' or NUL",
-                ));
-            }
-            if self.limits[..i].iter().any(|l| l.name == limit.name) {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    format!("{:?} is used by another limit", limit.name),
-                ));
-            }
+            check_entry_name(
+                &field,
+                &limit.name,
+                self.limits[..i].iter().map(|l| l.name.as_str()),
+            )?;
             if limit.requests == 0 {
                 return Err(ConfigError::new(
                     format!("{field}.requests"),
@@ -142,12 +135,7 @@ impl RateLimitConfig {
                 ));
             }
             if let KeyConfig::Header(name) | KeyConfig::ApiKey(name) = &limit.key {
-                if name.is_empty() || name.starts_with(':') {
-                    return Err(ConfigError::new(
-                        format!("{field}.key"),
-                        format!("{name:?} is not a request header name"),
-                    ));
-                }
+                check_header_name(&format!("{field}.key"), name)?;
             }
             if let Some(prefix) = &limit.path_prefix {
                 if !prefix.starts_with('/') {

@@ -1,0 +1,342 @@
+//! proxy-wasm shell of the ai-tokens filter.
+//!
+//! Request: a POST's headers go on at once (Envoy stops the body too while headers are paused),
+//! without `content-length`, since the body may be rewritten; the body is buffered to its end,
+//! priced and reserved, and a streamed request is made to ask for its usage. Response: the usage
+//! is read from the JSON answer (buffered) or from the stream's last chunk as it passes; the
+//! reservation is settled in `on_log`, which runs however the request ended.
+
+use crate::budget::{window_over, Budgets, Outcome, Report, RequestFacts, Reservation};
+use crate::chat::{ChatRequest, StreamScan, Usage};
+use crate::config::AiTokensConfig;
+use filter_common::host::{now, request_headers, HostSharedData};
+use filter_common::sweep::{Sweep, KEYS_PER_TICK};
+use filter_common::HeaderSnapshot;
+use gateway_contract::error_body;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often the root context looks for ended windows to delete.
+const SWEEP_PERIOD: Duration = Duration::from_secs(5);
+/// Most window keys one VM remembers for expiry.
+const MAX_TRACKED_KEYS: usize = 65_536;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AiTokensRoot { state: None }) });
+}}
+
+/// Counters (`wasm_ai_tokens_*` in our proxy, `wasmcustom.ai_tokens_*` in Envoy).
+struct Metrics {
+    prompt: Option<u32>,
+    completion: Option<u32>,
+    refused: Option<u32>,
+    refunded: Option<u32>,
+    estimated: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Self {
+            prompt: counter("ai_tokens_prompt_total"),
+            completion: counter("ai_tokens_completion_total"),
+            refused: counter("ai_tokens_refused_total"),
+            refunded: counter("ai_tokens_refunded_total"),
+            estimated: counter("ai_tokens_estimated_settlements_total"),
+        }
+    }
+}
+
+fn add(metric: Option<u32>, value: u64) {
+    if let (Some(id), Ok(value)) = (metric, i64::try_from(value)) {
+        if value > 0 {
+            let _ = hostcalls::increment_metric(id, value);
+        }
+    }
+}
+
+struct FilterState {
+    budgets: Budgets,
+    touched: RefCell<Sweep>,
+    metrics: Metrics,
+}
+
+struct AiTokensRoot {
+    state: Option<Rc<FilterState>>,
+}
+
+impl Context for AiTokensRoot {}
+
+impl RootContext for AiTokensRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match AiTokensConfig::from_json(&bytes) {
+            Ok(config) => config,
+            Err(err) => {
+                log::error!("ai-tokens: invalid plugin configuration: {err}");
+                return false;
+            }
+        };
+        log::info!("ai-tokens: configured {} budget(s)", config.budgets.len());
+        self.state = Some(Rc::new(FilterState {
+            budgets: Budgets::new(config),
+            touched: RefCell::new(Sweep::new(MAX_TRACKED_KEYS)),
+            metrics: Metrics::define(),
+        }));
+        self.set_tick_period(SWEEP_PERIOD);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let now = now().as_secs();
+        state.touched.borrow_mut().tick(KEYS_PER_TICK, |key| {
+            if !window_over(key, now) {
+                return false;
+            }
+            let _ = hostcalls::set_shared_data(key, None, None);
+            true
+        });
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(TokensRequest {
+            state: self.state.clone()?,
+            headers: None,
+            request: None,
+            reservation: None,
+            report: None,
+            upstream_failed: false,
+            streamed: false,
+            scan: StreamScan::default(),
+            usage: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct TokensRequest {
+    state: Rc<FilterState>,
+    /// The request headers, copied in their phase for the body phase's keys.
+    headers: Option<HeaderSnapshot>,
+    request: Option<ChatRequest>,
+    reservation: Option<Reservation>,
+    report: Option<Report>,
+    /// The upstream answered 5xx, or not at all: the reservation is refunded.
+    upstream_failed: bool,
+    /// The answer is a server-sent event stream.
+    streamed: bool,
+    scan: StreamScan,
+    /// The usage of a JSON answer.
+    usage: Option<Usage>,
+}
+
+impl Context for TokensRequest {}
+
+impl HttpContext for TokensRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = request_headers();
+        if end_of_stream || headers.header(":method").as_deref() != Some("POST") {
+            return Action::Continue; // nothing to price
+        }
+        self.set_http_request_header("content-length", None);
+        self.headers = Some(headers);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.headers.is_none() || self.request.is_some() {
+            return Action::Continue;
+        }
+        let config = self.state.budgets.config();
+        if body_size > config.max_request_body_bytes {
+            let message = format!(
+                "the request body is over {} bytes; its token cost cannot be read",
+                config.max_request_body_bytes
+            );
+            return self.refuse(413, "body_too_large", &message, Vec::new());
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let Ok(request) = ChatRequest::parse(&body) else {
+            return self.refuse(
+                400,
+                "invalid_request",
+                "the body is not a JSON object",
+                Vec::new(),
+            );
+        };
+        let estimate = request.estimate(config.default_max_tokens);
+        let facts = Snapshot(self.headers.as_ref().expect("checked above"));
+        let outcome = self.state.budgets.reserve(
+            &facts,
+            request.model.as_deref(),
+            estimate,
+            &HostSharedData,
+            now().as_secs(),
+        );
+        match outcome {
+            Outcome::Refused { budget, report } => {
+                add(self.state.metrics.refused, 1);
+                let message = format!(
+                    "token budget {budget:?} has {} tokens left until it resets in {} s; this request may use {estimate}",
+                    report.remaining, report.reset_seconds
+                );
+                let mut headers =
+                    vec![("retry-after".to_string(), report.reset_seconds.to_string())];
+                headers.extend(report_headers(report));
+                self.refuse(429, "token_budget_exceeded", &message, headers)
+            }
+            Outcome::Reserved(reservation, report) => {
+                {
+                    let mut touched = self.state.touched.borrow_mut();
+                    for key in reservation.keys() {
+                        touched.insert(key);
+                    }
+                }
+                if let Some(rewritten) = request.body_asking_for_usage() {
+                    self.set_http_request_body(0, body_size, &rewritten);
+                }
+                self.reservation = Some(reservation);
+                self.report = report;
+                self.request = Some(request);
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.reservation.is_none() {
+            return Action::Continue;
+        }
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        self.upstream_failed = status == 0 || status >= 500;
+        self.streamed = self
+            .get_http_response_header("content-type")
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        if let Some(report) = self.report {
+            for (name, value) in report_headers(report) {
+                self.set_http_response_header(&name, Some(&value));
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.reservation.is_none() || self.upstream_failed {
+            return Action::Continue;
+        }
+        if self.streamed {
+            let chunk = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            self.scan.feed(&chunk);
+            return Action::Continue;
+        }
+        if body_size > self.state.budgets.config().max_response_body_bytes {
+            return Action::Continue; // too large to read: the estimate stands
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        self.usage = Usage::of_answer(&body);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let metrics = &self.state.metrics;
+        let prompt = self.request.as_ref().map_or(0, |r| r.prompt_tokens);
+        let actual = if self.upstream_failed {
+            0
+        } else if let Some(usage) = self.usage.or(self.scan.usage()) {
+            add(metrics.prompt, usage.prompt_tokens);
+            add(metrics.completion, usage.completion_tokens);
+            usage.total()
+        } else {
+            // No usage: a stream that broke or never reported it is counted from its text; an
+            // unreadable JSON answer keeps its estimate.
+            add(metrics.estimated, 1);
+            if self.streamed {
+                prompt + self.scan.completion_estimate()
+            } else {
+                reservation.tokens
+            }
+        };
+        add(metrics.refunded, reservation.tokens.saturating_sub(actual));
+        self.state
+            .budgets
+            .settle(&reservation, actual, &HostSharedData);
+    }
+}
+
+impl TokensRequest {
+    /// Answers the request with the gateway's JSON error and `headers`.
+    fn refuse(
+        &mut self,
+        status: u32,
+        code: &str,
+        message: &str,
+        mut headers: Vec<(String, String)>,
+    ) -> Action {
+        let request_id = self
+            .headers
+            .as_ref()
+            .and_then(|h| h.header(gateway_contract::headers::REQUEST_ID));
+        let body = error_body(status as u16, code, message, request_id.as_deref());
+        headers.push(("content-type".into(), "application/json".into()));
+        self.send_http_response(
+            status,
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            Some(&body),
+        );
+        Action::Pause
+    }
+}
+
+/// OpenAI's `x-ratelimit-*-tokens` headers for the tightest budget.
+fn report_headers(report: Report) -> Vec<(String, String)> {
+    vec![
+        ("x-ratelimit-limit-tokens".into(), report.limit.to_string()),
+        (
+            "x-ratelimit-remaining-tokens".into(),
+            report.remaining.to_string(),
+        ),
+        (
+            "x-ratelimit-reset-tokens".into(),
+            format!("{}s", report.reset_seconds),
+        ),
+    ]
+}
+
+/// The request as its headers phase saw it.
+struct Snapshot<'a>(&'a HeaderSnapshot);
+
+impl RequestFacts for Snapshot<'_> {
+    fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+}
