@@ -124,6 +124,14 @@ def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
     )
     assert chat.choices[0].message.content and "[1]" in chat.choices[0].message.content
     assert chat.usage is not None and chat.usage.completion_tokens > 0
+    over = requests.post(
+        GATEWAY + "/v1/chat/completions",
+        json={"model": "any", "max_tokens": 50000, "messages": [{"role": "user", "content": "Write a novel"}]},
+        headers=KEY,
+        timeout=30,
+    )
+    assert over.status_code == 429 and over.json()["error"]["code"] == "token_budget_exceeded", over.text
+    assert int(over.headers["x-ratelimit-remaining-tokens"]) < 20000, "the first chat's usage was charged"
 
     run = requests.post(
         GATEWAY + "/v1/executions", json={"language": "python", "code": "print(1+1)"}, headers=KEY, timeout=60
