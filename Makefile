@@ -43,13 +43,14 @@ apt_install = missing=""; for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || m
     { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; } \
     || $(call retry,installing Debian packages,$(2)); fi
 
-.PHONY: help setup deps-apt deps-apt-test deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-sandbox bench-reload bench-ml lint fmt
+.PHONY: help setup deps-apt deps-apt-test deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-ai bench-sandbox bench-reload bench-ml lint fmt
 
 help:
 	@echo "make run    the whole system on 127.0.0.1:$(RUN_LISTEN_PORT): the gateway in front of python-ml and sandbox-host"
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
 	@echo "make bench  our proxy vs Envoy with the same three filters, Redis included (BENCH_ARGS='--runs 5 --threads 1')"
+	@echo "make bench-ai  what the ai-tokens filter adds to a chat request, ours vs Envoy"
 	@echo "make bench-sandbox  sandbox-host latency per language and executions/s"
 	@echo "make bench-reload  how long a configuration reload takes (make run's configuration)"
 	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
@@ -164,6 +165,12 @@ bench: setup filters binaries
 	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
+
+# What the ai-tokens filter adds to a chat request, ours vs Envoy; figures go to docs/filters/ai-tokens.md.
+bench-ai: setup filters binaries
+	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(PYTHON) bench/run_ai_bench.py $(BENCH_AI_ARGS)
 
 # How long a configuration reload takes; figures go to docs/reload-and-upgrade.md.
 bench-reload: setup filters binaries

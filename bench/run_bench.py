@@ -91,8 +91,9 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(setup: Setup, duration: int) -> Result:
-    """One wrk run with the API key the auth filter wants (ignored where there is no filter)."""
+def run_wrk(setup: Setup, duration: int, script: Path | None = None) -> Result:
+    """One wrk run with the API key the auth filter wants (ignored where there is no filter);
+    `script` is a wrk Lua script (a POST body, say)."""
     cpu_before = setup.cpu_seconds()
     output = subprocess.run(
         [
@@ -103,6 +104,7 @@ def run_wrk(setup: Setup, duration: int) -> Result:
             "--latency",
             "-H",
             f"x-api-key: {API_KEY}",
+            *(["-s", str(script)] if script else []),
             setup.url,
         ],
         capture_output=True,

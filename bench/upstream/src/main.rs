@@ -1,6 +1,6 @@
 //! `bench-upstream <port>`: answers every HTTP/1.1 request with a fixed small 200, keeping
 //! connections alive. Single-threaded on purpose: the benchmark gives the proxy the other core.
-//! It reads only request heads, so benchmarks send bodiless requests.
+//! Request bodies (`content-length` or chunked) are read and dropped.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,12 +29,42 @@ async fn serve(mut stream: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
         }
-        // Answer each complete request head (pipelining included).
-        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            buffer.drain(..end + 4);
+        // Answer each complete request (pipelining included).
+        while let Some(length) = request_length(&buffer) {
+            buffer.drain(..length);
             if stream.write_all(RESPONSE).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// The length of the first complete request in `buffer` (head and body), if it is all there.
+fn request_length(buffer: &[u8]) -> Option<usize> {
+    let head_end = buffer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+            .map(str::to_owned)
+    };
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut at = head_end;
+        loop {
+            let line_end = buffer[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size_text = String::from_utf8_lossy(&buffer[at..line_end]);
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2 + size + 2;
+            if buffer.len() < at {
+                return None;
+            }
+            if size == 0 {
+                return Some(at);
+            }
+        }
+    }
+    let body = header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    (buffer.len() >= head_end + body).then_some(head_end + body)
 }
