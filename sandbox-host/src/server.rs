@@ -372,7 +372,6 @@ fn invalid_request(message: String) -> Failure {
     Failure::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
-/// The gateway's request id when it sent a sane one, else a new one.
 /// The caller the gateway vouches for: identity, scopes and approval count only when the
 /// request carries a valid, fresh gateway signature over them.
 fn authenticated_caller(service: &Service, headers: &HeaderMap) -> Result<Caller, SignatureError> {

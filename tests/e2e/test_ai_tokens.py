@@ -6,14 +6,18 @@ counted from its text, and a request over budget is a 429 with OpenAI's headers.
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import h2.connection
+import h2.events
 import pytest
 import requests
 from harness.chat_upstream import ChatUpstream, start_chat_upstream
-from harness.envoy import start_envoy
+from harness.envoy import free_port, start_envoy
 from harness.gateway import built_filter, start_gateway
 
 BUDGET = 1000
@@ -48,8 +52,11 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield Proxy("envoy", f"http://127.0.0.1:{envoy.listen_port}", upstream)
         envoy.stop()
     else:
+        port = free_port()
         gateway = start_gateway(
             {
+                # h2c too, for the trailers case.
+                "listeners": [{"name": "public", "address": f"127.0.0.1:{port}", "h2c": True}],
                 "filter_chains": [
                     {"name": "ai", "filters": [{"name": "ai-tokens", "wasm": str(wasm), "configuration": CONFIG}]}
                 ],
@@ -65,6 +72,14 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     upstream.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def scripted_as_usual(proxy: Proxy) -> None:
+    """Each test starts from the upstream's default script."""
+    proxy.upstream.usage = (20, 10)
+    proxy.upstream.fail_with = None
+    proxy.upstream.cut_stream = False
+
+
 def chat(proxy: Proxy, team: str, **body: Any) -> requests.Response:  # noqa: ANN401 - request fields
     payload = {"model": "m", "messages": [{"role": "user", "content": "x" * 40}], **body}
     return requests.post(f"{proxy.url}/v1/chat/completions", json=payload, headers={"x-team": team}, timeout=10)
@@ -72,6 +87,20 @@ def chat(proxy: Proxy, team: str, **body: Any) -> requests.Response:  # noqa: AN
 
 def remaining(response: requests.Response) -> int:
     return int(response.headers["x-ratelimit-remaining-tokens"])
+
+
+def remaining_once_settled(proxy: Proxy, team: str, expected: int) -> int:
+    """The tokens a 114-token request sees left (reported after its reservation), asked until it
+    is `expected` or 10 s pass: a request that ended abnormally settles after the client is done
+    with it. Each probe's answer reports no usage spent, so the probes leave the budget as it was."""
+    usage, proxy.upstream.usage = proxy.upstream.usage, (0, 0)
+    try:
+        deadline = time.monotonic() + 10
+        while (seen := remaining(chat(proxy, team, max_tokens=100))) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return seen
+    finally:
+        proxy.upstream.usage = usage
 
 
 def test_the_reported_usage_settles_the_reservation(proxy: Proxy) -> None:
@@ -82,9 +111,8 @@ def test_the_reported_usage_settles_the_reservation(proxy: Proxy) -> None:
     assert remaining(first) == BUDGET - 114
     assert first.headers["x-ratelimit-limit-tokens"] == str(BUDGET)
     assert first.headers["x-ratelimit-reset-tokens"].endswith("s")
-    second = chat(proxy, "settle", max_tokens=100)
-    # The first was settled at its usage, 30: 84 of its 114 came back before the second reserved.
-    assert remaining(second) == BUDGET - 30 - 114
+    # Settled at its usage, 30, before the client had the answer: 84 of its 114 came back.
+    assert remaining(chat(proxy, "settle", max_tokens=100)) == BUDGET - 30 - 114
 
 
 def test_a_stream_is_made_to_report_its_usage_and_settled_from_it(proxy: Proxy) -> None:
@@ -100,9 +128,10 @@ def test_a_stream_is_made_to_report_its_usage_and_settled_from_it(proxy: Proxy) 
         events = [line for line in streamed.iter_lines(decode_unicode=True) if line.startswith("data:")]
     assert events[-1] == "data: [DONE]"
     assert '"usage"' in events[-2], "the usage chunk reached the client too"
-    assert proxy.upstream.received[-1]["stream_options"] == {"include_usage": True}
-    after = chat(proxy, "stream", max_tokens=100)
-    assert remaining(after) == BUDGET - 55 - 114
+    sent = proxy.upstream.received[-1]
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["max_completion_tokens"] == CONFIG["default_max_tokens"], "capped at what was reserved"
+    assert remaining(chat(proxy, "stream", max_tokens=100)) == BUDGET - 55 - 114
 
 
 def test_a_request_over_budget_is_refused_with_openais_headers(proxy: Proxy) -> None:
@@ -112,24 +141,30 @@ def test_a_request_over_budget_is_refused_with_openais_headers(proxy: Proxy) -> 
     assert refused.status_code == 429, refused.text
     error = refused.json()["error"]
     assert error["code"] == "token_budget_exceeded" and "per-team" in error["message"]
-    assert int(refused.headers["retry-after"]) > 0
+    assert "retry-after" not in refused.headers, "more than a whole window never fits"
     assert refused.headers["x-ratelimit-remaining-tokens"] == str(BUDGET)
     # Its headers went on before its body was priced; its body never did.
     assert len(proxy.upstream.received) == sent, "a refused request's body never reached the model"
     # Nothing was reserved by the refusal: a request that fits still goes.
     assert chat(proxy, "big", max_tokens=100).status_code == 200
+    proxy.upstream.usage = (0, 0)
+    chat(proxy, "full", max_tokens=BUDGET - 14)  # reserves the whole window, then spends nothing...
+    proxy.upstream.usage = (BUDGET - 100, 0)
+    chat(proxy, "full", max_tokens=BUDGET - 14)  # ...then nearly all of it
+    later = chat(proxy, "full", max_tokens=100)
+    assert later.status_code == 429 and 0 < int(later.headers["retry-after"]) <= 86_400
 
 
-def test_a_failed_upstream_refunds_the_reservation(proxy: Proxy) -> None:
-    proxy.upstream.fail_with = 503
+@pytest.mark.parametrize("status", [503, 400, 429])
+def test_an_unsuccessful_answer_refunds_the_reservation(proxy: Proxy, status: int) -> None:
+    team = f"refund-{status}"
+    proxy.upstream.fail_with = status
     try:
-        failed = chat(proxy, "refund", max_tokens=500)
-        assert failed.status_code == 503
+        failed = chat(proxy, team, max_tokens=500)
+        assert failed.status_code == status
     finally:
         proxy.upstream.fail_with = None
-    proxy.upstream.usage = (20, 10)
-    after = chat(proxy, "refund", max_tokens=100)
-    assert remaining(after) == BUDGET - 114, "the failed request's 514 came back"
+    assert remaining_once_settled(proxy, team, BUDGET - 114) == BUDGET - 114, "the 514 came back"
 
 
 def test_a_broken_stream_is_counted_from_its_text(proxy: Proxy) -> None:
@@ -147,9 +182,8 @@ def test_a_broken_stream_is_counted_from_its_text(proxy: Proxy) -> None:
         pass  # the upstream closed mid-stream; what the client sees is the proxy's business
     finally:
         proxy.upstream.cut_stream = False
-    after = chat(proxy, "cut", max_tokens=100)
     # Settled at the prompt estimate (2 chars -> 1, +4) and "Hello" (5 chars -> 2), not 505.
-    assert remaining(after) == BUDGET - 7 - 114
+    assert remaining_once_settled(proxy, "cut", BUDGET - 7 - 114) == BUDGET - 7 - 114
 
 
 @pytest.mark.parametrize(
@@ -170,3 +204,45 @@ def test_hostile_bodies_are_refused_and_traffic_goes_on(proxy: Proxy, body: byte
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert chat(proxy, "hostile", max_tokens=10).status_code == 200
+
+
+def h2_post_with_trailers(port: int, body: bytes) -> int:
+    """An HTTP/2 (prior knowledge) POST whose body ends with trailers instead of an end-of-stream
+    data frame; the response status."""
+    connection = h2.connection.H2Connection()
+    connection.initiate_connection()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        stream = connection.get_next_available_stream_id()
+        connection.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":path", "/v1/chat/completions"),
+                (":scheme", "http"),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/json"),
+                ("x-team", "trailers"),
+            ],
+        )
+        connection.send_data(stream, body)
+        connection.send_headers(stream, [("x-checksum", "1")], end_stream=True)
+        sock.sendall(connection.data_to_send())
+        status = 0
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return status
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return status
+            sock.sendall(connection.data_to_send())
+
+
+def test_a_body_ending_in_trailers_is_not_let_through_unpriced(proxy: Proxy) -> None:
+    sent = len(proxy.upstream.received)
+    body = json.dumps({"model": "m", "max_tokens": BUDGET * 10, "messages": [{"role": "user", "content": "hi"}]})
+    assert h2_post_with_trailers(int(proxy.url.rsplit(":", 1)[1]), body.encode()) in (400, 429)
+    assert len(proxy.upstream.received) == sent
+    assert chat(proxy, "trailers", max_tokens=10).status_code == 200

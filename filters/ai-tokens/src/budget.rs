@@ -37,10 +37,21 @@ pub struct Report {
 /// Tokens reserved for one request, to settle once its usage is known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reservation {
-    /// The windows reserved in.
-    keys: Vec<String>,
+    /// Where it was reserved, per budget that applied.
+    holds: Vec<Hold>,
     /// The tokens reserved in each.
     pub tokens: u64,
+}
+
+/// One budget's part of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hold {
+    /// The budget's index in the configuration.
+    budget: usize,
+    /// The request's value of the budget's key.
+    value: String,
+    /// The window reserved in.
+    key: String,
 }
 
 /// A budget's answer to a request.
@@ -54,6 +65,8 @@ pub enum Outcome {
         budget: String,
         /// Its state.
         report: Report,
+        /// The request needs more than the budget's whole window: retrying cannot help.
+        never_fits: bool,
     },
 }
 
@@ -64,8 +77,8 @@ pub struct Budgets {
 
 impl Reservation {
     /// The shared-data keys of the windows reserved in (for expiry).
-    pub fn keys(&self) -> &[String] {
-        &self.keys
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.holds.iter().map(|hold| hold.key.as_str())
     }
 }
 
@@ -90,19 +103,16 @@ impl Budgets {
         now: u64,
     ) -> Outcome {
         let mut reservation = Reservation {
-            keys: Vec::new(),
+            holds: Vec::new(),
             tokens,
         };
         let mut tightest: Option<Report> = None;
-        for budget in &self.config.budgets {
+        for (index, budget) in self.config.budgets.iter().enumerate() {
             // A request without the key's value (no identity, say) is not counted by this budget.
             let Some(value) = self.key_value(budget, request, model) else {
                 continue;
             };
-            let period = budget.per.seconds();
-            let window_end = (now / period + 1) * period;
-            let key = window_key(&budget.name, window_end, &value);
-            let reset_seconds = window_end - now;
+            let (key, reset_seconds) = current_window(budget, &value, now);
             match add(store, &key, tokens, Some(budget.tokens)) {
                 Added::Yes { used } => {
                     let report = Report {
@@ -113,10 +123,14 @@ impl Budgets {
                     if tightest.is_none_or(|t| report.remaining < t.remaining) {
                         tightest = Some(report);
                     }
-                    reservation.keys.push(key);
+                    reservation.holds.push(Hold {
+                        budget: index,
+                        value,
+                        key,
+                    });
                 }
                 Added::OverLimit { used } => {
-                    self.settle(&reservation, 0, store);
+                    self.settle(&reservation, 0, store, now);
                     return Outcome::Refused {
                         budget: budget.name.clone(),
                         report: Report {
@@ -124,6 +138,7 @@ impl Budgets {
                             remaining: budget.tokens.saturating_sub(used),
                             reset_seconds,
                         },
+                        never_fits: tokens > budget.tokens,
                     };
                 }
                 Added::Contended => log::warn!(
@@ -135,16 +150,39 @@ impl Budgets {
         Outcome::Reserved(reservation, tightest)
     }
 
-    /// Settles a reservation at `actual` tokens: the difference is refunded (or charged) in each
-    /// window it was made in. A window that has ended and been deleted is left alone.
-    pub fn settle(&self, reservation: &Reservation, actual: u64, store: &dyn SharedStore) {
-        for key in &reservation.keys {
-            if actual >= reservation.tokens {
-                let _ = add(store, key, actual - reservation.tokens, None);
-            } else {
-                refund(store, key, reservation.tokens - actual);
+    /// Settles a reservation at `actual` tokens at `now`: the unused part is refunded to the
+    /// window it was reserved in (unless that window has ended and gone), and an overrun is
+    /// charged to the window it was reserved in while it lasts, else to the budget's current one.
+    /// Returns the windows it created, for expiry.
+    pub fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: u64,
+        store: &dyn SharedStore,
+        now: u64,
+    ) -> Vec<String> {
+        let mut created = Vec::new();
+        for hold in &reservation.holds {
+            if actual < reservation.tokens {
+                adjust_existing(store, &hold.key, |used| {
+                    used.saturating_sub(reservation.tokens - actual)
+                });
+                continue;
+            }
+            let overrun = actual - reservation.tokens;
+            if overrun == 0 {
+                continue;
+            }
+            let charged = adjust_existing(store, &hold.key, |used| used.saturating_add(overrun));
+            if !charged {
+                let budget = &self.config.budgets[hold.budget];
+                let (key, _) = current_window(budget, &hold.value, now);
+                if matches!(add(store, &key, overrun, None), Added::Yes { .. }) {
+                    created.push(key);
+                }
             }
         }
+        created
     }
 
     fn key_value(
@@ -162,6 +200,16 @@ impl Budgets {
         };
         (!value.is_empty()).then_some(value)
     }
+}
+
+/// The key of `budget`'s window holding `now` for `value`, and the seconds until it ends.
+fn current_window(budget: &BudgetConfig, value: &str, now: u64) -> (String, u64) {
+    let period = budget.per.seconds();
+    let window_end = (now / period + 1) * period;
+    (
+        window_key(&budget.name, window_end, value),
+        window_end - now,
+    )
 }
 
 /// The shared-data key of a budget's window ending at `window_end` for one key value.
@@ -212,19 +260,21 @@ fn add(store: &dyn SharedStore, key: &str, tokens: u64, limit: Option<u64>) -> A
     Added::Contended
 }
 
-/// Takes `tokens` back from the window at `key` (never below zero; an absent window stays so).
-fn refund(store: &dyn SharedStore, key: &str, tokens: u64) {
+/// Changes the window at `key` with `change`, if it still exists; false when it does not (its
+/// window ended and was deleted) or stayed contended.
+fn adjust_existing(store: &dyn SharedStore, key: &str, change: impl Fn(u64) -> u64) -> bool {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (value, cas) = store.get(key);
         let (Some(value), Some(cas)) = (value.filter(|v| !v.is_empty()), cas) else {
-            return;
+            return false;
         };
-        let next = decode(Some(&value)).saturating_sub(tokens);
+        let next = change(decode(Some(&value)));
         if store.set(key, next.to_string().as_bytes(), cas) {
-            return;
+            return true;
         }
     }
-    log::warn!("ai-tokens: could not refund {tokens} tokens (window contended)");
+    log::warn!("ai-tokens: could not settle a window (contended)");
+    false
 }
 
 #[cfg(test)]
@@ -278,12 +328,21 @@ mod tests {
                     limit: 1000,
                     remaining: 200,
                     reset_seconds: 1
-                }
+                },
+                never_fits: false,
             }
         );
         assert!(matches!(
             budgets.reserve(&alice(), None, 400, &store, now + 60),
             Outcome::Reserved(..)
+        ));
+        let refused = budgets.reserve(&alice(), None, 1001, &store, now + 60);
+        assert!(matches!(
+            refused,
+            Outcome::Refused {
+                never_fits: true,
+                ..
+            }
         ));
     }
 
@@ -295,20 +354,20 @@ mod tests {
         else {
             panic!("reserved");
         };
-        budgets.settle(&reservation, 100, &store);
+        budgets.settle(&reservation, 100, &store, 1);
         let Outcome::Reserved(second, Some(report)) =
             budgets.reserve(&alice(), None, 100, &store, 1)
         else {
             panic!("the refund made room");
         };
         assert_eq!(report.remaining, 800);
-        budgets.settle(&second, 500, &store);
+        budgets.settle(&second, 500, &store, 2);
         let Outcome::Refused { report, .. } = budgets.reserve(&alice(), None, 500, &store, 2)
         else {
             panic!("the overrun was charged");
         };
         assert_eq!(report.remaining, 400);
-        budgets.settle(&second, 0, &store);
+        budgets.settle(&second, 0, &store, 2);
     }
 
     #[test]
@@ -350,7 +409,7 @@ mod tests {
             budgets.reserve(&anonymous, None, 5000, &store, 0),
             Outcome::Reserved(
                 Reservation {
-                    keys: vec![],
+                    holds: vec![],
                     tokens: 5000
                 },
                 None
@@ -375,7 +434,7 @@ mod tests {
         else {
             panic!("reserved");
         };
-        for key in &reservation.keys {
+        for key in reservation.keys() {
             assert!(!key.contains("sk-secret") && key.len() < 200, "{key}");
         }
     }
@@ -398,6 +457,30 @@ mod tests {
     }
 
     #[test]
+    fn an_overrun_after_the_window_ended_is_charged_to_the_current_one() {
+        let budgets = budgets(PER_MINUTE);
+        let store = MemoryStore::default();
+        let Outcome::Reserved(reservation, _) = budgets.reserve(&alice(), None, 100, &store, 50)
+        else {
+            panic!("reserved");
+        };
+        let old = window_key("m", 60, "alice");
+        assert!(
+            store.set(&old, b"", 0),
+            "the sweep deleted the ended window"
+        );
+        let created = budgets.settle(&reservation, 400, &store, 70);
+        let current = window_key("m", 120, "alice");
+        assert_eq!(created, vec![current.clone()]);
+        assert_eq!(decode(store.get(&current).0.as_deref()), 300);
+        assert!(!store.contains(&old), "an ended window is not made again");
+        // A refund to an ended window is dropped, and settling at the estimate writes nothing.
+        assert!(budgets.settle(&reservation, 0, &store, 70).is_empty());
+        assert!(budgets.settle(&reservation, 100, &store, 70).is_empty());
+        assert_eq!(decode(store.get(&current).0.as_deref()), 300);
+    }
+
+    #[test]
     fn a_garbled_window_counts_as_empty_and_refunds_stop_at_zero() {
         let budgets = budgets(PER_MINUTE);
         let store = MemoryStore::default();
@@ -408,7 +491,7 @@ mod tests {
             panic!("reserved");
         };
         assert!(store.set(&key, b"3", 0));
-        budgets.settle(&reservation, 0, &store);
+        budgets.settle(&reservation, 0, &store, 1);
         assert_eq!(decode(store.get(&key).0.as_deref()), 0);
     }
 }

@@ -60,29 +60,38 @@ impl ChatRequest {
             .saturating_add(self.max_tokens.unwrap_or(default_max_tokens))
     }
 
-    /// For a streamed request that does not ask for its usage, the same body asking for it
-    /// (`stream_options.include_usage: true`), so the last chunk reports what to settle.
-    pub fn body_asking_for_usage(&self) -> Option<Vec<u8>> {
-        let asks = self
+    /// The body to send instead, if it must change: a request without a limit gets
+    /// `max_completion_tokens` set to what was reserved for its answer (so the answer cannot
+    /// outgrow its reservation), and a streamed one that does not ask for its usage gets
+    /// `stream_options.include_usage: true` (so its last chunk reports what to settle).
+    pub fn rewritten_body(&self, default_max_tokens: u64) -> Option<Vec<u8>> {
+        let asks_usage = self
             .body
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
-        if !self.stream || asks {
+        let add_usage = self.stream && !asks_usage;
+        let add_limit = self.max_tokens.is_none();
+        if !add_usage && !add_limit {
             return None;
         }
         let mut body = self.body.clone();
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !options.is_object() {
-            *options = Value::Object(Map::new());
+        if add_limit {
+            body.insert("max_completion_tokens".into(), default_max_tokens.into());
         }
-        options
-            .as_object_mut()
-            .expect("made an object above")
-            .insert("include_usage".into(), Value::Bool(true));
+        if add_usage {
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            options
+                .as_object_mut()
+                .expect("made an object above")
+                .insert("include_usage".into(), Value::Bool(true));
+        }
         serde_json::to_vec(&Value::Object(body)).ok()
     }
 }
@@ -235,23 +244,33 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_without_usage_is_made_to_ask_for_it() {
-        let request = ChatRequest::parse(br#"{"stream": true, "messages": []}"#).unwrap();
-        let body: Value =
-            serde_json::from_slice(&request.body_asking_for_usage().unwrap()).unwrap();
+    fn a_request_is_made_to_cap_its_answer_and_report_its_usage() {
+        let rewrite = |body: &[u8]| -> Option<Value> {
+            let request = ChatRequest::parse(body).unwrap();
+            Some(serde_json::from_slice(&request.rewritten_body(256)?).unwrap())
+        };
+        let body = rewrite(br#"{"stream": true, "messages": []}"#).unwrap();
         assert_eq!(body["stream_options"]["include_usage"], Value::Bool(true));
+        assert_eq!(
+            body["max_completion_tokens"], 256,
+            "capped at what was reserved"
+        );
         assert_eq!(body["stream"], Value::Bool(true));
-        let odd = ChatRequest::parse(br#"{"stream": true, "stream_options": 3}"#).unwrap();
-        let body: Value = serde_json::from_slice(&odd.body_asking_for_usage().unwrap()).unwrap();
-        assert_eq!(body["stream_options"]["include_usage"], Value::Bool(true));
+        let odd = rewrite(br#"{"stream": true, "stream_options": 3, "max_tokens": 9}"#).unwrap();
+        assert_eq!(odd["stream_options"]["include_usage"], Value::Bool(true));
+        assert_eq!(
+            (odd["max_tokens"].as_u64(), odd.get("max_completion_tokens")),
+            (Some(9), None)
+        );
+        assert_eq!(
+            rewrite(br#"{"messages": []}"#).unwrap()["max_completion_tokens"],
+            256
+        );
         for unchanged in [
-            &br#"{"stream": false}"#[..],
-            br#"{"stream": true, "stream_options": {"include_usage": true}}"#,
+            &br#"{"stream": false, "max_tokens": 5}"#[..],
+            br#"{"stream": true, "max_completion_tokens": 5, "stream_options": {"include_usage": true}}"#,
         ] {
-            assert!(ChatRequest::parse(unchanged)
-                .unwrap()
-                .body_asking_for_usage()
-                .is_none());
+            assert!(rewrite(unchanged).is_none());
         }
     }
 

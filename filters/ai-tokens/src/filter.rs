@@ -3,8 +3,9 @@
 //! Request: a POST's headers go on at once (Envoy stops the body too while headers are paused),
 //! without `content-length`, since the body may be rewritten; the body is buffered to its end,
 //! priced and reserved, and a streamed request is made to ask for its usage. Response: the usage
-//! is read from the JSON answer (buffered) or from the stream's last chunk as it passes; the
-//! reservation is settled in `on_log`, which runs however the request ended.
+//! is read from the JSON answer or from the stream's last chunk as they pass (neither buffered); the
+//! reservation is settled as the answer ends (before the client has it all), or in `on_log` for a
+//! request that ended otherwise.
 
 use crate::budget::{window_over, Budgets, Outcome, Report, RequestFacts, Reservation};
 use crate::chat::{ChatRequest, StreamScan, Usage};
@@ -66,6 +67,16 @@ struct FilterState {
     metrics: Metrics,
 }
 
+impl FilterState {
+    /// Remembers windows this VM wrote, so the root context deletes them once they end.
+    fn track<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut touched = self.touched.borrow_mut();
+        for key in keys {
+            touched.insert(key);
+        }
+    }
+}
+
 struct AiTokensRoot {
     state: Option<Rc<FilterState>>,
 }
@@ -113,8 +124,10 @@ impl RootContext for AiTokensRoot {
             request: None,
             reservation: None,
             report: None,
+            answered: false,
             upstream_failed: false,
             streamed: false,
+            answer: Some(Vec::new()),
             scan: StreamScan::default(),
             usage: None,
         }))
@@ -132,8 +145,12 @@ struct TokensRequest {
     request: Option<ChatRequest>,
     reservation: Option<Reservation>,
     report: Option<Report>,
-    /// The upstream answered 5xx, or not at all: the reservation is refunded.
+    /// Response headers came (from the upstream, or a local reply).
+    answered: bool,
+    /// The answer is not a success (not 2xx): the reservation is refunded.
     upstream_failed: bool,
+    /// A JSON answer so far; `None` once it is too large to read for its usage.
+    answer: Option<Vec<u8>>,
     /// The answer is a server-sent event stream.
     streamed: bool,
     scan: StreamScan,
@@ -188,25 +205,31 @@ impl HttpContext for TokensRequest {
             now().as_secs(),
         );
         match outcome {
-            Outcome::Refused { budget, report } => {
+            Outcome::Refused {
+                budget,
+                report,
+                never_fits,
+            } => {
                 add(self.state.metrics.refused, 1);
-                let message = format!(
-                    "token budget {budget:?} has {} tokens left until it resets in {} s; this request may use {estimate}",
-                    report.remaining, report.reset_seconds
-                );
-                let mut headers =
-                    vec![("retry-after".to_string(), report.reset_seconds.to_string())];
-                headers.extend(report_headers(report));
+                let mut headers = report_headers(report);
+                let message = if never_fits {
+                    format!(
+                        "this request may use {estimate} tokens, more than token budget {budget:?} allows per window ({}); lower max_tokens",
+                        report.limit
+                    )
+                } else {
+                    // Only a request that fits an empty window is told when to retry.
+                    headers.push(("retry-after".into(), report.reset_seconds.to_string()));
+                    format!(
+                        "token budget {budget:?} has {} tokens left until it resets in {} s; this request may use {estimate}",
+                        report.remaining, report.reset_seconds
+                    )
+                };
                 self.refuse(429, "token_budget_exceeded", &message, headers)
             }
             Outcome::Reserved(reservation, report) => {
-                {
-                    let mut touched = self.state.touched.borrow_mut();
-                    for key in reservation.keys() {
-                        touched.insert(key);
-                    }
-                }
-                if let Some(rewritten) = request.body_asking_for_usage() {
+                self.state.track(reservation.keys());
+                if let Some(rewritten) = request.rewritten_body(config.default_max_tokens) {
                     self.set_http_request_body(0, body_size, &rewritten);
                 }
                 self.reservation = Some(reservation);
@@ -217,15 +240,31 @@ impl HttpContext for TokensRequest {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // An HTTP/2 body can end with trailers instead of an end-of-stream data frame: a request
+        // still unpriced then would go upstream unreserved.
+        if self.headers.is_some() && self.request.is_none() {
+            return self.refuse(
+                400,
+                "invalid_request",
+                "request trailers are not accepted on a priced request",
+                Vec::new(),
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.reservation.is_none() {
             return Action::Continue;
         }
+        self.answered = true;
         let status = self
             .get_http_response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        self.upstream_failed = status == 0 || status >= 500;
+        // Only a successful answer used tokens worth charging.
+        self.upstream_failed = !(200..300).contains(&status);
         self.streamed = self
             .get_http_response_header("content-type")
             .is_some_and(|t| t.starts_with("text/event-stream"));
@@ -234,11 +273,20 @@ impl HttpContext for TokensRequest {
                 self.set_http_response_header(&name, Some(&value));
             }
         }
+        if end_of_stream {
+            self.settle();
+        }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.reservation.is_none() || self.upstream_failed {
+        if self.reservation.is_none() {
+            return Action::Continue;
+        }
+        if self.upstream_failed {
+            if end_of_stream {
+                self.settle();
+            }
             return Action::Continue;
         }
         if self.streamed {
@@ -246,28 +294,46 @@ impl HttpContext for TokensRequest {
                 .get_http_response_body(0, body_size)
                 .unwrap_or_default();
             self.scan.feed(&chunk);
-            return Action::Continue;
+        } else if self.answer.is_some() {
+            // Copied as it passes rather than buffered by the proxy (Envoy's buffer is smaller
+            // than the answers this reads); past the bound the estimate stands.
+            let chunk = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            let bound = self.state.budgets.config().max_response_body_bytes;
+            let answer = self.answer.as_mut().expect("checked above");
+            if answer.len() + chunk.len() > bound {
+                self.answer = None;
+            } else {
+                answer.extend_from_slice(&chunk);
+                if end_of_stream {
+                    self.usage = Usage::of_answer(answer);
+                }
+            }
         }
-        if body_size > self.state.budgets.config().max_response_body_bytes {
-            return Action::Continue; // too large to read: the estimate stands
+        // Settled before the end reaches the client, so its next request sees the settlement.
+        if end_of_stream {
+            self.settle();
         }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let body = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
-        self.usage = Usage::of_answer(&body);
         Action::Continue
     }
 
     fn on_log(&mut self) {
+        // A request that ended early (the client went away, the stream was reset) settles here.
+        self.settle();
+    }
+}
+
+impl TokensRequest {
+    /// Settles the reservation, once: at the reported usage, at nothing when no successful
+    /// answer came, else at an estimate.
+    fn settle(&mut self) {
         let Some(reservation) = self.reservation.take() else {
             return;
         };
         let metrics = &self.state.metrics;
         let prompt = self.request.as_ref().map_or(0, |r| r.prompt_tokens);
-        let actual = if self.upstream_failed {
+        let actual = if !self.answered || self.upstream_failed {
             0
         } else if let Some(usage) = self.usage.or(self.scan.usage()) {
             add(metrics.prompt, usage.prompt_tokens);
@@ -284,13 +350,13 @@ impl HttpContext for TokensRequest {
             }
         };
         add(metrics.refunded, reservation.tokens.saturating_sub(actual));
-        self.state
-            .budgets
-            .settle(&reservation, actual, &HostSharedData);
+        let created =
+            self.state
+                .budgets
+                .settle(&reservation, actual, &HostSharedData, now().as_secs());
+        self.state.track(created.iter().map(String::as_str));
     }
-}
 
-impl TokensRequest {
     /// Answers the request with the gateway's JSON error and `headers`.
     fn refuse(
         &mut self,

@@ -10,7 +10,6 @@
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
-use request_tracing::TraceExport;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -63,48 +62,5 @@ impl BackgroundService for LifecycleWatcher {
                 },
             }
         }
-    }
-}
-
-/// Exports the spans still queued when the process stops: after the grace period, as the
-/// runtimes shut down (spans of requests that end during the grace period leave on the export's
-/// own schedule meanwhile).
-pub struct TraceFlush {
-    phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
-    trace_export: Arc<TraceExport>,
-}
-
-impl TraceFlush {
-    /// Flushes `trace_export` when `phases` (from `Server::watch_execution_phase`) reach the runtimes'
-    /// shutdown.
-    pub fn new(
-        phases: broadcast::Receiver<ExecutionPhase>,
-        trace_export: Arc<TraceExport>,
-    ) -> Self {
-        Self {
-            phases: Mutex::new(Some(phases)),
-            trace_export,
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for TraceFlush {
-    // The shutdown watch fires before the grace period; the execution phases say when it ends.
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(mut phases) = self.phases.lock().expect("phases lock").take() else {
-            return;
-        };
-        loop {
-            match phases.recv().await {
-                Ok(ExecutionPhase::ShutdownRuntimes) | Err(broadcast::error::RecvError::Closed) => {
-                    break
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            }
-        }
-        let trace_export = self.trace_export.clone();
-        // The export client blocks; the runtime gives blocking work its shutdown timeout.
-        let _ = tokio::task::spawn_blocking(move || trace_export.shutdown()).await;
     }
 }

@@ -39,7 +39,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// The logic for listener `listener` (`tls` decides `X-Forwarded-Proto`); while `lifecycle`
-    /// is handing over to a new process, responses close their connection; `tracing` says
+    /// is handing over to a new process, responses close their connection; `trace_export` says
     /// whether requests' spans are exported.
     pub fn new(
         state: Arc<GatewayState>,

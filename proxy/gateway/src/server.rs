@@ -6,7 +6,7 @@ use crate::cluster::NameLookup;
 use crate::config::{Config, ConfigError};
 use crate::connection_limit::ConnectionLimit;
 use crate::health::HealthChecker;
-use crate::lifecycle::{Lifecycle, LifecycleWatcher, TraceFlush};
+use crate::lifecycle::{Lifecycle, LifecycleWatcher};
 use crate::peer_identity::listener_settings;
 use crate::proxy::Gateway;
 use crate::reload::{FileStamps, ReloadTrigger, Reloader};
@@ -31,7 +31,7 @@ pub fn load(config: &Config, lookup: NameLookup) -> Result<GatewayState, ConfigE
 }
 
 /// Builds the server for `config`, read from `config_path` (which reloads read again) when its
-/// files were as `read` says. With
+/// files were as `read` says; `trace_export` says whether requests' spans are exported. With
 /// `upgrade`, the listeners are taken over from the running process that is sent SIGQUIT, instead
 /// of bound. Run it with [`Server::run_forever`].
 pub fn build(
@@ -40,6 +40,7 @@ pub fn build(
     read: FileStamps,
     state: GatewayState,
     upgrade: bool,
+    trace_export: Arc<TraceExport>,
 ) -> Result<Server, ConfigError> {
     state.shared_data.start();
     let state = Arc::new(state);
@@ -72,16 +73,6 @@ pub fn build(
     server.bootstrap();
     let server_conf = server.configuration.clone();
 
-    let trace_export = Arc::new(
-        TraceExport::from_env("gateway")
-            .map_err(|e| ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", e))?,
-    );
-    if trace_export.is_exporting() {
-        server.add_service(background_service(
-            "trace export",
-            TraceFlush::new(server.watch_execution_phase(), trace_export.clone()),
-        ));
-    }
     let lifecycle = Arc::new(Lifecycle::default());
     server.add_service(background_service(
         "lifecycle",

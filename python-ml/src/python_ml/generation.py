@@ -18,8 +18,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .chunking import split_sentences
 from .settings import Settings
@@ -27,6 +28,7 @@ from .store import Hit
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _MAX_RETRY_AFTER_SECONDS = 30.0
@@ -125,7 +127,8 @@ class _HostedGenerator:
             },
         )
         traced_headers = dict(headers)
-        propagate.inject(traced_headers, context=trace.set_span_in_context(span))
+        # The trace context only: a caller's `baggage` is not the provider's business.
+        _TRACE_CONTEXT.inject(traced_headers, context=trace.set_span_in_context(span))
         try:
             response = await self._send(url, traced_headers, body, span)
             try:

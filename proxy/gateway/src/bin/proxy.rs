@@ -5,8 +5,11 @@ use gateway::cluster::NameLookup;
 use gateway::config::Config;
 use gateway::reload::FileStamps;
 use gateway::state::GatewayState;
+use pingora::server::RunArgs;
+use request_tracing::TraceExport;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// mimalloc's per-thread free lists suit a request path that allocates and frees small buffers
 /// on every callback (see docs/benchmarks.md for what it bought).
@@ -79,7 +82,22 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let server = match gateway::server::build(&path, &config, read, state, upgrade) {
+            // Built before any runtime: the exporter's HTTP client has a runtime of its own.
+            let trace_export = match TraceExport::from_env("gateway") {
+                Ok(export) => Arc::new(export),
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let server = match gateway::server::build(
+                &path,
+                &config,
+                read,
+                state,
+                upgrade,
+                trace_export.clone(),
+            ) {
                 Ok(server) => server,
                 Err(error) => {
                     eprintln!("{}: invalid configuration: {error}", path.display());
@@ -87,7 +105,10 @@ fn main() -> ExitCode {
                 }
             };
             tracing::info!(config = %path.display(), upgrade, "proxy starting");
-            server.run_forever()
+            server.run(RunArgs::default());
+            // The runtimes are gone: spans still queued leave now, then the process ends.
+            trace_export.shutdown();
+            ExitCode::SUCCESS
         }
     }
 }
