@@ -26,6 +26,7 @@ CONFIG = {
     "default_max_tokens": 300,
     # Below the hosts' own body limits (Envoy buffers 1 MiB by default), so the filter answers.
     "max_request_body_bytes": 65536,
+    "stop_streams_over_budget": True,
 }
 
 
@@ -78,6 +79,7 @@ def scripted_as_usual(proxy: Proxy) -> None:
     proxy.upstream.usage = (20, 10)
     proxy.upstream.fail_with = None
     proxy.upstream.cut_stream = False
+    proxy.upstream.long_answer = 0
 
 
 def chat(proxy: Proxy, team: str, **body: Any) -> requests.Response:  # noqa: ANN401 - request fields
@@ -184,6 +186,29 @@ def test_a_broken_stream_is_counted_from_its_text(proxy: Proxy) -> None:
         proxy.upstream.cut_stream = False
     # Settled at the prompt estimate (2 chars -> 1, +4) and "Hello" (5 chars -> 2), not 505.
     assert remaining_once_settled(proxy, "cut", BUDGET - 7 - 114) == BUDGET - 7 - 114
+
+
+def test_a_stream_that_outgrows_its_budget_is_stopped_with_an_error_event(proxy: Proxy) -> None:
+    """A model that ignores the limit: the stream grows its reservation while the budget covers
+    it, then the client gets an error event and the end mark, and the stream ends cleanly."""
+    proxy.upstream.long_answer = 2000  # " word" x 2000: about 2,500 estimated tokens
+    proxy.upstream.usage = (5, 2500)
+    with requests.post(
+        f"{proxy.url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10},
+        headers={"x-team": "stop"},
+        stream=True,
+        timeout=30,
+    ) as streamed:
+        assert streamed.status_code == 200
+        data = [line[5:].strip() for line in streamed.iter_lines(decode_unicode=True) if line.startswith("data:")]
+    assert data[-1] == "[DONE]" and data.count("[DONE]") == 1, data[-3:]
+    error = json.loads(data[-2])["error"]
+    assert error["code"] == "token_budget_exceeded"
+    words = sum(json.loads(d)["choices"][0]["delta"].get("content", "").count("word") for d in data[:-2])
+    assert 0 < words < 2000, "some text came through, not all of it"
+    # What the model really used was charged: the budget is spent.
+    assert chat(proxy, "stop", max_tokens=10).status_code == 429
 
 
 @pytest.mark.parametrize(

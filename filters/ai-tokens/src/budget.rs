@@ -150,6 +150,33 @@ impl Budgets {
         Outcome::Reserved(reservation, tightest)
     }
 
+    /// Grows a reservation by `tokens` in every window it holds, unless one of its budgets cannot
+    /// cover them (then nothing changes and the answer is false). A window that has ended and
+    /// gone is not re-created: its budget no longer limits this request.
+    pub fn extend(
+        &self,
+        reservation: &mut Reservation,
+        tokens: u64,
+        store: &dyn SharedStore,
+    ) -> bool {
+        let mut grown: Vec<&str> = Vec::new();
+        for hold in &reservation.holds {
+            let limit = self.config.budgets[hold.budget].tokens;
+            let fits = adjust_existing_within(store, &hold.key, tokens, limit);
+            if fits == Some(false) {
+                for key in grown {
+                    adjust_existing(store, key, |used| used.saturating_sub(tokens));
+                }
+                return false;
+            }
+            if fits == Some(true) {
+                grown.push(&hold.key);
+            }
+        }
+        reservation.tokens = reservation.tokens.saturating_add(tokens);
+        true
+    }
+
     /// Settles a reservation at `actual` tokens at `now`: the unused part is refunded to the
     /// window it was reserved in (unless that window has ended and gone), and an overrun is
     /// charged to the window it was reserved in while it lasts, else to the budget's current one.
@@ -258,6 +285,30 @@ fn add(store: &dyn SharedStore, key: &str, tokens: u64, limit: Option<u64>) -> A
         }
     }
     Added::Contended
+}
+
+/// Adds `tokens` to the window at `key` if it still exists and stays within `limit`: `Some(true)`
+/// when added, `Some(false)` when over the limit, `None` when the window is gone (or contended).
+fn adjust_existing_within(
+    store: &dyn SharedStore,
+    key: &str,
+    tokens: u64,
+    limit: u64,
+) -> Option<bool> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (value, cas) = store.get(key);
+        let (Some(value), Some(cas)) = (value.filter(|v| !v.is_empty()), cas) else {
+            return None;
+        };
+        let next = decode(Some(&value)).saturating_add(tokens);
+        if next > limit {
+            return Some(false);
+        }
+        if store.set(key, next.to_string().as_bytes(), cas) {
+            return Some(true);
+        }
+    }
+    None
 }
 
 /// Changes the window at `key` with `change`, if it still exists; false when it does not (its
@@ -478,6 +529,36 @@ mod tests {
         assert!(budgets.settle(&reservation, 0, &store, 70).is_empty());
         assert!(budgets.settle(&reservation, 100, &store, 70).is_empty());
         assert_eq!(decode(store.get(&current).0.as_deref()), 300);
+    }
+
+    #[test]
+    fn a_reservation_grows_only_while_every_budget_covers_it() {
+        let budgets = budgets(
+            r#"{"budgets": [
+                {"name": "identity", "key": "identity", "tokens": 1000, "per": "minute"},
+                {"name": "tenant", "key": "tenant", "tokens": 300, "per": "day"}
+            ]}"#,
+        );
+        let store = MemoryStore::default();
+        let Outcome::Reserved(mut reservation, _) = budgets.reserve(&alice(), None, 200, &store, 0)
+        else {
+            panic!("reserved");
+        };
+        assert!(budgets.extend(&mut reservation, 100, &store));
+        assert_eq!(reservation.tokens, 300);
+        assert!(
+            !budgets.extend(&mut reservation, 1, &store),
+            "the tenant's 300 are spent"
+        );
+        assert_eq!(reservation.tokens, 300);
+        let identity = window_key("identity", 60, "alice");
+        assert_eq!(
+            decode(store.get(&identity).0.as_deref()),
+            300,
+            "the refused growth rolled back"
+        );
+        budgets.settle(&reservation, 0, &store, 1);
+        assert_eq!(decode(store.get(&identity).0.as_deref()), 0);
     }
 
     #[test]

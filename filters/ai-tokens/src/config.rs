@@ -19,6 +19,10 @@ pub struct AiTokensConfig {
     /// Non-streamed answers larger than this are not read for `usage`; their estimate stands.
     #[serde(default = "default_max_response_body_bytes")]
     pub max_response_body_bytes: usize,
+    /// Stop a streamed answer that outgrows its reservation when a budget cannot cover the rest:
+    /// the client gets an error event and `[DONE]` instead of the remaining text.
+    #[serde(default)]
+    pub stop_streams_over_budget: bool,
     /// Header the auth filter forwards the caller's identity in (for `"key": "identity"`).
     #[serde(default = "default_identity_header")]
     pub identity_header: String,

@@ -38,6 +38,7 @@ struct Metrics {
     refused: Option<u32>,
     refunded: Option<u32>,
     estimated: Option<u32>,
+    streams_stopped: Option<u32>,
 }
 
 impl Metrics {
@@ -49,6 +50,7 @@ impl Metrics {
             refused: counter("ai_tokens_refused_total"),
             refunded: counter("ai_tokens_refunded_total"),
             estimated: counter("ai_tokens_estimated_settlements_total"),
+            streams_stopped: counter("ai_tokens_streams_stopped_total"),
         }
     }
 }
@@ -127,6 +129,7 @@ impl RootContext for AiTokensRoot {
             answered: false,
             upstream_failed: false,
             streamed: false,
+            stopped: false,
             answer: Some(Vec::new()),
             scan: StreamScan::default(),
             usage: None,
@@ -153,6 +156,8 @@ struct TokensRequest {
     answer: Option<Vec<u8>>,
     /// The answer is a server-sent event stream.
     streamed: bool,
+    /// The stream outgrew its budget: the rest is counted, not forwarded.
+    stopped: bool,
     scan: StreamScan,
     /// The usage of a JSON answer.
     usage: Option<Usage>,
@@ -294,6 +299,16 @@ impl HttpContext for TokensRequest {
                 .get_http_response_body(0, body_size)
                 .unwrap_or_default();
             self.scan.feed(&chunk);
+            if self.stopped {
+                // What the model still sends is counted, not forwarded.
+                self.set_http_response_body(0, body_size, b"");
+            } else if self.state.budgets.config().stop_streams_over_budget && !self.stream_covered()
+            {
+                self.stopped = true;
+                add(self.state.metrics.streams_stopped, 1);
+                let event = self.stop_event();
+                self.set_http_response_body(0, body_size, &event);
+            }
         } else if self.answer.is_some() {
             // Copied as it passes rather than buffered by the proxy (Envoy's buffer is smaller
             // than the answers this reads); past the bound the estimate stands.
@@ -325,6 +340,47 @@ impl HttpContext for TokensRequest {
 }
 
 impl TokensRequest {
+    /// Whether the stream so far fits its reservation, growing it (by at least a tenth of the
+    /// reservation, so not on every chunk) when the budgets can cover more.
+    fn stream_covered(&mut self) -> bool {
+        let prompt = self.request.as_ref().map_or(0, |r| r.prompt_tokens);
+        let used = prompt + self.scan.completion_estimate();
+        let Some(reservation) = self.reservation.as_mut() else {
+            return true;
+        };
+        if used <= reservation.tokens {
+            return true;
+        }
+        let needed = used - reservation.tokens;
+        let step = needed.max(reservation.tokens / 10);
+        self.state
+            .budgets
+            .extend(reservation, step, &HostSharedData)
+            || self
+                .state
+                .budgets
+                .extend(reservation, needed, &HostSharedData)
+    }
+
+    /// The stream's last words: an error chunk in the gateway's shape (OpenAI's clients raise it)
+    /// and the end mark.
+    fn stop_event(&self) -> Vec<u8> {
+        let request_id = self
+            .headers
+            .as_ref()
+            .and_then(|h| h.header(gateway_contract::headers::REQUEST_ID));
+        let body = error_body(
+            429,
+            "token_budget_exceeded",
+            "the answer outgrew its token budget and was stopped",
+            request_id.as_deref(),
+        );
+        let mut event = b"data: ".to_vec();
+        event.extend_from_slice(&body);
+        event.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        event
+    }
+
     /// Settles the reservation, once: at the reported usage, at nothing when no successful
     /// answer came, else at an estimate.
     fn settle(&mut self) {

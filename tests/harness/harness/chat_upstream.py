@@ -4,12 +4,15 @@ answers with a fixed text and `usage`, as JSON or streamed (the usage chunk only
 (a request cut short is not recorded).
 
 Controls: `server.usage = (prompt, completion)`; `server.fail_with = 503` answers that status;
-`server.cut_stream = True` ends a stream after its first text chunk without usage or `[DONE]`."""
+`server.cut_stream = True` ends a stream after its first text chunk without usage or `[DONE]`;
+`server.long_answer = n` streams n words whatever the request's limit (a model that ignores it),
+pausing every 100."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -79,8 +82,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(f"data: {json.dumps({'object': 'chat.completion.chunk', **data})}\n\n".encode())
             self.wfile.flush()
 
-        for piece in ANSWER:
+        for n, piece in enumerate([" word"] * self.server.long_answer if self.server.long_answer else ANSWER):
             chunk({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+            if n % 100 == 99:
+                time.sleep(0.01)  # a long answer arrives in batches, as a model's does
             if self.server.cut_stream:
                 return
         chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
@@ -104,6 +109,7 @@ class ChatUpstream(ThreadingHTTPServer):
         self.usage = (20, 10)
         self.fail_with: int | None = None
         self.cut_stream = False
+        self.long_answer = 0
 
     @property
     def port(self) -> int:
