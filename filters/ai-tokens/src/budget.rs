@@ -162,15 +162,16 @@ impl Budgets {
         let mut grown: Vec<&str> = Vec::new();
         for hold in &reservation.holds {
             let limit = self.config.budgets[hold.budget].tokens;
-            let fits = adjust_existing_within(store, &hold.key, tokens, limit);
-            if fits == Some(false) {
-                for key in grown {
-                    adjust_existing(store, key, |used| used.saturating_sub(tokens));
+            let grow = |used: u64| Some(used.saturating_add(tokens)).filter(|next| *next <= limit);
+            match adjust_existing(store, &hold.key, grow) {
+                Adjusted::Changed => grown.push(&hold.key),
+                Adjusted::OverLimit => {
+                    for key in grown {
+                        adjust_existing(store, key, |used| Some(used.saturating_sub(tokens)));
+                    }
+                    return false;
                 }
-                return false;
-            }
-            if fits == Some(true) {
-                grown.push(&hold.key);
+                Adjusted::Gone => {}
             }
         }
         reservation.tokens = reservation.tokens.saturating_add(tokens);
@@ -192,7 +193,7 @@ impl Budgets {
         for hold in &reservation.holds {
             if actual < reservation.tokens {
                 adjust_existing(store, &hold.key, |used| {
-                    used.saturating_sub(reservation.tokens - actual)
+                    Some(used.saturating_sub(reservation.tokens - actual))
                 });
                 continue;
             }
@@ -200,8 +201,9 @@ impl Budgets {
             if overrun == 0 {
                 continue;
             }
-            let charged = adjust_existing(store, &hold.key, |used| used.saturating_add(overrun));
-            if !charged {
+            let charged =
+                adjust_existing(store, &hold.key, |used| Some(used.saturating_add(overrun)));
+            if charged != Adjusted::Changed {
                 let budget = &self.config.budgets[hold.budget];
                 let (key, _) = current_window(budget, &hold.value, now);
                 if matches!(add(store, &key, overrun, None), Added::Yes { .. }) {
@@ -287,45 +289,37 @@ fn add(store: &dyn SharedStore, key: &str, tokens: u64, limit: Option<u64>) -> A
     Added::Contended
 }
 
-/// Adds `tokens` to the window at `key` if it still exists and stays within `limit`: `Some(true)`
-/// when added, `Some(false)` when over the limit, `None` when the window is gone (or contended).
-fn adjust_existing_within(
-    store: &dyn SharedStore,
-    key: &str,
-    tokens: u64,
-    limit: u64,
-) -> Option<bool> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (value, cas) = store.get(key);
-        let (Some(value), Some(cas)) = (value.filter(|v| !v.is_empty()), cas) else {
-            return None;
-        };
-        let next = decode(Some(&value)).saturating_add(tokens);
-        if next > limit {
-            return Some(false);
-        }
-        if store.set(key, next.to_string().as_bytes(), cas) {
-            return Some(true);
-        }
-    }
-    None
+/// What [`adjust_existing`] did to a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adjusted {
+    Changed,
+    /// The change would pass the window's limit; nothing was written.
+    OverLimit,
+    /// The window ended and was deleted (or stayed contended); nothing was written.
+    Gone,
 }
 
-/// Changes the window at `key` with `change`, if it still exists; false when it does not (its
-/// window ended and was deleted) or stayed contended.
-fn adjust_existing(store: &dyn SharedStore, key: &str, change: impl Fn(u64) -> u64) -> bool {
+/// Changes the window at `key` with `change`, if it still exists; `change` returns `None` when
+/// the new value would pass a limit.
+fn adjust_existing(
+    store: &dyn SharedStore,
+    key: &str,
+    change: impl Fn(u64) -> Option<u64>,
+) -> Adjusted {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (value, cas) = store.get(key);
         let (Some(value), Some(cas)) = (value.filter(|v| !v.is_empty()), cas) else {
-            return false;
+            return Adjusted::Gone;
         };
-        let next = change(decode(Some(&value)));
+        let Some(next) = change(decode(Some(&value))) else {
+            return Adjusted::OverLimit;
+        };
         if store.set(key, next.to_string().as_bytes(), cas) {
-            return true;
+            return Adjusted::Changed;
         }
     }
-    log::warn!("ai-tokens: could not settle a window (contended)");
-    false
+    log::warn!("ai-tokens: could not change a window (contended)");
+    Adjusted::Gone
 }
 
 #[cfg(test)]

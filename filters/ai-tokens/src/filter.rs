@@ -362,13 +362,17 @@ impl TokensRequest {
                 .extend(reservation, needed, &HostSharedData)
     }
 
+    /// The request id the client sent or the proxy gave (from the headers' copy).
+    fn request_id(&self) -> Option<String> {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.header(gateway_contract::headers::REQUEST_ID))
+    }
+
     /// The stream's last words: an error chunk in the gateway's shape (OpenAI's clients raise it)
     /// and the end mark.
     fn stop_event(&self) -> Vec<u8> {
-        let request_id = self
-            .headers
-            .as_ref()
-            .and_then(|h| h.header(gateway_contract::headers::REQUEST_ID));
+        let request_id = self.request_id();
         let body = error_body(
             429,
             "token_budget_exceeded",
@@ -421,10 +425,7 @@ impl TokensRequest {
         message: &str,
         mut headers: Vec<(String, String)>,
     ) -> Action {
-        let request_id = self
-            .headers
-            .as_ref()
-            .and_then(|h| h.header(gateway_contract::headers::REQUEST_ID));
+        let request_id = self.request_id();
         let body = error_body(status as u16, code, message, request_id.as_deref());
         headers.push(("content-type".into(), "application/json".into()));
         self.send_http_response(
