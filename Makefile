@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR
 VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
 WASM_DIR    := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
-FILTERS     := auth-filter rate-limit-filter cache-filter ai-tokens-filter
+FILTERS     := auth-filter rate-limit-filter cache-filter ai-tokens-filter semantic-cache-filter
 TEST_FILTERS := abi-probe-filter misbehaving-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server

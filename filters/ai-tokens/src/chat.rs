@@ -2,6 +2,7 @@
 //! `stream_options.include_usage` a streamed one may lack), and an answer's `usage`, from its JSON
 //! or from the server-sent events of a stream.
 
+use filter_common::sse::DataLines;
 use serde_json::{Map, Value};
 
 /// Characters per token when text is estimated instead of counted (OpenAI's rule of thumb for
@@ -9,8 +10,6 @@ use serde_json::{Map, Value};
 const CHARS_PER_TOKEN: u64 = 4;
 /// Tokens a chat format adds per message (role and separators), as OpenAI counts them.
 const TOKENS_PER_MESSAGE: u64 = 4;
-/// Longest server-sent event line kept while scanning a stream; longer ones are skipped.
-const MAX_EVENT_LINE_BYTES: usize = 64 * 1024;
 
 /// A chat completions request as the budget sees it.
 #[derive(Debug, Clone)]
@@ -152,8 +151,7 @@ impl Usage {
 /// in case none comes, how much text it carried.
 #[derive(Debug, Default)]
 pub struct StreamScan {
-    line: Vec<u8>,
-    skipping_long_line: bool,
+    lines: DataLines,
     usage: Option<Usage>,
     content_chars: u64,
 }
@@ -161,38 +159,25 @@ pub struct StreamScan {
 impl StreamScan {
     /// Reads the next bytes of the stream (events may span chunks).
     pub fn feed(&mut self, chunk: &[u8]) {
-        for &byte in chunk {
-            if byte == b'\n' {
-                if !self.skipping_long_line {
-                    let line = std::mem::take(&mut self.line);
-                    self.event_line(&line);
+        let Self {
+            lines,
+            usage,
+            content_chars,
+        } = self;
+        lines.feed(chunk, |data| {
+            let Ok(event) = serde_json::from_slice::<Value>(data) else {
+                return; // `[DONE]`, or not JSON: nothing to count
+            };
+            if let Some(reported) = Usage::of(&event) {
+                *usage = Some(reported);
+            }
+            if let Some(choices) = event.get("choices").and_then(Value::as_array) {
+                for choice in choices {
+                    let content = choice.get("delta").and_then(|d| d.get("content"));
+                    *content_chars += text_chars(content);
                 }
-                self.line.clear();
-                self.skipping_long_line = false;
-            } else if self.line.len() < MAX_EVENT_LINE_BYTES {
-                self.line.push(byte);
-            } else {
-                self.skipping_long_line = true;
             }
-        }
-    }
-
-    fn event_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii()) else {
-            return; // `[DONE]`, or not JSON: nothing to count
-        };
-        if let Some(usage) = Usage::of(&event) {
-            self.usage = Some(usage);
-        }
-        if let Some(choices) = event.get("choices").and_then(Value::as_array) {
-            for choice in choices {
-                let content = choice.get("delta").and_then(|d| d.get("content"));
-                self.content_chars += text_chars(content);
-            }
-        }
+        });
     }
 
     /// The usage the stream reported, if it did.
@@ -312,7 +297,7 @@ mod tests {
     fn a_stream_without_usage_is_estimated_and_long_lines_are_skipped() {
         let mut scan = StreamScan::default();
         scan.feed(b"data: {\"choices\": [{\"delta\": {\"content\": \"12345678\"}}]}\r\n");
-        scan.feed(&vec![b'x'; MAX_EVENT_LINE_BYTES * 2]);
+        scan.feed(&vec![b'x'; filter_common::sse::MAX_EVENT_LINE_BYTES * 2]);
         scan.feed(b"\ndata: not json\nevent: ping\ndata: [DONE]\n");
         assert_eq!(scan.usage(), None);
         assert_eq!(scan.completion_estimate(), 2);

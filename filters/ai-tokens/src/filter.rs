@@ -10,13 +10,13 @@
 use crate::budget::{window_over, Budgets, Outcome, Report, RequestFacts, Reservation};
 use crate::chat::{ChatRequest, StreamScan, Usage};
 use crate::config::AiTokensConfig;
-use filter_common::host::{now, request_headers, HostSharedData};
+use filter_common::host::{now, request_headers, Counter, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use filter_common::HeaderSnapshot;
 use gateway_contract::error_body;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -33,17 +33,17 @@ proxy_wasm::main! {{
 
 /// Counters (`wasm_ai_tokens_*` in our proxy, `wasmcustom.ai_tokens_*` in Envoy).
 struct Metrics {
-    prompt: Option<u32>,
-    completion: Option<u32>,
-    refused: Option<u32>,
-    refunded: Option<u32>,
-    estimated: Option<u32>,
-    streams_stopped: Option<u32>,
+    prompt: Counter,
+    completion: Counter,
+    refused: Counter,
+    refunded: Counter,
+    estimated: Counter,
+    streams_stopped: Counter,
 }
 
 impl Metrics {
     fn define() -> Self {
-        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let counter = Counter::define;
         Self {
             prompt: counter("ai_tokens_prompt_total"),
             completion: counter("ai_tokens_completion_total"),
@@ -51,14 +51,6 @@ impl Metrics {
             refunded: counter("ai_tokens_refunded_total"),
             estimated: counter("ai_tokens_estimated_settlements_total"),
             streams_stopped: counter("ai_tokens_streams_stopped_total"),
-        }
-    }
-}
-
-fn add(metric: Option<u32>, value: u64) {
-    if let (Some(id), Ok(value)) = (metric, i64::try_from(value)) {
-        if value > 0 {
-            let _ = hostcalls::increment_metric(id, value);
         }
     }
 }
@@ -215,7 +207,7 @@ impl HttpContext for TokensRequest {
                 report,
                 never_fits,
             } => {
-                add(self.state.metrics.refused, 1);
+                self.state.metrics.refused.add(1);
                 let mut headers = report_headers(report);
                 let message = if never_fits {
                     format!(
@@ -305,7 +297,7 @@ impl HttpContext for TokensRequest {
             } else if self.state.budgets.config().stop_streams_over_budget && !self.stream_covered()
             {
                 self.stopped = true;
-                add(self.state.metrics.streams_stopped, 1);
+                self.state.metrics.streams_stopped.add(1);
                 let event = self.stop_event();
                 self.set_http_response_body(0, body_size, &event);
             }
@@ -396,20 +388,22 @@ impl TokensRequest {
         let actual = if !self.answered || self.upstream_failed {
             0
         } else if let Some(usage) = self.usage.or(self.scan.usage()) {
-            add(metrics.prompt, usage.prompt_tokens);
-            add(metrics.completion, usage.completion_tokens);
+            metrics.prompt.add(usage.prompt_tokens);
+            metrics.completion.add(usage.completion_tokens);
             usage.total()
         } else {
             // No usage: a stream that broke or never reported it is counted from its text; an
             // unreadable JSON answer keeps its estimate.
-            add(metrics.estimated, 1);
+            metrics.estimated.add(1);
             if self.streamed {
                 prompt + self.scan.completion_estimate()
             } else {
                 reservation.tokens
             }
         };
-        add(metrics.refunded, reservation.tokens.saturating_sub(actual));
+        metrics
+            .refunded
+            .add(reservation.tokens.saturating_sub(actual));
         let created =
             self.state
                 .budgets

@@ -54,3 +54,24 @@ impl SharedStore for HostSharedData {
         }
     }
 }
+
+/// A counter metric (`wasm_<name>` in our proxy, `wasmcustom.<name>` in Envoy). A host that refuses
+/// to define it makes its increments no-ops: a metric never fails a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    /// Defines the counter `name`.
+    pub fn define(name: &str) -> Self {
+        Self(hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok())
+    }
+
+    /// Adds `value`.
+    pub fn add(self, value: u64) {
+        if let (Some(id), Ok(value)) = (self.0, i64::try_from(value)) {
+            if value > 0 {
+                let _ = hostcalls::increment_metric(id, value);
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod host;
+pub mod sse;
 pub mod sweep;
 pub mod testing;
 

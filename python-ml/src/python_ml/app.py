@@ -24,7 +24,8 @@ from .generation import build_generator
 from .limits import BodySizeLimit
 from .metrics import ServiceMetrics
 from .rag import Rag
-from .routers import chat, documents, embeddings, health, metrics, query
+from .routers import chat, documents, embeddings, health, metrics, query, semantic_cache
+from .semantic_index import SemanticIndex
 from .settings import Settings
 from .store import VectorStore
 from .telemetry import RequestTelemetry
@@ -33,9 +34,13 @@ from .trust import log_trust_mode
 log = logging.getLogger(__name__)
 
 
-def _load(settings: Settings) -> Rag:
+def _load(settings: Settings) -> tuple[Rag, SemanticIndex]:
     embedder = Embedder(settings.model_dir or bundled_model_dir(), settings.embedding_batch_size)
-    return Rag(embedder, VectorStore(settings, embedder.dimensions))
+    store = VectorStore(settings, embedder.dimensions)
+    index = SemanticIndex(
+        store, settings.semantic_cache_collection, embedder.dimensions, settings.semantic_cache_max_entries
+    )
+    return Rag(embedder, store), index
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,7 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     install_error_handlers(app)
-    for router in (health.router, metrics.router, embeddings.router, documents.router, query.router, chat.router):
+    for router in (
+        health.router,
+        metrics.router,
+        embeddings.router,
+        documents.router,
+        query.router,
+        chat.router,
+        semantic_cache.router,
+    ):
         app.include_router(router)
     return app
 
@@ -83,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _load_in_background(state: ServiceState) -> None:
     started = time.monotonic()
     try:
-        state.rag = await asyncio.to_thread(_load, state.settings)
+        rag, index = await asyncio.to_thread(_load, state.settings)
+        # The index first: a handler that sees the model loaded finds the index too.
+        state.semantic_index = index
+        state.rag = rag
     except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log, the process stays up
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("model or vector store failed to load")

@@ -15,6 +15,7 @@ from .errors import ApiError
 from .generation import AnswerGenerator
 from .models import ErrorResponse
 from .rag import Rag
+from .semantic_index import SemanticIndex
 from .settings import Settings
 
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class ServiceState:
     generator: AnswerGenerator
     model_slots: asyncio.Semaphore
     rag: Rag | None = None
+    semantic_index: SemanticIndex | None = None
     load_error: str | None = None
 
 

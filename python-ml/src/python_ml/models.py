@@ -269,3 +269,33 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: ChatUsage
+
+
+_DIGEST = r"^[0-9a-f]{64}$"
+
+
+class SemanticLookupRequest(BaseModel):
+    """`POST /v1/semantic-cache/lookup`, as the gateway's semantic-cache filter sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str = Field(pattern=_DIGEST, description="The filter's partition digest; searches never cross it.")
+    key: str = Field(pattern=_DIGEST, description="The question's key, indexed when nothing similar is found.")
+    text: str = Field(min_length=1, description="The question, embedded (bounded by `max_input_chars`).")
+    min_similarity: float = Field(gt=0, le=1)
+    limit: int = Field(4, ge=1, le=8)
+    ttl_seconds: int = Field(ge=1, le=7 * 86_400)
+
+
+class SemanticMatch(BaseModel):
+    """A similar earlier question: its key and cosine similarity."""
+
+    key: str
+    similarity: float
+
+
+class SemanticLookupResponse(BaseModel):
+    """The partition's similar questions, best first, and whether this one was indexed."""
+
+    matches: list[SemanticMatch]
+    indexed: bool

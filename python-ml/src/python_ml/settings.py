@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     gateway_signature_max_age_seconds: int = Field(60, ge=1)
     """How far a signature's timestamp may be from now, either way."""
 
+    semantic_cache_token: SecretStr | None = None
+    """Bearer token (at least 16 bytes) the gateway's semantic-cache filter calls
+    `/v1/semantic-cache/lookup` with. Unset: that endpoint does not exist."""
+    semantic_cache_collection: str = "semantic_cache"
+    semantic_cache_max_entries: int = Field(100_000, ge=1)
+    """Questions the semantic cache index holds; past it, new questions are not indexed."""
+
     generator: Literal["auto", "extractive", "anthropic", "openai"] = "auto"
     """`auto`: Anthropic when its key is set, else OpenAI-compatible when its key is set, else extractive."""
     anthropic_api_key: SecretStr | None = Field(
@@ -96,4 +103,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"gateway_signing_key must be at least {MIN_SIGNING_KEY_BYTES} bytes; unset it to run without tenants"
             )
+        token = self.semantic_cache_token
+        if token is not None and len(token.get_secret_value().encode("utf-8")) < MIN_SIGNING_KEY_BYTES:
+            raise ValueError(f"semantic_cache_token must be at least {MIN_SIGNING_KEY_BYTES} bytes")
         return self

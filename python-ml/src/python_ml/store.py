@@ -91,6 +91,13 @@ class VectorStore:
         else:
             yield
 
+    @contextmanager
+    def client(self) -> Iterator[QdrantClient]:
+        """The store's client, held for the caller's exclusive use where it must be (embedded), for
+        collections of its own beside the documents'."""
+        with self._guard():
+            yield self._client
+
     def count(self, tenant: str) -> int:
         """Chunks stored for `tenant`."""
         with self._guard():
