@@ -150,9 +150,10 @@ run: setup filters proxy sandbox
 	@echo "  curl http://127.0.0.1:$(RUN_ADMIN_PORT)/metrics"
 	@trap 'kill 0' EXIT; \
 	export GATEWAY_SIGNING_KEY=$${GATEWAY_SIGNING_KEY:-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}; \
+	export SEMANTIC_CACHE_TOKEN=$${SEMANTIC_CACHE_TOKEN:-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}; \
 	$(PYTHON) -m harness.echo_upstream --port $(RUN_UPSTREAM_PORT) --name demo & \
 	PYML_PORT=$(RUN_ML_PORT) PYML_QDRANT_PATH=$(RUN_ML_STORE) PYML_GATEWAY_SIGNING_KEY=$$GATEWAY_SIGNING_KEY \
-	  $(PYTHON) -m python_ml & \
+	  PYML_SEMANTIC_CACHE_TOKEN=$$SEMANTIC_CACHE_TOKEN $(PYTHON) -m python_ml & \
 	$(CARGO_TARGET_DIR)/proxy/sandbox-host --config sandbox-host/config/default.yaml \
 	  --listen 127.0.0.1:$(RUN_SANDBOX_PORT) --cache-dir $(SANDBOX_CACHE) & \
 	WASM_DIR=$(WASM_DIR) $(CARGO_TARGET_DIR)/proxy/proxy run proxy/config/example.yaml

@@ -231,6 +231,24 @@ def test_hostile_bodies_are_refused_and_traffic_goes_on(proxy: Proxy, body: byte
     assert chat(proxy, "hostile", max_tokens=10).status_code == 200
 
 
+def test_a_large_body_in_pieces_is_rewritten_and_reaches_the_upstream_whole(proxy: Proxy) -> None:
+    """The filter holds the body until its end (it arrives in many reads) and rewrites it; the
+    upstream gets all of it."""
+    # Large in bytes (whitespace JSON allows), small in tokens, so it fits the budget.
+    content = "x" * 40
+    body = (
+        '{"model": "m",' + " " * 50_000 + json.dumps({"messages": [{"role": "user", "content": content}]})[1:]
+    ).encode()
+    headers = {"x-team": "large", "content-type": "application/json"}
+    url = f"{proxy.url}/v1/chat/completions"
+    for data in (body, (body[i : i + 4096] for i in range(0, len(body), 4096))):
+        response = requests.post(url, data=data, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        sent = proxy.upstream.received[-1]
+        assert sent["messages"][0]["content"] == content
+        assert sent["max_completion_tokens"] == CONFIG["default_max_tokens"]
+
+
 def h2_post_with_trailers(port: int, body: bytes) -> int:
     """An HTTP/2 (prior knowledge) POST whose body ends with trailers instead of an end-of-stream
     data frame; the response status."""

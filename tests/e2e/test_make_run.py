@@ -124,6 +124,16 @@ def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
     )
     assert chat.choices[0].message.content and "[1]" in chat.choices[0].message.content
     assert chat.usage is not None and chat.usage.completion_tokens > 0
+    # The README's paraphrase is answered from the semantic cache, and costs no tokens.
+    similar = requests.post(
+        GATEWAY + "/v1/chat/completions",
+        json={"model": "any", "messages": [{"role": "user", "content": "How much time does a shot take?"}]},
+        headers=KEY,
+        timeout=30,
+    )
+    assert similar.headers["x-cache"] == "HIT", similar.text
+    assert 0.9 <= float(similar.headers["x-cache-similarity"]) < 1
+    assert similar.json()["choices"][0]["message"]["content"] == chat.choices[0].message.content
     over = requests.post(
         GATEWAY + "/v1/chat/completions",
         json={"model": "any", "max_tokens": 50000, "messages": [{"role": "user", "content": "Write a novel"}]},

@@ -1,26 +1,37 @@
-//! `bench-upstream <port>`: answers every HTTP/1.1 request with a fixed small 200, keeping
-//! connections alive. Single-threaded on purpose: the benchmark gives the proxy the other core.
-//! Request bodies (`content-length` or chunked) are read and dropped.
+//! `bench-upstream <port> [chat]`: answers every HTTP/1.1 request with a fixed small 200 (with
+//! `chat`, a chat completion without `usage`), keeping connections alive. Single-threaded on
+//! purpose: the benchmark gives the proxy the other core. Request bodies (`content-length` or
+//! chunked) are read and dropped.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 16\r\n\r\n{\"status\":\"ok\"}\n";
+const CHAT_BODY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"A shot takes 25 to 30 seconds."},"finish_reason":"stop"}]}"#;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
-        .expect("usage: bench-upstream <port>");
+        .expect("usage: bench-upstream <port> [chat]");
+    let response: &'static [u8] = if std::env::args().nth(2).as_deref() == Some("chat") {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            CHAT_BODY.len()
+        );
+        Box::leak((head + CHAT_BODY).into_bytes().into_boxed_slice())
+    } else {
+        RESPONSE
+    };
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     loop {
         let (stream, _) = listener.accept().await?;
-        tokio::spawn(serve(stream));
+        tokio::spawn(serve(stream, response));
     }
 }
 
-async fn serve(mut stream: TcpStream) {
+async fn serve(mut stream: TcpStream, response: &'static [u8]) {
     let _ = stream.set_nodelay(true);
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -32,7 +43,7 @@ async fn serve(mut stream: TcpStream) {
         // Answer each complete request (pipelining included).
         while let Some(length) = request_length(&buffer) {
             buffer.drain(..length);
-            if stream.write_all(RESPONSE).await.is_err() {
+            if stream.write_all(response).await.is_err() {
                 return;
             }
         }

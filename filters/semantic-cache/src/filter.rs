@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// How often the root context deletes expired answers this VM stored.
 const SWEEP_PERIOD: Duration = Duration::from_secs(5);
+/// Largest look-up answer read (eight matches take under 1 KiB).
+const MAX_LOOKUP_ANSWER_BYTES: usize = 64 * 1024;
 /// Most answer keys one VM remembers for expiry.
 const MAX_TRACKED_KEYS: usize = 65_536;
 
@@ -180,10 +182,11 @@ impl Context for CacheRequest {
         let status = self
             .get_http_call_response_header_bytes(":status")
             .map(header_text);
-        let found = match status.as_deref() {
-            Some("200") => self
-                .get_http_call_response_body(0, body_size)
-                .and_then(|body| index::matches(&body, index.candidates, index.min_similarity)),
+        let body = self.get_http_call_response_body(0, body_size.min(MAX_LOOKUP_ANSWER_BYTES));
+        let found = match (status.as_deref(), &body) {
+            (Some("200"), Some(body)) if body_size <= MAX_LOOKUP_ANSWER_BYTES => {
+                index::matches(body, index.candidates, index.min_similarity)
+            }
             _ => None,
         };
         match found {
@@ -198,11 +201,15 @@ impl Context for CacheRequest {
             }
             None => {
                 self.state.metrics.lookup_failures.add(1);
+                // The service's error says what it refused (its first bytes are enough).
+                let said =
+                    body.map(|b| String::from_utf8_lossy(&b[..b.len().min(256)]).into_owned());
                 log::warn!(
                     "semantic-cache: look-up failed ({}); the request goes upstream",
-                    status.map_or("no answer: timeout or unreachable cluster".into(), |s| {
-                        format!("status {s}")
-                    })
+                    match status {
+                        Some(status) => format!("status {status}: {}", said.unwrap_or_default()),
+                        None => "no answer: timeout or unreachable cluster".into(),
+                    }
                 );
             }
         }
@@ -420,6 +427,11 @@ impl CacheRequest {
         self.store_under = None;
         let now = now().as_secs();
         let id = format!("chatcmpl-cache-{}", &keys.question[..24]);
+        let mut entry = entry.clone();
+        if entry.answer.model.is_empty() {
+            // An upstream that named no model answered the one asked for.
+            entry.answer.model.clone_from(&query.model);
+        }
         let (content_type, body) = if query.stream {
             (
                 "text/event-stream",

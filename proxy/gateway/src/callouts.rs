@@ -79,7 +79,7 @@ async fn exchange(
         pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, "no healthy endpoint")
     })?;
     let peer = cluster.peer(&endpoint, Some(request.timeout));
-    let header = request_header(&request.headers)?;
+    let header = request_header(&request.headers, request.body.len())?;
     let (mut session, _reused) = connector.get_http_session(&peer).await?;
     session.write_request_header(Box::new(header)).await?;
     if !request.body.is_empty() {
@@ -116,7 +116,10 @@ async fn exchange(
 }
 
 /// The request head from the filter's headers (`:method`, `:path`, `:authority` and the rest).
-fn request_header(headers: &Headers) -> pingora::Result<RequestHeader> {
+/// The callout's request head. The body's framing is the proxy's, as in Envoy: a filter's own
+/// `content-length` or `transfer-encoding` could disagree with the body it passed and desynchronise
+/// a pooled connection, so they are replaced by the body's length.
+fn request_header(headers: &Headers, body_len: usize) -> pingora::Result<RequestHeader> {
     let method = headers.get_str(":method").unwrap_or_else(|| "GET".into());
     let path = headers.get_str(":path").unwrap_or_else(|| "/".into());
     let mut header = RequestHeader::build(method.as_str(), path.as_bytes(), None)?;
@@ -126,10 +129,39 @@ fn request_header(headers: &Headers) -> pingora::Result<RequestHeader> {
                 header.insert_header(http::header::HOST, value.to_vec())?;
             }
             _ if name.starts_with(':') => {}
+            _ if name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding") => {}
             _ => {
                 header.append_header(name.to_string(), value.to_vec())?;
             }
         }
     }
+    if body_len > 0 {
+        header.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+    }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callout_body_is_framed_by_its_length_whatever_the_filter_says() {
+        let headers = Headers::from_pairs([
+            (":method", "POST"),
+            (":path", "/lookup"),
+            (":authority", "index"),
+            ("content-length", "999"),
+            ("transfer-encoding", "chunked"),
+            ("x-request-id", "r1"),
+        ]);
+        let head = request_header(&headers, 42).unwrap();
+        assert_eq!(head.headers.get("content-length").unwrap(), "42");
+        assert!(head.headers.get("transfer-encoding").is_none());
+        assert_eq!(head.headers.get("host").unwrap(), "index");
+        assert_eq!(head.headers.get("x-request-id").unwrap(), "r1");
+        let get = request_header(&Headers::from_pairs([(":method", "GET")]), 0).unwrap();
+        assert!(get.headers.get("content-length").is_none());
+    }
 }

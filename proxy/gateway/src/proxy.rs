@@ -274,12 +274,17 @@ impl ProxyHttp for Gateway {
         else {
             return Ok(());
         };
+        // Before the end, an empty chunk and never `None`: Pingora reads `None` as the end of the
+        // body and would end the upstream request before a buffered body is released.
         match verdict {
             ChainVerdict::Continue => {
-                *body = (!chunk.is_empty()).then(|| Bytes::from(chunk));
+                *body = (!chunk.is_empty() || !end_of_stream).then(|| Bytes::from(chunk));
                 Ok(())
             }
-            ChainVerdict::Buffer => Ok(()),
+            ChainVerdict::Buffer => {
+                *body = Some(Bytes::new());
+                Ok(())
+            }
             ChainVerdict::Respond(response) => {
                 let status = response.status;
                 answer_locally(session, ctx, response).await?;

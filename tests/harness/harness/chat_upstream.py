@@ -26,8 +26,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - name from the base class
         try:
             body = self._read_body()
-        except (OSError, ValueError):
-            # A request whose body never came (a filter answered it after its headers went on).
+        except (OSError, ValueError, RecursionError):
+            # A request whose body never came (a filter answered it after its headers went on), or
+            # is not a JSON object.
             self.close_connection = True
             return
         with self.server.lock:
