@@ -50,7 +50,7 @@ help:
 	@echo "make test   install what is missing, build, and run every test suite"
 	@echo "make lint   rustfmt, clippy (native and wasm32-wasip1), ruff for the Python"
 	@echo "make bench  our proxy vs Envoy with the same three filters, Redis included (BENCH_ARGS='--runs 5 --threads 1')"
-	@echo "make bench-ai  what the ai-tokens filter adds to a chat request, ours vs Envoy"
+	@echo "make bench-ai  what the AI filters (ai-tokens, semantic cache) add to a chat request, ours vs Envoy"
 	@echo "make bench-sandbox  sandbox-host latency per language and executions/s"
 	@echo "make bench-reload  how long a configuration reload takes (make run's configuration)"
 	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
@@ -167,7 +167,8 @@ bench: setup filters binaries
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(PYTHON) bench/run_bench.py $(BENCH_ARGS)
 
-# What the ai-tokens filter adds to a chat request, ours vs Envoy; figures go to docs/filters/ai-tokens.md.
+# What the AI filters add to a chat request, ours vs Envoy; figures go to docs/filters/ai-tokens.md
+# and docs/filters/semantic-cache.md.
 bench-ai: setup filters binaries
 	@dpkg -s wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
