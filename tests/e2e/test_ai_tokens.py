@@ -6,6 +6,7 @@ counted from its text, and a request over budget is a 429 with OpenAI's headers.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ CONFIG = {
     # Below the hosts' own body limits (Envoy buffers 1 MiB by default), so the filter answers.
     "max_request_body_bytes": 65536,
     "stop_streams_over_budget": True,
+    # The tests stand in for the auth filter's identity with the team header.
+    "identity_header": "x-team",
 }
 
 
@@ -35,6 +38,7 @@ class Proxy:
     kind: str
     url: str
     upstream: ChatUpstream
+    metrics_url: str
 
 
 @pytest.fixture(scope="module", params=["proxy", "envoy"])
@@ -50,7 +54,8 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             upstream_port=upstream.port,
             work_dir=work,
         )
-        yield Proxy("envoy", f"http://127.0.0.1:{envoy.listen_port}", upstream)
+        metrics = f"http://127.0.0.1:{envoy.admin_port}/stats/prometheus"
+        yield Proxy("envoy", f"http://127.0.0.1:{envoy.listen_port}", upstream, metrics)
         envoy.stop()
     else:
         port = free_port()
@@ -68,7 +73,7 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             },
             work,
         )
-        yield Proxy("proxy", gateway.url, upstream)
+        yield Proxy("proxy", gateway.url, upstream, f"{gateway.admin_url}/metrics")
         gateway.stop()
     upstream.shutdown()
 
@@ -247,6 +252,29 @@ def test_a_large_body_in_pieces_is_rewritten_and_reaches_the_upstream_whole(prox
         sent = proxy.upstream.received[-1]
         assert sent["messages"][0]["content"] == content
         assert sent["max_completion_tokens"] == CONFIG["default_max_tokens"]
+
+
+def series(proxy: Proxy, name: str, **labels: str) -> float:
+    """The value of counter `name` with `labels` in the proxy's Prometheus output (`wasm_…` in
+    ours; Envoy drops its `wasmcustom` namespace there); 0 while absent."""
+    pattern = re.compile(rf"^(?:wasm_)?{name}\{{(.*)\}} (\S+)$")
+    for line in requests.get(proxy.metrics_url, timeout=5).text.splitlines():
+        match = pattern.match(line)
+        if match and all(f'{label}="{value}"' in match.group(1) for label, value in labels.items()):
+            return float(match.group(2))
+    return 0.0
+
+
+def test_usage_is_counted_per_identity_and_model(proxy: Proxy) -> None:
+    proxy.upstream.usage = (20, 10)
+    for _ in range(2):
+        assert chat(proxy, "metered", max_tokens=10, model="gpt-metered").status_code == 200
+    assert series(proxy, "ai_tokens_prompt_tokens", identity="metered", model="gpt-metered") == 40
+    assert series(proxy, "ai_tokens_completion_tokens", identity="metered", model="gpt-metered") == 20
+    # A label value a client chose cannot break out of its label.
+    assert chat(proxy, "metered", max_tokens=10, model='m"} 1\nforged{x="').status_code == 200
+    assert series(proxy, "ai_tokens_prompt_tokens", identity="metered", model="m___1_forged_x__") == 20
+    assert series(proxy, "forged") == 0
 
 
 def h2_post_with_trailers(port: int, body: bytes) -> int:

@@ -7,6 +7,7 @@ streams are never stored, clients can opt out, and hostile requests cost nothing
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,39 @@ def test_a_body_that_arrives_in_pieces_reaches_the_upstream_whole(proxy: Proxy) 
     pieces = (body[i : i + 4096] for i in range(0, len(body), 4096))
     chunked = requests.post(url, data=pieces, headers=headers, timeout=15)
     assert (chunked.status_code, chunked.headers["x-cache"]) == (200, "HIT"), chunked.text
+
+
+def read_response(sock: socket.socket) -> dict[str, str]:
+    """One HTTP/1.1 response with a content-length from `sock`: its status and lowercase headers."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed: {data!r}"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+    while len(rest) < int(headers["content-length"]):
+        rest += sock.recv(65536)
+    return {"status": status_line.split()[1], **headers}
+
+
+def test_a_hit_keeps_the_clients_connection_open(proxy: Proxy) -> None:
+    """A hit is decided from the whole body; the client's next request still goes on the same
+    connection (as in Envoy), so a cache hit costs no new connection."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Is this connection kept?"}]})
+    host = proxy.url.removeprefix("http://")
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\nx-team: {proxy.kind}-keepalive\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    address, port = host.rsplit(":", 1)
+    with socket.create_connection((address, int(port)), timeout=10) as sock:
+        for expected in ("MISS", "HIT", "HIT"):
+            sock.sendall(request)
+            response = read_response(sock)
+            assert (response["status"], response["x-cache"]) == ("200", expected)
+            assert response.get("connection", "keep-alive").lower() != "close"
 
 
 def test_errors_and_partial_streams_are_never_stored(proxy: Proxy) -> None:

@@ -23,9 +23,14 @@ pub struct AiTokensConfig {
     /// the client gets an error event and `[DONE]` instead of the remaining text.
     #[serde(default)]
     pub stop_streams_over_budget: bool,
-    /// Header the auth filter forwards the caller's identity in (for `"key": "identity"`).
+    /// Header the auth filter forwards the caller's identity in (for `"key": "identity"`, and the
+    /// usage metrics).
     #[serde(default = "default_identity_header")]
     pub identity_header: String,
+    /// Most (identity, model) pairs with token counters of their own; past it, usage is counted
+    /// under `other`. 0: no counters per identity and model.
+    #[serde(default = "default_max_usage_series")]
+    pub max_usage_series: usize,
     /// Header the auth filter forwards the caller's tenant in (for `"key": "tenant"`).
     #[serde(default = "default_tenant_header")]
     pub tenant_header: String,
@@ -92,6 +97,9 @@ fn default_max_request_body_bytes() -> usize {
 }
 fn default_max_response_body_bytes() -> usize {
     4 * 1024 * 1024
+}
+fn default_max_usage_series() -> usize {
+    1000
 }
 fn default_identity_header() -> String {
     gateway_contract::headers::IDENTITY.into()

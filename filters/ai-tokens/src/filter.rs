@@ -10,6 +10,7 @@
 use crate::budget::{window_over, Budgets, Outcome, Report, RequestFacts, Reservation};
 use crate::chat::{ChatRequest, StreamScan, Usage};
 use crate::config::AiTokensConfig;
+use crate::usage_metrics::UsageSeries;
 use filter_common::host::{now, request_headers, Counter, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use filter_common::HeaderSnapshot;
@@ -59,6 +60,8 @@ struct FilterState {
     budgets: Budgets,
     touched: RefCell<Sweep>,
     metrics: Metrics,
+    /// Prompt and completion counters per identity and model.
+    usage: RefCell<UsageSeries<(Counter, Counter)>>,
 }
 
 impl FilterState {
@@ -88,7 +91,9 @@ impl RootContext for AiTokensRoot {
             }
         };
         log::info!("ai-tokens: configured {} budget(s)", config.budgets.len());
+        let usage = RefCell::new(UsageSeries::new(config.max_usage_series));
         self.state = Some(Rc::new(FilterState {
+            usage,
             budgets: Budgets::new(config),
             touched: RefCell::new(Sweep::new(MAX_TRACKED_KEYS)),
             metrics: Metrics::define(),
@@ -390,6 +395,7 @@ impl TokensRequest {
         } else if let Some(usage) = self.usage.or(self.scan.usage()) {
             metrics.prompt.add(usage.prompt_tokens);
             metrics.completion.add(usage.completion_tokens);
+            self.count_usage(usage);
             usage.total()
         } else {
             // No usage: a stream that broke or never reported it is counted from its text; an
@@ -409,6 +415,29 @@ impl TokensRequest {
                 .budgets
                 .settle(&reservation, actual, &HostSharedData, now().as_secs());
         self.state.track(created.iter().map(String::as_str));
+    }
+
+    /// Adds a reported usage to its identity's and model's counters.
+    fn count_usage(&self, usage: Usage) {
+        let config = self.state.budgets.config();
+        if config.max_usage_series == 0 {
+            return;
+        }
+        let identity = self
+            .headers
+            .as_ref()
+            .and_then(|h| h.header(&config.identity_header))
+            .unwrap_or_default();
+        let model = self.request.as_ref().and_then(|r| r.model.as_deref());
+        let mut series = self.state.usage.borrow_mut();
+        let &(prompt, completion) = series.get(&identity, model.unwrap_or_default(), |labels| {
+            (
+                Counter::define(&format!("ai_tokens_prompt_tokens{labels}")),
+                Counter::define(&format!("ai_tokens_completion_tokens{labels}")),
+            )
+        });
+        prompt.add(usage.prompt_tokens);
+        completion.add(usage.completion_tokens);
     }
 
     /// Answers the request with the gateway's JSON error and `headers`.

@@ -11,3 +11,4 @@ pub mod chat;
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 mod filter;
+pub mod usage_metrics;

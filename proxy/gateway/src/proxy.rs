@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 /// How far past the body limit a declared body is still read (and dropped) before the 413.
 const DRAIN_LIMIT: u64 = 1 << 20;
+/// Largest request body read through the filters before the upstream is connected: Pingora's
+/// retry buffer, from which each attempt's body is replayed.
+const BODY_READ_FIRST_LIMIT: usize = 64 * 1024;
 
 /// The proxy logic for one listener.
 pub struct Gateway {
@@ -183,6 +186,7 @@ impl ProxyHttp for Gateway {
             self.state.metrics.retry(&cluster.config.name);
         }
         ctx.attempts += 1;
+        ctx.replay_expected = ctx.body_read_first.is_some();
         let hash_key = cluster.hash_key(session.req_header());
         let Some(endpoint) = cluster.select(hash_key, ctx.failed_endpoint) else {
             ctx.error = Some(ProxyError::NoHealthyUpstream);
@@ -245,6 +249,14 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<bool> {
+        self.decide_body_first(session, ctx).await
+    }
+
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -252,49 +264,18 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
-        let size = body.as_ref().map_or(0, |b| b.len() as u64);
-        ctx.request_body_bytes += size;
-        if ctx.request_body_bytes > ctx.generation.max_request_body_bytes {
-            ctx.error = Some(ProxyError::BodyTooLarge);
-            return Err(ProxyError::BodyTooLarge.into_pingora());
-        }
-        if ctx.request_ended_with_headers && body.as_ref().is_none_or(|b| b.is_empty()) {
+        if ctx.replay_expected {
+            // Pingora's replay of the body read first: the filters have had it already, and what
+            // they released goes instead.
+            ctx.replay_expected = false;
+            *body = ctx
+                .body_read_first
+                .clone()
+                .filter(|b| !b.is_empty() || !end_of_stream);
             return Ok(());
         }
-        if ctx.chain.is_none() {
-            return Ok(());
-        }
-        let mut chunk = body.take().map(Vec::from).unwrap_or_default();
-        let Some((chunk, verdict)) = self
-            .run_filters(ctx, move |mut run| async move {
-                let verdict = run.request_body(&mut chunk, end_of_stream).await;
-                (run, (chunk, verdict))
-            })
+        self.filter_request_body(session, body, end_of_stream, ctx)
             .await
-        else {
-            return Ok(());
-        };
-        // Before the end, an empty chunk and never `None`: Pingora reads `None` as the end of the
-        // body and would end the upstream request before a buffered body is released.
-        match verdict {
-            ChainVerdict::Continue => {
-                *body = (!chunk.is_empty() || !end_of_stream).then(|| Bytes::from(chunk));
-                Ok(())
-            }
-            ChainVerdict::Buffer => {
-                *body = Some(Bytes::new());
-                Ok(())
-            }
-            ChainVerdict::Respond(response) => {
-                let status = response.status;
-                answer_locally(session, ctx, response).await?;
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "a filter answered",
-                ))
-            }
-            ChainVerdict::Reset => Err(reset(ctx)),
-        }
     }
 
     async fn response_filter(
@@ -398,7 +379,10 @@ impl ProxyHttp for Gateway {
         if let Some(answered) = ctx.answered {
             return FailToProxy {
                 error_code: answered.status(),
-                can_reuse_downstream: false,
+                // A local answer to a request read to its end (a filter that decided from the
+                // whole body) leaves the connection ready for the next request, as in Envoy.
+                can_reuse_downstream: matches!(answered, Answered::Locally(_))
+                    && session.is_body_done(),
             };
         }
         let error = ctx.error.unwrap_or_else(|| ProxyError::from_failure(e));
@@ -531,6 +515,111 @@ impl Gateway {
     /// runtime (see `offload`); the host's backend says so.
     fn may_wait(&self) -> bool {
         !self.state.shared_data.answers_immediately()
+    }
+
+    /// Reads a small request body through the filters before any upstream connection exists,
+    /// when filters run on it: a filter that decides from the whole body (a cache hit, a budget
+    /// refusal) then answers before anything went upstream, and the client's connection stays
+    /// open for its next request (Pingora closes it after an answer given while the request was
+    /// being proxied). What the filters release is kept for each attempt (Pingora replays the
+    /// body it buffered for retries there; `request_body_filter` swaps that replay for it). Returns
+    /// false when a filter answered. Bodies past Pingora's retry buffer, of unknown length, or on
+    /// HTTP/2 stream through the filters as they are proxied.
+    async fn decide_body_first(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<bool> {
+        if ctx.chain.is_none() || ctx.request_ended_with_headers || session.is_http2() {
+            return Ok(true);
+        }
+        let declared_length = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared_length.is_none_or(|length| length > BODY_READ_FIRST_LIMIT) {
+            return Ok(true);
+        }
+        session.as_mut().enable_retry_buffering();
+        let mut released = Vec::new();
+        loop {
+            let mut body = session.read_request_body().await?;
+            let end = body.is_none() || session.is_body_done();
+            if let Err(error) = self.filter_request_body(session, &mut body, end, ctx).await {
+                return match ctx.answered {
+                    Some(Answered::Locally(_)) => Ok(false),
+                    _ => Err(error),
+                };
+            }
+            released.extend_from_slice(body.as_deref().unwrap_or_default());
+            // A filter that released part of the body streams it: Pingora reads the rest.
+            if end || !released.is_empty() {
+                break;
+            }
+        }
+        ctx.body_read_first = Some(Bytes::from(released));
+        Ok(true)
+    }
+
+    /// Runs a request body chunk through the filters: `body` becomes what goes upstream; a filter's
+    /// answer is written and returned as an error that ends the proxying.
+    async fn filter_request_body(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> pingora::Result<()> {
+        let size = body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.request_body_bytes += size;
+        if ctx.request_body_bytes > ctx.generation.max_request_body_bytes {
+            ctx.error = Some(ProxyError::BodyTooLarge);
+            return Err(ProxyError::BodyTooLarge.into_pingora());
+        }
+        if ctx.request_ended_with_headers && body.as_ref().is_none_or(|b| b.is_empty()) {
+            return Ok(());
+        }
+        if ctx.chain.is_none() {
+            return Ok(());
+        }
+        let mut chunk = body.take().map(Vec::from).unwrap_or_default();
+        let Some((chunk, verdict)) = self
+            .run_filters(ctx, move |mut run| async move {
+                let verdict = run.request_body(&mut chunk, end_of_stream).await;
+                (run, (chunk, verdict))
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        // Before the end, an empty chunk and never `None`: Pingora reads `None` as the end of the
+        // body and would end the upstream request before a buffered body is released.
+        match verdict {
+            ChainVerdict::Continue => {
+                *body = (!chunk.is_empty() || !end_of_stream).then(|| Bytes::from(chunk));
+                Ok(())
+            }
+            ChainVerdict::Buffer => {
+                *body = Some(Bytes::new());
+                Ok(())
+            }
+            ChainVerdict::Respond(response) => {
+                let status = response.status;
+                if !session.is_body_done() {
+                    // The rest of the body is never read: the connection ends with this answer,
+                    // and the answer says so.
+                    session.set_keepalive(None);
+                }
+                answer_locally(session, ctx, response).await?;
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "a filter answered",
+                ))
+            }
+            ChainVerdict::Reset => Err(reset(ctx)),
+        }
     }
 
     /// Runs one phase of the request's filter chain where this deployment runs phases (see

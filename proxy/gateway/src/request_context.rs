@@ -57,6 +57,11 @@ pub struct RequestContext {
     pub request_body_bytes: u64,
     /// The request headers ended the stream (no body): filters get no body callback, as in Envoy.
     pub request_ended_with_headers: bool,
+    /// The body the filters released while it was read before any upstream connection
+    /// (`Gateway::decide_body_first`); each attempt sends it in place of Pingora's replay.
+    pub body_read_first: Option<Bytes>,
+    /// The next request body chunk is Pingora's replay of the body read first.
+    pub replay_expected: bool,
 }
 
 impl RequestContext {
@@ -79,6 +84,8 @@ impl RequestContext {
             replacement_body: None,
             request_body_bytes: 0,
             request_ended_with_headers: false,
+            body_read_first: None,
+            replay_expected: false,
         }
     }
 

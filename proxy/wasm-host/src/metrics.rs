@@ -118,16 +118,25 @@ impl MetricsRegistry {
         Ok(m.value.load(Ordering::Relaxed) as u64)
     }
 
-    /// All metrics in the Prometheus text exposition format, labelled with the plugin name.
+    /// All metrics in the Prometheus text exposition format, labelled with the plugin name and
+    /// the labels their names carry ([`split_labels`]).
     pub fn render_prometheus(&self) -> String {
         let metrics = self.metrics.read().expect("metrics lock");
-        let mut by_name: Vec<&Arc<Metric>> = metrics.iter().collect();
-        by_name.sort_by(|a, b| (&a.name, &a.plugin).cmp(&(&b.name, &b.plugin)));
+        let mut series: Vec<(String, String, &Arc<Metric>)> = metrics
+            .iter()
+            .map(|m| {
+                let (base, labels) = split_labels(&m.name);
+                let mut rendered = format!("plugin=\"{}\"", escape(&m.plugin));
+                for (label, value) in labels {
+                    let _ = write!(rendered, ",{label}=\"{}\"", escape(value));
+                }
+                (prometheus_name(base), rendered, m)
+            })
+            .collect();
+        series.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut out = String::new();
         let mut last_name = None;
-        for m in by_name {
-            let name = prometheus_name(&m.name);
-            let plugin = m.plugin.replace('\\', "\\\\").replace('"', "\\\"");
+        for (name, labels, m) in series {
             if last_name.as_ref() != Some(&name) {
                 let kind = match m.kind {
                     MetricType::Counter => "counter",
@@ -140,33 +149,57 @@ impl MetricsRegistry {
             if m.kind != MetricType::Histogram {
                 let _ = writeln!(
                     out,
-                    "{name}{{plugin=\"{plugin}\"}} {}",
+                    "{name}{{{labels}}} {}",
                     m.value.load(Ordering::Relaxed)
                 );
                 continue;
             }
             let mut cumulative = 0;
-            for (bound, bucket) in HISTOGRAM_BOUNDS.iter().zip(&m.buckets) {
+            for (bucket, bound) in m.buckets.iter().zip(HISTOGRAM_BOUNDS) {
                 cumulative += bucket.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {cumulative}"
-                );
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
             let count = m.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
             let _ = writeln!(
                 out,
-                "{name}_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{plugin=\"{plugin}\"}} {}",
+                "{name}_sum{{{labels}}} {}",
                 m.sum.load(Ordering::Relaxed)
             );
-            let _ = writeln!(out, "{name}_count{{plugin=\"{plugin}\"}} {count}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
         out
     }
+}
+
+/// A metric name's base and labels: `base;label=value;label=value` (the convention a filter uses
+/// for series, which Envoy's `stats_tags` extract the same way). A name whose parts after the first
+/// `;` are not all `label=value` with a Prometheus label name (other than the host's own `plugin`
+/// and `le`) has no labels and is rendered whole.
+fn split_labels(name: &str) -> (&str, Vec<(&str, &str)>) {
+    let mut parts = name.split(';');
+    let base = parts.next().unwrap_or_default();
+    let labels: Option<Vec<(&str, &str)>> = parts
+        .map(|part| {
+            let (label, value) = part.split_once('=')?;
+            let valid = label.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !matches!(label, "plugin" | "le");
+            valid.then_some((label, value))
+        })
+        .collect();
+    match labels {
+        Some(labels) => (base, labels),
+        None => (name, Vec::new()),
+    }
+}
+
+/// A label value with Prometheus' escapes.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Maps a filter's metric name (Envoy allows dots and more) to a valid Prometheus name.
@@ -201,6 +234,34 @@ mod tests {
             r.define("p", MetricType::Gauge, "requests"),
             Err(Status::BadArgument)
         );
+    }
+
+    #[test]
+    fn labels_in_a_name_become_labels_of_one_metric() {
+        let r = MetricsRegistry::default();
+        let alice = r
+            .define("p", MetricType::Counter, "tokens;identity=alice;model=m")
+            .unwrap();
+        let bob = r
+            .define("p", MetricType::Counter, "tokens;identity=b\"o\\b;model=m")
+            .unwrap();
+        r.increment(alice, 3);
+        r.increment(bob, 1);
+        for odd in ["x;plugin=q", "y;no-label", "z;1a=b"] {
+            r.define("p", MetricType::Counter, odd).unwrap();
+        }
+        let text = r.render_prometheus();
+        assert_eq!(
+            text.matches("# TYPE wasm_tokens counter").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("wasm_tokens{plugin=\"p\",identity=\"alice\",model=\"m\"} 3\n"));
+        assert!(text.contains("wasm_tokens{plugin=\"p\",identity=\"b\\\"o\\\\b\",model=\"m\"} 1\n"));
+        // Names that do not follow the convention are rendered whole, as before.
+        for whole in ["wasm_x_plugin_q{", "wasm_y_no_label{", "wasm_z_1a_b{"] {
+            assert!(text.contains(whole), "{text}");
+        }
     }
 
     #[test]
