@@ -99,11 +99,13 @@ class OtlpReceiver(ThreadingHTTPServer):
             return [span for span in self._spans if span.trace_id == trace_id]
 
     def wait_for(self, trace_id: str, services: set[str], timeout: float = 15) -> list[ReceivedSpan]:
-        """The spans of `trace_id` once every service in `services` has sent one; fails on timeout."""
+        """The spans of `trace_id` once every service in `services` has sent its SERVER span (a
+        service's inner spans may come in an earlier batch than the span that ends last); fails
+        on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             spans = self.spans(trace_id)
-            if services <= {span.service for span in spans}:
+            if services <= {span.service for span in spans if span.kind == "SERVER"}:
                 return spans
             time.sleep(0.05)
         raise AssertionError(f"spans of {trace_id} from {services} not received: {self.spans(trace_id)}")
