@@ -30,7 +30,8 @@ pub struct SemanticCacheConfig {
     /// Request bodies larger than this bypass the cache.
     #[serde(default = "default_max_request_body_bytes")]
     pub max_request_body_bytes: usize,
-    /// Answers larger than this (the JSON body, or the whole event stream) are not stored.
+    /// Answers larger than this (the JSON body, or the whole event stream) are not stored: they
+    /// share the proxy's shared data with every other filter's state.
     #[serde(default = "default_max_answer_bytes")]
     pub max_answer_bytes: usize,
     /// The similarity search; without it only exact repeats are answered from cache.
@@ -111,7 +112,7 @@ fn default_max_request_body_bytes() -> usize {
     256 * 1024
 }
 fn default_max_answer_bytes() -> usize {
-    256 * 1024
+    64 * 1024
 }
 fn default_index_path() -> String {
     "/v1/semantic-cache/lookup".into()

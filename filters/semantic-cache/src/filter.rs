@@ -8,13 +8,13 @@
 //! ended whole.
 
 use crate::answer::{Answer, StreamAssembly};
-use crate::config::{IndexConfig, PartitionBy, SemanticCacheConfig};
+use crate::config::{IndexConfig, SemanticCacheConfig};
 use crate::entry::{shared_key, Entry};
 use crate::index;
-use crate::request::{Bypass, CacheKeys, ChatQuery};
+use crate::request::{client_opt_out, verified_caller, Bypass, CacheKeys, ChatQuery};
 use filter_common::host::{now, property, request_headers, Counter, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
-use filter_common::{header_text, is_malformed, HeaderSnapshot, SharedStore};
+use filter_common::{header_text, HeaderSnapshot, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -329,10 +329,10 @@ impl CacheRequest {
     fn look_up(&mut self, body: &[u8]) -> Result<Action, Bypass> {
         let config = &self.state.config;
         let request = self.request.as_ref().expect("a POST");
-        let caller = caller(config, &request.headers).ok_or(Bypass::NoVerifiedCaller)?;
+        let caller = verified_caller(config, &request.headers).ok_or(Bypass::NoVerifiedCaller)?;
         let query = ChatQuery::parse(body, config.context_messages)?;
         let keys = query.keys(&config.namespace, &caller, &request.route, &request.path);
-        let (no_cache, no_store) = opt_out(&request.headers);
+        let (no_cache, no_store) = client_opt_out(&request.headers);
         if no_cache || no_store {
             // A fresh answer may still be kept for later, unless the client says not to.
             if !no_store {
@@ -348,7 +348,7 @@ impl CacheRequest {
         let Some(index) = config
             .index
             .as_ref()
-            .filter(|i| text.chars().count() <= i.max_text_chars)
+            .filter(|i| !text.trim().is_empty() && text.chars().count() <= i.max_text_chars)
         else {
             self.miss(keys);
             return Ok(Action::Continue);
@@ -476,30 +476,4 @@ impl CacheRequest {
             .headers
             .header(gateway_contract::headers::REQUEST_ID)
     }
-}
-
-/// Who the request acts for, as the auth filter verified it: `tenant:<t>` or `identity:<i>`.
-fn caller(config: &SemanticCacheConfig, headers: &HeaderSnapshot) -> Option<String> {
-    let verified = |name: &str| {
-        headers
-            .header(name)
-            .filter(|v| !v.is_empty() && !is_malformed(v))
-    };
-    match config.partition_by {
-        PartitionBy::Tenant => verified(&config.tenant_header)
-            .or_else(|| verified(&config.identity_header))
-            .map(|tenant| format!("tenant:{tenant}")),
-        PartitionBy::Identity => {
-            verified(&config.identity_header).map(|identity| format!("identity:{identity}"))
-        }
-    }
-}
-
-/// The request's `cache-control: no-cache` and `no-store`.
-fn opt_out(headers: &HeaderSnapshot) -> (bool, bool) {
-    let value = headers.header("cache-control").unwrap_or_default();
-    let directives = value.split(',').map(|d| d.trim().to_ascii_lowercase());
-    directives.fold((false, false), |(no_cache, no_store), d| {
-        (no_cache || d == "no-cache", no_store || d == "no-store")
-    })
 }

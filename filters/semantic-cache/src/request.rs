@@ -1,6 +1,8 @@
 //! What a chat completions request is to the cache: its question (the trailing messages), and the
 //! partition it may be answered in.
 
+use crate::config::{PartitionBy, SemanticCacheConfig};
+use filter_common::{is_malformed, HeaderSnapshot};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -183,6 +185,33 @@ fn digest(value: &Value) -> String {
     hex::encode(Sha256::digest(value.to_string().as_bytes()))
 }
 
+/// Who the request acts for, as the auth filter verified it: `tenant:<t>` or `identity:<i>`.
+pub fn verified_caller(config: &SemanticCacheConfig, headers: &HeaderSnapshot) -> Option<String> {
+    let verified = |name: &str| {
+        headers
+            .header(name)
+            .filter(|v| !v.is_empty() && !is_malformed(v))
+    };
+    match config.partition_by {
+        // A caller without a tenant is its own partition, never a tenant of the same name.
+        PartitionBy::Tenant => verified(&config.tenant_header)
+            .map(|tenant| format!("tenant:{tenant}"))
+            .or_else(|| verified(&config.identity_header).map(|i| format!("identity:{i}"))),
+        PartitionBy::Identity => {
+            verified(&config.identity_header).map(|identity| format!("identity:{identity}"))
+        }
+    }
+}
+
+/// The request's `cache-control: no-cache` and `no-store`.
+pub fn client_opt_out(headers: &HeaderSnapshot) -> (bool, bool) {
+    let value = headers.header("cache-control").unwrap_or_default();
+    let directives = value.split(',').map(|d| d.trim().to_ascii_lowercase());
+    directives.fold((false, false), |(no_cache, no_store), d| {
+        (no_cache || d == "no-cache", no_store || d == "no-store")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +289,46 @@ mod tests {
         );
         assert_eq!(first.partition, second.partition);
         assert_ne!(first.question, second.question);
+    }
+
+    #[test]
+    fn the_caller_is_the_verified_tenant_else_its_own_identity() {
+        let config = SemanticCacheConfig::from_json(b"{}").unwrap();
+        let headers = |pairs: &[(&str, &str)]| {
+            HeaderSnapshot::new(
+                pairs
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        let both = headers(&[("x-gateway-tenant", "acme"), ("x-gateway-identity", "bob")]);
+        assert_eq!(verified_caller(&config, &both).unwrap(), "tenant:acme");
+        // An identity named like a tenant is not that tenant.
+        let alone = headers(&[("x-gateway-identity", "acme")]);
+        assert_eq!(verified_caller(&config, &alone).unwrap(), "identity:acme");
+        assert_eq!(verified_caller(&config, &headers(&[])), None);
+        let empty = headers(&[("x-gateway-tenant", ""), ("x-gateway-identity", "")]);
+        assert_eq!(verified_caller(&config, &empty), None);
+        let per_identity =
+            SemanticCacheConfig::from_json(br#"{"partition_by": "identity"}"#).unwrap();
+        assert_eq!(
+            verified_caller(&per_identity, &both).unwrap(),
+            "identity:bob"
+        );
+    }
+
+    #[test]
+    fn clients_opt_out_with_cache_control() {
+        let with = |value: &str| {
+            client_opt_out(&HeaderSnapshot::new(vec![(
+                "cache-control".into(),
+                value.as_bytes().to_vec(),
+            )]))
+        };
+        assert_eq!(with("No-Cache"), (true, false));
+        assert_eq!(with("max-age=0, no-store"), (false, true));
+        assert_eq!(with("max-age=60"), (false, false));
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl ProxyHttp for Gateway {
                 .filter(|b| !b.is_empty() || !end_of_stream);
             return Ok(());
         }
-        self.filter_request_body(session, body, end_of_stream, ctx)
+        self.filter_request_body(session, body, end_of_stream, ctx, true)
             .await
     }
 
@@ -379,10 +379,10 @@ impl ProxyHttp for Gateway {
         if let Some(answered) = ctx.answered {
             return FailToProxy {
                 error_code: answered.status(),
-                // A local answer to a request read to its end (a filter that decided from the
-                // whole body) leaves the connection ready for the next request, as in Envoy.
-                can_reuse_downstream: matches!(answered, Answered::Locally(_))
-                    && session.is_body_done(),
+                // Pingora ends a connection whose proxying failed whatever this says; a filter's
+                // answer that keeps the connection is given before proxying starts
+                // (`decide_body_first`).
+                can_reuse_downstream: false,
             };
         }
         let error = ctx.error.unwrap_or_else(|| ProxyError::from_failure(e));
@@ -523,14 +523,24 @@ impl Gateway {
     /// open for its next request (Pingora closes it after an answer given while the request was
     /// being proxied). What the filters release is kept for each attempt (Pingora replays the
     /// body it buffered for retries there; `request_body_filter` swaps that replay for it). Returns
-    /// false when a filter answered. Bodies past Pingora's retry buffer, of unknown length, or on
-    /// HTTP/2 stream through the filters as they are proxied.
+    /// false when a filter answered. Bodies past Pingora's retry buffer, of unknown length, on
+    /// HTTP/2, or held back for `100 Continue` stream through the filters as they are proxied.
     async fn decide_body_first(
         &self,
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> pingora::Result<bool> {
-        if ctx.chain.is_none() || ctx.request_ended_with_headers || session.is_http2() {
+        // A client that waits for `100 Continue` before its body is left to the upstream's answer.
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some();
+        if ctx.chain.is_none()
+            || ctx.request_ended_with_headers
+            || session.is_http2()
+            || expects_continue
+        {
             return Ok(true);
         }
         let declared_length = session
@@ -547,15 +557,19 @@ impl Gateway {
         loop {
             let mut body = session.read_request_body().await?;
             let end = body.is_none() || session.is_body_done();
-            if let Err(error) = self.filter_request_body(session, &mut body, end, ctx).await {
+            if let Err(error) = self
+                .filter_request_body(session, &mut body, end, ctx, false)
+                .await
+            {
                 return match ctx.answered {
                     Some(Answered::Locally(_)) => Ok(false),
                     _ => Err(error),
                 };
             }
+            // Read to the end even when filters release parts early: each attempt's replay must
+            // be the whole body (the declared length is small).
             released.extend_from_slice(body.as_deref().unwrap_or_default());
-            // A filter that released part of the body streams it: Pingora reads the rest.
-            if end || !released.is_empty() {
+            if end {
                 break;
             }
         }
@@ -564,13 +578,15 @@ impl Gateway {
     }
 
     /// Runs a request body chunk through the filters: `body` becomes what goes upstream; a filter's
-    /// answer is written and returned as an error that ends the proxying.
+    /// answer is written and returned as an error. `proxying`: the upstream request has started
+    /// (the body streams), so an answer ends the client's connection too.
     async fn filter_request_body(
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestContext,
+        proxying: bool,
     ) -> pingora::Result<()> {
         let size = body.as_ref().map_or(0, |b| b.len() as u64);
         ctx.request_body_bytes += size;
@@ -607,9 +623,9 @@ impl Gateway {
             }
             ChainVerdict::Respond(response) => {
                 let status = response.status;
-                if !session.is_body_done() {
-                    // The rest of the body is never read: the connection ends with this answer,
-                    // and the answer says so.
+                if proxying || !session.is_body_done() {
+                    // Pingora ends a connection whose proxying stopped, and the rest of a body
+                    // is never read: the connection ends with this answer, which says so.
                     session.set_keepalive(None);
                 }
                 answer_locally(session, ctx, response).await?;

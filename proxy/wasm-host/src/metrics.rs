@@ -26,7 +26,14 @@ struct Metric {
 pub struct MetricsRegistry {
     metrics: RwLock<Vec<Arc<Metric>>>,
     ids: RwLock<HashMap<(String, String), u32>>,
+    /// Metrics each plugin defined, held to [`MAX_METRICS_PER_PLUGIN`].
+    per_plugin: RwLock<HashMap<String, usize>>,
 }
+
+/// Most metrics one plugin defines. Names a filter builds from request values (series per
+/// identity and model) would otherwise grow the process's memory and `/metrics` for good: past
+/// the bound `define` fails and the filter's increments of that name are dropped.
+pub const MAX_METRICS_PER_PLUGIN: usize = 10_000;
 
 impl MetricsRegistry {
     /// Defines (or finds) a metric; ids start at 1.
@@ -45,6 +52,12 @@ impl MetricsRegistry {
         if let Some(&id) = ids.get(&key) {
             return Ok(id);
         }
+        let mut per_plugin = self.per_plugin.write().expect("metrics lock");
+        let defined = per_plugin.entry(key.0.clone()).or_default();
+        if *defined >= MAX_METRICS_PER_PLUGIN {
+            return Err(Status::BadArgument);
+        }
+        *defined += 1;
         metrics.push(Arc::new(Metric {
             plugin: key.0.clone(),
             name: key.1.clone(),
@@ -174,8 +187,8 @@ impl MetricsRegistry {
 
 /// A metric name's base and labels: `base;label=value;label=value` (the convention a filter uses
 /// for series, which Envoy's `stats_tags` extract the same way). A name whose parts after the first
-/// `;` are not all `label=value` with a Prometheus label name (other than the host's own `plugin`
-/// and `le`) has no labels and is rendered whole.
+/// `;` are not all `label=value` with distinct Prometheus label names (not reserved `__…`, nor the
+/// host's own `plugin` and `le`) has no labels and is rendered whole.
 fn split_labels(name: &str) -> (&str, Vec<(&str, &str)>) {
     let mut parts = name.split(';');
     let base = parts.next().unwrap_or_default();
@@ -184,13 +197,21 @@ fn split_labels(name: &str) -> (&str, Vec<(&str, &str)>) {
             let (label, value) = part.split_once('=')?;
             let valid = label.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !label.starts_with("__")
                 && !matches!(label, "plugin" | "le");
             valid.then_some((label, value))
         })
         .collect();
+    // A label named twice would make the whole scrape invalid.
+    let distinct = |labels: &Vec<(&str, &str)>| {
+        labels
+            .iter()
+            .enumerate()
+            .all(|(i, (label, _))| labels[..i].iter().all(|(other, _)| other != label))
+    };
     match labels {
-        Some(labels) => (base, labels),
-        None => (name, Vec::new()),
+        Some(labels) if distinct(&labels) => (base, labels),
+        _ => (name, Vec::new()),
     }
 }
 
@@ -247,7 +268,7 @@ mod tests {
             .unwrap();
         r.increment(alice, 3);
         r.increment(bob, 1);
-        for odd in ["x;plugin=q", "y;no-label", "z;1a=b"] {
+        for odd in ["x;plugin=q", "y;no-label", "z;1a=b", "w;a=1;a=2", "v;__a=1"] {
             r.define("p", MetricType::Counter, odd).unwrap();
         }
         let text = r.render_prometheus();
@@ -259,9 +280,36 @@ mod tests {
         assert!(text.contains("wasm_tokens{plugin=\"p\",identity=\"alice\",model=\"m\"} 3\n"));
         assert!(text.contains("wasm_tokens{plugin=\"p\",identity=\"b\\\"o\\\\b\",model=\"m\"} 1\n"));
         // Names that do not follow the convention are rendered whole, as before.
-        for whole in ["wasm_x_plugin_q{", "wasm_y_no_label{", "wasm_z_1a_b{"] {
+        for whole in [
+            "wasm_x_plugin_q{",
+            "wasm_y_no_label{",
+            "wasm_z_1a_b{",
+            "wasm_w_a_1_a_2{",
+            "wasm_v___a_1{",
+        ] {
             assert!(text.contains(whole), "{text}");
         }
+    }
+
+    #[test]
+    fn a_plugin_defines_a_bounded_number_of_metrics() {
+        let r = MetricsRegistry::default();
+        for n in 0..MAX_METRICS_PER_PLUGIN {
+            r.define("p", MetricType::Counter, &format!("c;n={n}"))
+                .unwrap();
+        }
+        assert_eq!(
+            r.define("p", MetricType::Counter, "one-more"),
+            Err(Status::BadArgument)
+        );
+        assert!(
+            r.define("p", MetricType::Counter, "c;n=0").is_ok(),
+            "defined already"
+        );
+        assert!(
+            r.define("q", MetricType::Counter, "one-more").is_ok(),
+            "per plugin"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ configured server, which replicas then share).
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,11 +46,18 @@ class SemanticIndex:
         self._collection = collection
         self._max_entries = max_entries
         self._purged_at = 0.0
+        # Counts and purge times change under concurrent look-ups (one per model thread).
+        self._lock = threading.Lock()
         with store.client() as client:
             if not client.collection_exists(collection):
                 client.create_collection(
                     collection, vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE)
                 )
+                if not store.is_local:
+                    # Every search filters on both; a server indexes them for it. (The embedded
+                    # store has no payload indexes and would only warn.)
+                    client.create_payload_index(collection, _PARTITION, field_schema=models.PayloadSchemaType.KEYWORD)
+                    client.create_payload_index(collection, _EXPIRES_AT, field_schema=models.PayloadSchemaType.FLOAT)
             self._entries = client.count(collection, exact=True).count
 
     def look_up(
@@ -75,7 +83,14 @@ class SemanticIndex:
                 with_payload=["key"],
             )
             matches = [Match(point.payload["key"], point.score) for point in response.points if point.payload]
-            if matches or self._entries >= self._max_entries:
+            with self._lock:
+                full = self._entries >= self._max_entries
+                if not (matches or full):
+                    # Counted up on every insert (a re-indexed key counts twice) and exactly at
+                    # each purge: the bound errs on the side of refusing. Replicas sharing a server
+                    # each count their own inserts between purges.
+                    self._entries += 1
+            if matches or full:
                 return matches, False
             client.upsert(
                 self._collection,
@@ -87,16 +102,16 @@ class SemanticIndex:
                     )
                 ],
             )
-            # Counted up on every insert (a re-indexed key counts twice) and exactly at each purge:
-            # the bound errs on the side of refusing.
-            self._entries += 1
             return matches, True
 
     def _purge_expired(self, now: float) -> None:
-        if now - self._purged_at < PURGE_PERIOD_SECONDS:
-            return
-        self._purged_at = now
+        with self._lock:
+            if now - self._purged_at < PURGE_PERIOD_SECONDS:
+                return
+            self._purged_at = now
         expired = models.Filter(must=[models.FieldCondition(key=_EXPIRES_AT, range=models.Range(lte=now))])
         with self._store.client() as client:
             client.delete(self._collection, points_selector=models.FilterSelector(filter=expired))
-            self._entries = client.count(self._collection, exact=True).count
+            entries = client.count(self._collection, exact=True).count
+        with self._lock:
+            self._entries = entries

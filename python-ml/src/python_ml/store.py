@@ -91,6 +91,11 @@ class VectorStore:
         else:
             yield
 
+    @property
+    def is_local(self) -> bool:
+        """Whether this is the embedded store (no payload indexes, one caller at a time)."""
+        return self._local
+
     @contextmanager
     def client(self) -> Iterator[QdrantClient]:
         """The store's client, held for the caller's exclusive use where it must be (embedded), for
