@@ -226,6 +226,24 @@ def test_a_hit_keeps_the_clients_connection_open(proxy: Proxy) -> None:
             assert response.get("connection", "keep-alive").lower() != "close"
 
 
+def test_a_client_waiting_for_100_continue_is_answered(proxy: Proxy) -> None:
+    """A client that holds its body back until `100 Continue` is not left waiting for it."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Do you continue?"}]})
+    host = proxy.url.removeprefix("http://")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\nx-team: {proxy.kind}-continue\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nexpect: 100-continue\r\n\r\n"
+    )
+    address, port = host.rsplit(":", 1)
+    with socket.create_connection((address, int(port)), timeout=3) as sock:
+        sock.sendall(head.encode())
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(body.encode())
+        response = read_response(sock)
+    assert (response["status"], response.get("x-cache")) == ("200", "MISS"), response
+
+
 def test_errors_and_partial_streams_are_never_stored(proxy: Proxy) -> None:
     proxy.upstream.fail_with = 503
     assert ask(proxy, "errors", "Is the service up?").status_code == 503

@@ -284,9 +284,14 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> pingora::Result<()> {
+        let status = response.status.as_u16();
+        if response.status.is_informational() && status != 101 {
+            // An interim answer (`100 Continue`) passes on; filters see only the final one, as
+            // in Envoy, whose wasm filters get no 1xx headers.
+            return Ok(());
+        }
         ctx.upstream_headers_after = ctx.upstream_started.map(|t| t.elapsed());
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
-        let status = response.status.as_u16();
         let replace_5xx = ctx
             .route
             .as_ref()
