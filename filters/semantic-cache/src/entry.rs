@@ -1,6 +1,7 @@
 //! A cached answer in shared data (`semcache|<question key>`), and how a hit is answered from it.
 
 use crate::answer::Answer;
+use filter_common::SharedStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -10,6 +11,18 @@ const KEY_PREFIX: &str = "semcache|";
 /// The shared-data key of a question's answer.
 pub fn shared_key(question: &str) -> String {
     format!("{KEY_PREFIX}{question}")
+}
+
+/// Deletes the answer under shared-data `key` if it has expired at `now`; whether the key no
+/// longer needs watching (deleted, gone, or unreadable). The delete is a compare-and-swap, so an
+/// answer another worker stored meanwhile stays.
+pub fn expire(store: &dyn SharedStore, key: &str, now: u64) -> bool {
+    let (value, cas) = store.get(key);
+    match value.as_deref().and_then(Entry::decode) {
+        Some(entry) if now < entry.expires_at => false,
+        Some(_) => store.set(key, b"", cas.unwrap_or(0)),
+        None => true,
+    }
 }
 
 /// A stored answer.
@@ -137,6 +150,22 @@ mod tests {
         assert!(!entry.serves("q", 150));
         assert_eq!(Entry::decode(b"{\"partition\": 1}"), None);
         assert_eq!(Entry::decode(b""), None);
+    }
+
+    #[test]
+    fn only_an_expired_answer_is_deleted() {
+        let store = filter_common::testing::MemoryStore::default();
+        store.set("semcache|k", &entry().encode(), 0);
+        assert!(!expire(&store, "semcache|k", 199), "still fresh");
+        assert!(store.contains("semcache|k"));
+        store.fail_next_writes(1);
+        assert!(
+            !expire(&store, "semcache|k", 200),
+            "rewritten meanwhile: kept, and watched"
+        );
+        assert!(expire(&store, "semcache|k", 200));
+        assert!(!store.contains("semcache|k"));
+        assert!(expire(&store, "semcache|gone", 200));
     }
 
     #[test]

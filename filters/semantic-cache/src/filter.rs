@@ -9,13 +9,12 @@
 
 use crate::answer::{Answer, StreamAssembly};
 use crate::config::{IndexConfig, SemanticCacheConfig};
-use crate::entry::{shared_key, Entry};
+use crate::entry::{expire, shared_key, Entry};
 use crate::index;
 use crate::request::{client_opt_out, verified_caller, Bypass, CacheKeys, ChatQuery};
 use filter_common::host::{now, property, request_headers, Counter, HostSharedData};
 use filter_common::sweep::{Sweep, KEYS_PER_TICK};
 use filter_common::{header_text, HeaderSnapshot, SharedStore};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
@@ -103,18 +102,10 @@ impl RootContext for CacheRoot {
             return;
         };
         let now = now().as_secs();
-        state.stored.borrow_mut().tick(KEYS_PER_TICK, |key| {
-            let (value, _) = HostSharedData.get(key);
-            // Another worker may have stored a newer answer under the key: only an expired one goes.
-            match value.as_deref().and_then(Entry::decode) {
-                Some(entry) if now < entry.expires_at => false,
-                Some(_) => {
-                    let _ = hostcalls::set_shared_data(key, None, None);
-                    true
-                }
-                None => true,
-            }
-        });
+        state
+            .stored
+            .borrow_mut()
+            .tick(KEYS_PER_TICK, |key| expire(&HostSharedData, key, now));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -245,26 +245,18 @@ mod tests {
             r#"{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "q"}]}"#;
         let k = keys(base);
         let q = query(base);
-        assert_ne!(
-            k.partition,
-            q.keys("", "tenant:other", "chat", "/v1/chat/completions")
-                .partition
-        );
-        assert_ne!(
-            k.partition,
-            q.keys("", "identity:acme", "chat", "/v1/chat/completions")
-                .partition
-        );
-        assert_ne!(
-            k.partition,
-            q.keys("", "tenant:acme", "rag", "/v1/chat/completions")
-                .partition
-        );
-        assert_ne!(
-            k.partition,
-            q.keys("ns", "tenant:acme", "chat", "/v1/chat/completions")
-                .partition
-        );
+        for (namespace, caller, route) in [
+            ("", "tenant:other", "chat"),
+            ("", "identity:acme", "chat"),
+            ("", "tenant:acme", "rag"),
+            ("ns", "tenant:acme", "chat"),
+        ] {
+            let other = q.keys(namespace, caller, route, "/v1/chat/completions");
+            assert_ne!(
+                k.partition, other.partition,
+                "{namespace:?} {caller} {route}"
+            );
+        }
         for other in [
             r#"{"model": "n", "temperature": 0, "messages": [{"role": "user", "content": "q"}]}"#,
             r#"{"model": "m", "temperature": 1, "messages": [{"role": "user", "content": "q"}]}"#,
