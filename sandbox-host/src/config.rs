@@ -5,6 +5,7 @@
 
 use crate::limits::LimitSettings;
 pub use crate::runtimes::RuntimeSettings;
+pub use crate::session_table::SessionSettings;
 use gateway_contract::ConfigError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -50,6 +51,9 @@ pub struct Settings {
     /// How callers prove they are the gateway (identity, scopes and approvals count only then).
     #[serde(default)]
     pub gateway: GatewayTrust,
+    /// Stateful sessions: timeouts and caps.
+    #[serde(default)]
+    pub sessions: SessionSettings,
 }
 
 /// Who is trusted to say who the caller is: only a request signed by the gateway
@@ -208,6 +212,7 @@ impl Settings {
         if self.concurrency.max_running == 0 {
             return Err("concurrency.max_running must be at least 1".into());
         }
+        self.sessions.validate()?;
         for language in self.runtimes.keys() {
             if crate::runtimes::Language::interpreted(language).is_none() {
                 return Err(format!(
@@ -245,6 +250,9 @@ impl Settings {
         }
         for runtime in self.runtimes.values_mut() {
             runtime.module = base.join(&runtime.module);
+            if let Some(stdlib) = &mut runtime.stdlib {
+                stdlib.archive = base.join(&stdlib.archive);
+            }
         }
         for dataset in &mut self.datasets {
             dataset.path = base.join(&dataset.path);

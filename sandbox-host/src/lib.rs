@@ -15,6 +15,11 @@ pub mod runtimes;
 pub mod sandbox;
 pub mod scratch_quota;
 pub mod server;
+pub mod session;
+pub mod session_api;
+pub mod session_table;
+pub mod snapshot;
+pub mod turn;
 
 pub use config::Settings;
 pub use sandbox::{Outcome, Program, Report, Sandbox};

@@ -19,12 +19,11 @@ pub struct OutputLimitExceeded(pub u64);
 /// A capped in-memory output stream; clones share the buffer.
 #[derive(Clone)]
 pub struct CappedOutput {
-    cap: usize,
     state: Arc<Mutex<Captured>>,
 }
 
-#[derive(Default)]
 struct Captured {
+    cap: usize,
     bytes: BytesMut,
     truncated: bool,
 }
@@ -36,9 +35,25 @@ impl CappedOutput {
     /// An empty stream that keeps at most `cap` bytes.
     pub fn new(cap: u64) -> Self {
         Self {
-            cap: usize::try_from(cap).unwrap_or(usize::MAX),
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(Captured {
+                cap: usize::try_from(cap).unwrap_or(usize::MAX),
+                bytes: BytesMut::new(),
+                truncated: false,
+            })),
         }
+    }
+
+    /// Empties the stream and gives it a new cap (a session's next execution writes here).
+    pub fn restart(&self, cap: u64) {
+        let mut state = self.state.lock().expect("output lock");
+        state.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        state.bytes = BytesMut::new();
+        state.truncated = false;
+    }
+
+    /// The cap, for the error a guest traps with.
+    fn exceeded(&self) -> OutputLimitExceeded {
+        OutputLimitExceeded(self.state.lock().expect("output lock").cap as u64)
     }
 
     /// What was kept, and whether more was written than kept.
@@ -50,7 +65,7 @@ impl CappedOutput {
     /// Keeps what fits; `false` when something did not.
     fn append(&self, data: &[u8]) -> bool {
         let mut state = self.state.lock().expect("output lock");
-        let room = self.cap - state.bytes.len();
+        let room = state.cap - state.bytes.len();
         let kept = data.len().min(room);
         state.bytes.extend_from_slice(&data[..kept]);
         if kept < data.len() {
@@ -82,9 +97,7 @@ impl OutputStream for CappedOutput {
         if self.append(&bytes) {
             Ok(())
         } else {
-            Err(StreamError::Trap(
-                OutputLimitExceeded(self.cap as u64).into(),
-            ))
+            Err(StreamError::Trap(self.exceeded().into()))
         }
     }
 
@@ -111,7 +124,7 @@ impl AsyncWrite for CappedOutput {
         if self.append(buf) {
             Poll::Ready(Ok(buf.len()))
         } else {
-            Poll::Ready(Err(io::Error::other(OutputLimitExceeded(self.cap as u64))))
+            Poll::Ready(Err(io::Error::other(self.exceeded())))
         }
     }
 
@@ -137,5 +150,8 @@ mod tests {
             Err(StreamError::Trap(_))
         ));
         assert_eq!(output.finish(), (Bytes::from_static(b"abcde"), true));
+        output.restart(2);
+        assert!(output.write(Bytes::from_static(b"xy")).is_ok());
+        assert_eq!(output.finish(), (Bytes::from_static(b"xy"), false));
     }
 }

@@ -1,9 +1,12 @@
-//! Languages and their interpreters: WASI command modules from pinned registry packages, checked
-//! against their SHA-256 before they are compiled.
+//! Languages and their interpreters: modules from pinned registry packages (WASI commands, or a
+//! turn-based snapshot, see [`crate::turn`]), checked against their SHA-256 before they are
+//! compiled, with the standard-library archive an interpreter reads at run time.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 /// What a request's `code` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -97,7 +100,7 @@ pub enum RuntimeError {
     },
 }
 
-/// One interpreter: a WASI command module from a pinned registry package.
+/// One interpreter: a module from a pinned registry package, or a snapshot built from one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
@@ -107,6 +110,24 @@ pub struct RuntimeSettings {
     pub sha256: Sha256Hex,
     /// The interpreter's version, reported by `GET /v1/runtimes`.
     pub version: String,
+    /// The standard-library archive the interpreter imports from at run time, if any.
+    #[serde(default)]
+    pub stdlib: Option<StdlibSettings>,
+    /// Packages the interpreter carries, name to version, reported by `GET /v1/runtimes`.
+    #[serde(default)]
+    pub packages: BTreeMap<String, String>,
+}
+
+/// A standard-library archive, checked like the module. Guests see the directory holding it,
+/// read-only, at [`crate::snapshot::STDLIB_GUEST_DIR`], so that directory should hold nothing else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdlibSettings {
+    /// The archive (for CPython 3.15, `python315.zip`); relative paths are resolved against the
+    /// configuration file's directory.
+    pub archive: PathBuf,
+    /// Its expected SHA-256.
+    pub sha256: Sha256Hex,
 }
 
 /// A SHA-256 digest written as 64 hex digits, kept lower case.
@@ -133,19 +154,65 @@ impl<'de> Deserialize<'de> for Sha256Hex {
 
 /// Reads an interpreter module and checks it against its pinned digest.
 pub fn read_verified(language: &str, settings: &RuntimeSettings) -> Result<Vec<u8>, RuntimeError> {
-    let bytes = std::fs::read(&settings.module).map_err(|source| RuntimeError::Read {
+    let read_error = |source| RuntimeError::Read {
         language: language.into(),
         path: settings.module.clone(),
         source,
-    })?;
-    let actual = hex::encode(Sha256::digest(&bytes));
-    if actual != settings.sha256.as_str() {
-        return Err(RuntimeError::Checksum {
-            language: language.into(),
-            path: settings.module.clone(),
-            expected: settings.sha256.as_str().to_owned(),
-            actual,
-        });
-    }
+    };
+    let bytes = std::fs::read(&settings.module).map_err(read_error)?;
+    check_digest(
+        language,
+        &settings.module,
+        &settings.sha256,
+        Sha256::digest(&bytes).into(),
+    )?;
     Ok(bytes)
+}
+
+/// Checks a standard-library archive against its pinned digest, and returns the directory
+/// guests are given.
+pub fn verify_stdlib(language: &str, stdlib: &StdlibSettings) -> Result<PathBuf, RuntimeError> {
+    let read_error = |source| RuntimeError::Read {
+        language: language.into(),
+        path: stdlib.archive.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(&stdlib.archive).map_err(read_error)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(read_error)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    check_digest(
+        language,
+        &stdlib.archive,
+        &stdlib.sha256,
+        hasher.finalize().into(),
+    )?;
+    Ok(stdlib
+        .archive
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf))
+}
+
+fn check_digest(
+    language: &str,
+    path: &Path,
+    expected: &Sha256Hex,
+    actual: [u8; 32],
+) -> Result<(), RuntimeError> {
+    let actual = hex::encode(actual);
+    if actual == expected.as_str() {
+        return Ok(());
+    }
+    Err(RuntimeError::Checksum {
+        language: language.into(),
+        path: path.to_path_buf(),
+        expected: expected.as_str().to_owned(),
+        actual,
+    })
 }

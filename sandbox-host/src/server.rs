@@ -1,4 +1,5 @@
-//! The HTTP service: `POST /v1/executions`, `GET /v1/runtimes`, `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP service: `POST /v1/executions`, `GET /v1/runtimes`, the sessions API
+//! ([`crate::session_api`]), `/healthz`, `/readyz`, `/metrics`.
 
 use crate::access_log::{self, RequestId, SpanAttributes};
 use crate::admission::Admission;
@@ -9,6 +10,8 @@ use crate::limits::{LimitSettings, Limits};
 use crate::metrics::Metrics;
 use crate::runtimes::Language;
 use crate::sandbox::{Program, Report, Sandbox};
+use crate::session_api;
+use crate::session_table::SessionTable;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -34,6 +37,7 @@ pub struct Service {
     sandbox: OnceLock<Arc<Sandbox>>,
     admission: Admission,
     metrics: Metrics,
+    sessions: SessionTable,
     draining: AtomicBool,
     /// Whether requests' spans are exported (OpenTelemetry).
     trace_export: Arc<TraceExport>,
@@ -61,6 +65,7 @@ impl Service {
             gateway_key,
             approval_key,
             admission: Admission::new(&settings.concurrency),
+            sessions: SessionTable::new(settings.sessions.clone()),
             settings,
             sandbox: OnceLock::new(),
             metrics: Metrics::new(),
@@ -75,7 +80,46 @@ impl Service {
         let sandbox =
             tokio::task::spawn_blocking(move || Sandbox::new(&service.settings)).await??;
         let _ = self.sandbox.set(Arc::new(sandbox));
+        self.expire_sessions();
         Ok(())
+    }
+
+    /// Deletes expired and ended sessions every second, for as long as the service lives.
+    fn expire_sessions(self: &Arc<Self>) {
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                let expired = service.sessions.expire(std::time::Instant::now());
+                if expired > 0 {
+                    tracing::info!(expired, "sessions expired");
+                }
+            }
+        });
+    }
+
+    /// The service's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The live sessions.
+    pub(crate) fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    /// The admission queue executions wait in.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The largest request body accepted.
+    pub(crate) fn max_request_bytes(&self) -> usize {
+        self.settings.max_request_bytes
     }
 
     /// The router over this service.
@@ -83,6 +127,7 @@ impl Service {
         Router::new()
             .route("/v1/executions", post(execute))
             .route("/v1/runtimes", get(runtimes))
+            .merge(session_api::routes())
             .route(
                 "/healthz",
                 get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -160,19 +205,7 @@ async fn execute_request(
         sandbox.limit_settings(),
     )
     .await?;
-    let caller = match authenticated_caller(service, headers) {
-        Ok(caller) => caller,
-        Err(_) if service.settings.gateway.unsigned_callers == UnsignedCallers::ComputeOnly => {
-            Caller::default()
-        }
-        Err(error) => {
-            return Err(Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "untrusted_caller",
-                format!("{error}; only the gateway may call this service"),
-            ))
-        }
-    };
+    let caller = verified_caller(service, headers)?;
     let mut mounts = grant(
         &request.capabilities,
         &caller,
@@ -257,13 +290,8 @@ async fn runtimes(
         Err(failure) => return failure.for_request(&request_id).into_response(),
     };
     let limits = sandbox.limit_settings();
-    let runtimes: Vec<_> = sandbox
-        .runtimes()
-        .into_iter()
-        .map(|(language, version)| serde_json::json!({"language": language, "version": version}))
-        .collect();
     Json(serde_json::json!({
-        "runtimes": runtimes,
+        "runtimes": sandbox.runtimes(),
         "limits": {
             "default": {
                 "timeout_ms": limits.timeout_ms.default, "fuel": limits.fuel.default,
@@ -312,13 +340,28 @@ async fn not_found(Extension(RequestId(request_id)): Extension<RequestId>) -> Re
     .into_response()
 }
 
-/// The request body as an execution: its code decoded and within the size cap, its limits
-/// resolved against the server's.
-async fn read_execution(
+/// The caller: who the gateway vouched for, or (when the configuration allows unsigned callers)
+/// an anonymous one with no scopes; otherwise 401 `untrusted_caller`.
+pub(crate) fn verified_caller(service: &Service, headers: &HeaderMap) -> Result<Caller, Failure> {
+    match authenticated_caller(service, headers) {
+        Ok(caller) => Ok(caller),
+        Err(_) if service.settings.gateway.unsigned_callers == UnsignedCallers::ComputeOnly => {
+            Ok(Caller::default())
+        }
+        Err(error) => Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "untrusted_caller",
+            format!("{error}; only the gateway may call this service"),
+        )),
+    }
+}
+
+/// A JSON request body of at most `max_request` bytes; an empty one is `{}` when `empty_ok`.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
     max_request: usize,
-    settings: &LimitSettings,
-) -> Result<(ExecutionRequest, Vec<u8>, Limits), Failure> {
+    empty_ok: bool,
+) -> Result<T, Failure> {
     let bytes = axum::body::to_bytes(body, max_request).await.map_err(|_| {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -326,9 +369,23 @@ async fn read_execution(
             format!("the request body exceeds {max_request} bytes"),
         )
     })?;
-    let mut request: ExecutionRequest =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
-            .map_err(|e| invalid_request(format!("{}: {}", e.path(), e.inner())))?;
+    let bytes: &[u8] = if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+        .map_err(|e| invalid_request(format!("{}: {}", e.path(), e.inner())))
+}
+
+/// The request body as an execution: its code decoded and within the size cap, its limits
+/// resolved against the server's.
+async fn read_execution(
+    body: Body,
+    max_request: usize,
+    settings: &LimitSettings,
+) -> Result<(ExecutionRequest, Vec<u8>, Limits), Failure> {
+    let mut request: ExecutionRequest = read_json(body, max_request, false).await?;
     let code = match request.language {
         Language::Wasm => base64::engine::general_purpose::STANDARD
             .decode(request.code.trim())
@@ -357,7 +414,7 @@ async fn read_execution(
 }
 
 /// The sandbox, once its runtimes have loaded; until then 503 `not_ready`.
-fn ready_sandbox(service: &Service) -> Result<&Arc<Sandbox>, Failure> {
+pub(crate) fn ready_sandbox(service: &Service) -> Result<&Arc<Sandbox>, Failure> {
     service.sandbox.get().ok_or_else(|| {
         Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -119,11 +119,13 @@ def test_every_request_has_one_id_in_its_answer_and_its_access_log_line(sandbox:
     assert (logged["target"], logged["status"], logged["path"]) == ("access_log", 404, "/no/such/endpoint")
 
 
-def test_runtimes_lists_languages_versions_and_limits(sandbox: SandboxHost) -> None:
+def test_runtimes_lists_languages_versions_packages_and_limits(sandbox: SandboxHost) -> None:
     listing = requests.get(f"{sandbox.url}/v1/runtimes", timeout=10).json()
     versions = {r["language"]: r["version"] for r in listing["runtimes"]}
     assert set(versions) == {"python", "javascript", "wasm", "wat"}
-    assert "3.12" in versions["python"] and "QuickJS" in versions["javascript"]
+    assert "3.15" in versions["python"] and "QuickJS" in versions["javascript"]
+    packages = {r["language"]: r["packages"] for r in listing["runtimes"]}
+    assert {"numpy", "pandas"} <= set(packages["python"]) and packages["javascript"] == {}
     assert listing["limits"]["max"]["timeout_ms"] >= listing["limits"]["default"]["timeout_ms"]
 
 
