@@ -18,7 +18,7 @@ use crate::output::CappedOutput;
 use crate::runtimes::{read_verified, verify_stdlib, Language, RuntimeError};
 use crate::scratch_quota::{ScratchExceeded, ScratchWatch};
 use crate::snapshot::{GUEST_ENV, STDLIB_GUEST_DIR};
-use crate::turn::{self, TurnExports};
+use crate::turn::{self, LastExpression, TurnExports};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -499,7 +499,7 @@ impl Sandbox {
                     .call(&mut store, ()),
                 Entry::Turn => {
                     let exports = TurnExports::new(&instance, &mut store)?;
-                    run_prelude(&exports, &mut store, &program.args)?;
+                    run_prelude(&exports, &mut store, &program.args, LastExpression::Ignored)?;
                     exit_status(exports.run(&mut store, &program.code)?)
                 }
             });
@@ -647,9 +647,10 @@ pub(crate) fn run_prelude(
     exports: &TurnExports,
     store: &mut Store<GuestState>,
     args: &[String],
+    last: LastExpression,
 ) -> wasmtime::Result<()> {
     exports.reset_preopens(&mut *store)?;
-    let status = exports.run(&mut *store, turn::prelude(args).as_bytes())?;
+    let status = exports.run(&mut *store, turn::prelude(args, last).as_bytes())?;
     if status.0 != 0 {
         wasmtime::bail!("the interpreter's prelude failed with status {}", status.0);
     }

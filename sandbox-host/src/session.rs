@@ -15,7 +15,7 @@ use crate::runtimes::Language;
 use crate::sandbox::{
     exit_status, report, run_prelude, Entry, ExecutionError, GuestState, Output, Report, Sandbox,
 };
-use crate::turn::TurnExports;
+use crate::turn::{LastExpression, TurnExports};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::Store;
@@ -90,7 +90,7 @@ impl Sandbox {
                 .instantiate(&mut store)
                 .and_then(|instance| TurnExports::new(&instance, &mut store))
                 .and_then(|exports| {
-                    run_prelude(&exports, &mut store, &[])?;
+                    run_prelude(&exports, &mut store, &[], LastExpression::Printed)?;
                     Ok(exports)
                 });
             match opened {

@@ -164,7 +164,7 @@ async fn create_session(
     .await;
     match opened {
         Ok(live) => {
-            session.used(live.memory_bytes());
+            session.started(live.memory_bytes());
             *claimed = Some(live);
         }
         Err(failure) => {

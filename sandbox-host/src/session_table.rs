@@ -104,6 +104,11 @@ impl Session {
         self.interpreter.clone().try_lock_owned().ok()
     }
 
+    /// Records its interpreter's start.
+    pub fn started(&self, memory_bytes: u64) {
+        self.memory_bytes.store(memory_bytes, Ordering::Relaxed);
+    }
+
     /// Records a finished execution.
     pub fn used(&self, memory_bytes: u64) {
         *self.last_used.lock().expect("session lock") = Instant::now();

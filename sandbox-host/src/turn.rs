@@ -99,10 +99,19 @@ impl TurnStatus {
     }
 }
 
+/// How a turn treats a program's last expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastExpression {
+    /// Ignored, as `python -c` does (one-shot executions).
+    Ignored,
+    /// Its value is printed, as a notebook cell does (sessions).
+    Printed,
+}
+
 /// The turn run before a caller's first program in a fresh instance: the snapshot was taken
 /// with a fixed random source, so `random` is reseeded from the execution's own entropy, and
 /// `sys.argv` is the caller's. Names are deleted so `__main__` starts empty.
-pub fn prelude(args: &[String]) -> String {
+pub fn prelude(args: &[String], last: LastExpression) -> String {
     let argv = std::iter::once("-c")
         .chain(args.iter().map(String::as_str))
         .map(python_str)
@@ -114,7 +123,12 @@ pub fn prelude(args: &[String]) -> String {
          _random.seed()\n\
          _np = _sys.modules.get('numpy.random')\n\
          if _np is not None: _np.seed()\n\
-         del _sys, _random, _np\n"
+         {display}\
+         del _sys, _random, _np\n",
+        display = match last {
+            LastExpression::Ignored => "_sys.displayhook = lambda value: None\n",
+            LastExpression::Printed => "",
+        }
     )
 }
 
@@ -146,7 +160,10 @@ mod tests {
 
     #[test]
     fn arguments_cannot_break_out_of_their_string() {
-        let prelude = prelude(&["a'); import os #".into(), "\\".into(), "é\n".into()]);
+        let prelude = prelude(
+            &["a'); import os #".into(), "\\".into(), "é\n".into()],
+            LastExpression::Ignored,
+        );
         assert!(
             prelude.contains(r"'a\U00000027); import os #'"),
             "{prelude}"

@@ -36,6 +36,8 @@ def base_config() -> dict[str, Any]:
     base = DEFAULT_CONFIG.parent
     for runtime in config["runtimes"].values():
         runtime["module"] = str((base / runtime["module"]).resolve())
+        if "stdlib" in runtime:
+            runtime["stdlib"]["archive"] = str((base / runtime["stdlib"]["archive"]).resolve())
         assert Path(runtime["module"]).is_file(), f"{runtime['module']} missing: run `make sandbox-runtimes`"
     for dataset in config["datasets"]:
         dataset["path"] = str((base / dataset["path"]).resolve())
@@ -64,6 +66,19 @@ class SandboxHost:
     ) -> requests.Response:
         """`POST /v1/executions`."""
         return requests.post(f"{self.url}/v1/executions", json=body, headers=headers, timeout=timeout)
+
+    def session(
+        self,
+        method: str,
+        path: str = "",
+        headers: dict[str, str] | None = None,
+        json: object = None,
+        data: bytes | None = None,
+    ) -> requests.Response:
+        """`method /v1/sessions{path}` with a JSON body, or raw `data`."""
+        return requests.request(
+            method, f"{self.url}/v1/sessions{path}", headers=headers, json=json, data=data, timeout=60
+        )
 
     def stop(self, timeout: float = 15) -> int:
         """SIGTERM, then waits for the exit code."""
