@@ -70,44 +70,47 @@ impl Sandbox {
         }
         let sandbox = self.clone();
         self.on_guest_thread(move |cancel| {
-            let started = Instant::now();
-            let watch = Watch {
-                started,
-                deadline: started + Duration::from_millis(limits.timeout_ms),
-                cancel,
-            };
-            let output = Output::new(&limits);
-            let mut store = sandbox.new_store(
-                &prepared,
-                b"",
-                std::slice::from_ref(&scratch),
-                &limits,
-                watch,
-                &output,
-            )?;
-            let opened = prepared
-                .pre
-                .instantiate(&mut store)
-                .and_then(|instance| TurnExports::new(&instance, &mut store))
-                .and_then(|exports| {
-                    run_prelude(&exports, &mut store, &[], LastExpression::Printed)?;
-                    Ok(exports)
-                });
-            match opened {
-                Ok(exports) => Ok(LiveSession {
-                    store,
-                    exports,
-                    output,
-                    clock_origin: started,
-                }),
-                Err(error) => {
-                    let report = report(&store, Err(error), limits, &output, started)?;
-                    Err(ExecutionError::Internal(format!(
-                        "the interpreter did not start: {}",
-                        report.detail.unwrap_or_default()
-                    )))
+            let result = (|| -> Result<LiveSession, ExecutionError> {
+                let started = Instant::now();
+                let watch = Watch {
+                    started,
+                    deadline: started + Duration::from_millis(limits.timeout_ms),
+                    cancel,
+                };
+                let output = Output::new(&limits);
+                let mut store = sandbox.new_store(
+                    &prepared,
+                    b"",
+                    std::slice::from_ref(&scratch),
+                    &limits,
+                    watch,
+                    &output,
+                )?;
+                let opened = prepared
+                    .pre
+                    .instantiate(&mut store)
+                    .and_then(|instance| TurnExports::new(&instance, &mut store))
+                    .and_then(|exports| {
+                        run_prelude(&exports, &mut store, &[], LastExpression::Printed)?;
+                        Ok(exports)
+                    });
+                match opened {
+                    Ok(exports) => Ok(LiveSession {
+                        store,
+                        exports,
+                        output,
+                        clock_origin: started,
+                    }),
+                    Err(error) => {
+                        let report = report(&store, Err(error), limits, &output, started)?;
+                        Err(ExecutionError::Internal(format!(
+                            "the interpreter did not start: {}",
+                            report.detail.unwrap_or_default()
+                        )))
+                    }
                 }
-            }
+            })();
+            (result, ())
         })
         .await
         .map_err(OpenError::from)
@@ -123,30 +126,33 @@ impl Sandbox {
         limits: Limits,
     ) -> Result<SessionRun, ExecutionError> {
         self.on_guest_thread(move |cancel| {
-            let started = Instant::now();
-            let state = session.store.data_mut();
-            state.watch = Watch {
-                started: session.clock_origin,
-                deadline: started + Duration::from_millis(limits.timeout_ms),
-                cancel,
-            };
-            state.limiter.memory_exceeded = false;
-            session.output.restart(&limits);
-            session
-                .store
-                .set_fuel(limits.fuel)
-                .map_err(|e| ExecutionError::Internal(e.to_string()))?;
-            session.store.set_epoch_deadline(1);
-            let status = session.exports.run(&mut session.store, &code);
-            // Only a turn that returned leaves an interpreter that can take another; one that
-            // asked to quit has ended itself.
-            let sound = matches!(&status, Ok(status) if !status.quit());
-            let result = status.and_then(exit_status);
-            let report = report(&session.store, result, limits, &session.output, started)?;
-            Ok(SessionRun {
-                report,
-                session: sound.then_some(session),
-            })
+            let result = (|| -> Result<SessionRun, ExecutionError> {
+                let started = Instant::now();
+                let state = session.store.data_mut();
+                state.watch = Watch {
+                    started: session.clock_origin,
+                    deadline: started + Duration::from_millis(limits.timeout_ms),
+                    cancel,
+                };
+                state.limiter.memory_exceeded = false;
+                session.output.restart(&limits);
+                session
+                    .store
+                    .set_fuel(limits.fuel)
+                    .map_err(|e| ExecutionError::Internal(e.to_string()))?;
+                session.store.set_epoch_deadline(1);
+                let status = session.exports.run(&mut session.store, &code);
+                // Only a turn that returned leaves an interpreter that can take another; one that
+                // asked to quit has ended itself.
+                let sound = matches!(&status, Ok(status) if !status.quit());
+                let result = status.and_then(exit_status);
+                let report = report(&session.store, result, limits, &session.output, started)?;
+                Ok(SessionRun {
+                    report,
+                    session: sound.then_some(session),
+                })
+            })();
+            (result, ())
         })
         .await
     }

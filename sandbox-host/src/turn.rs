@@ -117,14 +117,16 @@ pub fn prelude(args: &[String], last: LastExpression) -> String {
         .map(python_str)
         .collect::<Vec<_>>()
         .join(", ");
+    // numpy's global generator is reseeded from a short key: seeding it from the OS (`seed()`)
+    // costs four times the rest of the prelude.
     format!(
-        "import sys as _sys, random as _random\n\
+        "import sys as _sys, random as _random, os as _os\n\
          _sys.argv = [{argv}]\n\
          _random.seed()\n\
          _np = _sys.modules.get('numpy.random')\n\
-         if _np is not None: _np.seed()\n\
+         if _np is not None: _np.seed([int.from_bytes(_os.urandom(4)) for _ in range(4)])\n\
          {display}\
-         del _sys, _random, _np\n",
+         del _sys, _random, _os, _np\n",
         display = match last {
             LastExpression::Ignored => "_sys.displayhook = lambda value: None\n",
             LastExpression::Printed => "",

@@ -85,6 +85,39 @@ fn command(body: &str) -> String {
 }
 
 #[test]
+fn numpy_and_pandas_are_there_and_every_execution_starts_clean() {
+    let report = python(
+        "import numpy as np, pandas as pd\n\
+         df = pd.DataFrame({'x': np.arange(4)})\n\
+         leaked = 42\n\
+         print(int(df.x.sum()))",
+    );
+    assert_eq!(
+        (report.stdout.as_str(), report.outcome),
+        ("6\n", Outcome::Ok)
+    );
+    // The next execution starts from the snapshot again: nothing the last one defined is there,
+    // and a last expression is not echoed (`python -c` semantics).
+    let report = python("print('leaked' in globals(), 'df' in globals())\n1 + 1");
+    assert_eq!(report.stdout, "False False\n");
+}
+
+#[test]
+fn every_execution_draws_its_own_random_numbers() {
+    // The snapshot was taken with a fixed seed; each execution reseeds both generators.
+    let code = "import random, numpy\nprint(random.random(), numpy.random.rand())";
+    let (first, second) = (python(code).stdout, python(code).stdout);
+    assert_ne!(first, second);
+}
+
+#[test]
+fn a_numpy_allocation_past_the_memory_cap_ends_at_the_cap() {
+    let report = python("import numpy as np\nx = np.ones(10**8)");
+    assert_eq!(report.outcome, Outcome::MemoryLimit, "{report:?}");
+    assert_eq!(python("print(6*7)").stdout, "42\n");
+}
+
+#[test]
 fn python_and_javascript_answer() {
     let report = python("print(1 + 1)");
     assert_eq!(
