@@ -150,6 +150,28 @@ def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
     )
     assert run.status_code == 200, run.text
     assert run.json()["stdout"] == "2\n"
+    numpy = requests.post(
+        GATEWAY + "/v1/executions",
+        json={"language": "python", "code": "import pandas as pd\nprint(pd.Series([1, 2, 3]).sum())"},
+        headers=KEY,
+        timeout=60,
+    )
+    assert numpy.json()["stdout"] == "6\n", numpy.text
+    # A session through the gateway: owned by the identity the auth filter verified.
+    created = requests.post(GATEWAY + "/v1/sessions", headers=KEY, timeout=60)
+    assert created.status_code == 201, created.text
+    session = GATEWAY + created.headers["location"]
+    first = requests.post(
+        session + "/executions", json={"code": "import numpy as np\nx = np.arange(10)"}, headers=KEY, timeout=60
+    )
+    assert first.json()["outcome"] == "ok", first.text
+    assert (
+        requests.post(session + "/executions", json={"code": "print(x.mean())"}, headers=KEY, timeout=60).json()[
+            "stdout"
+        ]
+        == "4.5\n"
+    )
+    assert requests.delete(session, headers=KEY, timeout=10).status_code == 204
 
 
 def test_a_repeated_question_is_answered_from_the_cache(make_run: Path) -> None:
