@@ -103,6 +103,7 @@ mod tests {
             max_running: 1,
             max_queued: 1,
             queue_timeout_ms: 50,
+            ..ConcurrencySettings::default()
         });
         let slot = admission.admit().await.unwrap();
         let waiter = admission.admit();
@@ -121,6 +122,7 @@ mod tests {
             max_running: 1,
             max_queued: 1,
             queue_timeout_ms: 60_000,
+            ..ConcurrencySettings::default()
         });
         let _slot = admission.admit().await.unwrap();
         for _ in 0..3 {

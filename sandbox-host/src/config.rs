@@ -100,6 +100,9 @@ pub struct ConcurrencySettings {
     pub max_queued: u32,
     /// Longest wait for a slot before the request is answered 503.
     pub queue_timeout_ms: u64,
+    /// Python instances kept started ahead of requests (each holds a pooled instance slot); 0
+    /// starts every instance on request.
+    pub prestarted: u32,
 }
 
 impl Default for ConcurrencySettings {
@@ -108,6 +111,7 @@ impl Default for ConcurrencySettings {
             max_running: 4,
             max_queued: 32,
             queue_timeout_ms: 10_000,
+            prestarted: 2,
         }
     }
 }

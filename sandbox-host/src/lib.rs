@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod module_shape;
 pub mod output;
+pub mod prestart;
 pub mod runtimes;
 pub mod sandbox;
 pub mod scratch_quota;

@@ -15,8 +15,10 @@ use crate::guest_wait::{self, Cancel, Cancelled, Watch, Watched};
 use crate::limits::{LimitSettings, Limits};
 use crate::module_shape;
 use crate::output::CappedOutput;
+use crate::prestart::Prestarted;
 use crate::runtimes::{read_verified, verify_stdlib, Language, RuntimeError};
 use crate::scratch_quota::{ScratchExceeded, ScratchWatch};
+use crate::session::run_in_live;
 use crate::snapshot::{GUEST_ENV, STDLIB_GUEST_DIR};
 use crate::turn::{self, LastExpression, TurnExports};
 use serde::Serialize;
@@ -256,6 +258,11 @@ pub(crate) struct GuestLimiter {
 struct MemoryLimitExceeded(usize);
 
 impl GuestLimiter {
+    /// Caps the guest's memory at `bytes` from now on.
+    pub(crate) fn cap(&mut self, bytes: u64) {
+        self.memory_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+
     /// The largest linear memory the guest has had, in bytes.
     pub(crate) fn peak_memory(&self) -> usize {
         self.peak_memory
@@ -294,6 +301,8 @@ pub struct Sandbox {
     interpreters: BTreeMap<Language, Interpreter>,
     limits: LimitSettings,
     guest: GuestSettings,
+    /// Python instances started ahead of requests.
+    prestarted: Prestarted,
     /// Advances the epoch that the deadline callback of every store runs on.
     _ticker: EpochTicker,
 }
@@ -377,6 +386,7 @@ impl Sandbox {
             interpreters,
             limits: settings.limits.clone(),
             guest: settings.guest.clone(),
+            prestarted: Prestarted::new(settings.concurrency.prestarted as usize),
             _ticker: ticker,
         })
     }
@@ -407,6 +417,16 @@ impl Sandbox {
         &self.limits
     }
 
+    /// The instances started ahead of requests.
+    pub(crate) fn prestarted(&self) -> &Prestarted {
+        &self.prestarted
+    }
+
+    /// The native stack of a guest thread.
+    pub(crate) fn guest_thread_stack_bytes(&self) -> usize {
+        self.guest.thread_stack_bytes
+    }
+
     /// Runs `program` on a new guest thread and waits for its report without blocking the caller's
     /// runtime. The guest holds `held` (an admission slot, a scratch directory) until it has
     /// really stopped; dropping this future (the caller went away) cancels the guest.
@@ -418,6 +438,15 @@ impl Sandbox {
         held: H,
     ) -> Result<Report, ExecutionError> {
         let sandbox = self.clone();
+        if let Some(mut live) = self.prestarted.take(&program, !mounts.is_empty(), &limits) {
+            return self
+                .on_guest_thread(move |cancel| {
+                    let report = run_in_live(&mut live, &program.code, limits, cancel);
+                    // The instance served its one execution: dropped after the report is sent.
+                    (report.map(|(report, _)| report), (live, held))
+                })
+                .await;
+        }
         self.on_guest_thread(move |cancel| {
             let (report, store) = sandbox.run(&program, limits, &mounts, cancel);
             // Dropped after the report has been sent, in this order: the instance's teardown is
@@ -726,10 +755,13 @@ fn thread_lost() -> ExecutionError {
 }
 
 /// Engine settings: fuel and epochs for CPU, pooled slots with copy-on-write memory images sized
-/// by the largest memory cap, one slot per concurrently running execution and per session (and
+/// by the largest memory cap, one slot per concurrently running execution, per prestarted
+/// instance and per session (and
 /// one more memory each for the GC heap exception handling may need).
 fn engine_config(settings: &Settings) -> Config {
-    let slots = settings.concurrency.max_running + settings.sessions.max_total as u32;
+    let slots = settings.concurrency.max_running
+        + settings.concurrency.prestarted
+        + settings.sessions.max_total as u32;
     let max_memory = settings
         .limits
         .memory_bytes

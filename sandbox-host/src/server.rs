@@ -79,7 +79,9 @@ impl Service {
         let service = self.clone();
         let sandbox =
             tokio::task::spawn_blocking(move || Sandbox::new(&service.settings)).await??;
-        let _ = self.sandbox.set(Arc::new(sandbox));
+        let sandbox = Arc::new(sandbox);
+        sandbox.start_prestarting()?;
+        let _ = self.sandbox.set(sandbox);
         self.expire_sessions();
         Ok(())
     }

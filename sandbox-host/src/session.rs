@@ -9,11 +9,12 @@
 //! does not. Ownership, expiry and caps are [`crate::session_table`]'s.
 
 use crate::capabilities::Mount;
-use crate::guest_wait::Watch;
+use crate::guest_wait::{Cancel, Watch};
 use crate::limits::Limits;
 use crate::runtimes::Language;
 use crate::sandbox::{
-    exit_status, report, run_prelude, Entry, ExecutionError, GuestState, Output, Report, Sandbox,
+    exit_status, report, run_prelude, Entry, ExecutionError, GuestState, Output, Prepared, Report,
+    Sandbox,
 };
 use crate::turn::{LastExpression, TurnExports};
 use std::sync::Arc;
@@ -41,6 +42,16 @@ impl LiveSession {
     /// The guest's linear memory, in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.peak_memory() as u64
+    }
+
+    /// Caps the guest's memory at `bytes` from now on; false (and unchanged) if it already holds
+    /// more.
+    pub(crate) fn cap_memory(&mut self, bytes: u64) -> bool {
+        if self.memory_bytes() > bytes {
+            return false;
+        }
+        self.store.data_mut().limiter.cap(bytes);
+        true
     }
 }
 
@@ -70,47 +81,10 @@ impl Sandbox {
         }
         let sandbox = self.clone();
         self.on_guest_thread(move |cancel| {
-            let result = (|| -> Result<LiveSession, ExecutionError> {
-                let started = Instant::now();
-                let watch = Watch {
-                    started,
-                    deadline: started + Duration::from_millis(limits.timeout_ms),
-                    cancel,
-                };
-                let output = Output::new(&limits);
-                let mut store = sandbox.new_store(
-                    &prepared,
-                    b"",
-                    std::slice::from_ref(&scratch),
-                    &limits,
-                    watch,
-                    &output,
-                )?;
-                let opened = prepared
-                    .pre
-                    .instantiate(&mut store)
-                    .and_then(|instance| TurnExports::new(&instance, &mut store))
-                    .and_then(|exports| {
-                        run_prelude(&exports, &mut store, &[], LastExpression::Printed)?;
-                        Ok(exports)
-                    });
-                match opened {
-                    Ok(exports) => Ok(LiveSession {
-                        store,
-                        exports,
-                        output,
-                        clock_origin: started,
-                    }),
-                    Err(error) => {
-                        let report = report(&store, Err(error), limits, &output, started)?;
-                        Err(ExecutionError::Internal(format!(
-                            "the interpreter did not start: {}",
-                            report.detail.unwrap_or_default()
-                        )))
-                    }
-                }
-            })();
-            (result, ())
+            let mounts = std::slice::from_ref(&scratch);
+            let started =
+                sandbox.start_live(&prepared, mounts, limits, LastExpression::Printed, cancel);
+            (started, ())
         })
         .await
         .map_err(OpenError::from)
@@ -126,34 +100,87 @@ impl Sandbox {
         limits: Limits,
     ) -> Result<SessionRun, ExecutionError> {
         self.on_guest_thread(move |cancel| {
-            let result = (|| -> Result<SessionRun, ExecutionError> {
-                let started = Instant::now();
-                let state = session.store.data_mut();
-                state.watch = Watch {
-                    started: session.clock_origin,
-                    deadline: started + Duration::from_millis(limits.timeout_ms),
-                    cancel,
-                };
-                state.limiter.memory_exceeded = false;
-                session.output.restart(&limits);
-                session
-                    .store
-                    .set_fuel(limits.fuel)
-                    .map_err(|e| ExecutionError::Internal(e.to_string()))?;
-                session.store.set_epoch_deadline(1);
-                let status = session.exports.run(&mut session.store, &code);
-                // Only a turn that returned leaves an interpreter that can take another; one that
-                // asked to quit has ended itself.
-                let sound = matches!(&status, Ok(status) if !status.quit());
-                let result = status.and_then(exit_status);
-                let report = report(&session.store, result, limits, &session.output, started)?;
-                Ok(SessionRun {
+            let run = run_in_live(&mut session, &code, limits, cancel).map(|(report, sound)| {
+                SessionRun {
                     report,
                     session: sound.then_some(session),
-                })
-            })();
-            (result, ())
+                }
+            });
+            (run, ())
         })
         .await
     }
+
+    /// Instantiates a turn-based interpreter with `mounts` and runs its prelude, on this guest
+    /// thread.
+    pub(crate) fn start_live(
+        &self,
+        prepared: &Prepared,
+        mounts: &[Mount],
+        limits: Limits,
+        last: LastExpression,
+        cancel: Arc<Cancel>,
+    ) -> Result<LiveSession, ExecutionError> {
+        let started = Instant::now();
+        let watch = Watch {
+            started,
+            deadline: started + Duration::from_millis(limits.timeout_ms),
+            cancel,
+        };
+        let output = Output::new(&limits);
+        let mut store = self.new_store(prepared, b"", mounts, &limits, watch, &output)?;
+        let opened = prepared
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| TurnExports::new(&instance, &mut store))
+            .and_then(|exports| {
+                run_prelude(&exports, &mut store, &[], last)?;
+                Ok(exports)
+            });
+        match opened {
+            Ok(exports) => Ok(LiveSession {
+                store,
+                exports,
+                output,
+                clock_origin: started,
+            }),
+            Err(error) => {
+                let report = report(&store, Err(error), limits, &output, started)?;
+                Err(ExecutionError::Internal(format!(
+                    "the interpreter did not start: {}",
+                    report.detail.unwrap_or_default()
+                )))
+            }
+        }
+    }
+}
+
+/// Runs `code` as the next turn of `session` under `limits` (a fresh deadline, fuel and output
+/// caps; the memory cap is the instance's), on this guest thread. Also says whether the
+/// interpreter can take another turn: only one whose turn returned (and did not ask to quit).
+pub(crate) fn run_in_live(
+    session: &mut LiveSession,
+    code: &[u8],
+    limits: Limits,
+    cancel: Arc<Cancel>,
+) -> Result<(Report, bool), ExecutionError> {
+    let started = Instant::now();
+    let state = session.store.data_mut();
+    state.watch = Watch {
+        started: session.clock_origin,
+        deadline: started + Duration::from_millis(limits.timeout_ms),
+        cancel,
+    };
+    state.limiter.memory_exceeded = false;
+    session.output.restart(&limits);
+    session
+        .store
+        .set_fuel(limits.fuel)
+        .map_err(|e| ExecutionError::Internal(e.to_string()))?;
+    session.store.set_epoch_deadline(1);
+    let status = session.exports.run(&mut session.store, code);
+    let sound = matches!(&status, Ok(status) if !status.quit());
+    let result = status.and_then(exit_status);
+    let report = report(&session.store, result, limits, &session.output, started)?;
+    Ok((report, sound))
 }

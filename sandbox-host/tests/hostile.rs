@@ -604,3 +604,54 @@ fn compiling_counts_against_the_deadline() {
     assert!(report.detail.unwrap().contains("deadline"));
     assert_still_serving();
 }
+
+#[test]
+fn prestarted_instances_serve_one_execution_each_and_are_replaced() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Arc::new(Sandbox::new(&settings(2)).unwrap());
+    sandbox.start_prestarting().unwrap();
+    let ready = |count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while sandbox.prestarted_ready() < count {
+            assert!(std::time::Instant::now() < deadline, "never refilled");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    ready(2);
+    runtime.block_on(async {
+        let code = "import random\nprint('mine' in globals(), random.random())\nmine = 1";
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let report = sandbox
+                .execute(program(Language::Python, code), limits(), vec![], ())
+                .await
+                .unwrap();
+            assert!(report.stdout.starts_with("False "), "{report:?}");
+            assert!(seen.insert(report.stdout), "an instance served twice");
+        }
+        // Arguments need an instance started with them: the usual path, the same answer.
+        let with_args = Program {
+            args: vec!["a".into()],
+            ..program(Language::Python, "import sys\nprint(sys.argv)")
+        };
+        let report = sandbox
+            .execute(with_args, limits(), vec![], ())
+            .await
+            .unwrap();
+        assert_eq!(report.stdout, "['-c', 'a']\n");
+        // A cap below what a prestarted instance already holds is not met by one.
+        let tiny = Limits {
+            memory_bytes: 16 << 20,
+            ..limits()
+        };
+        let report = sandbox
+            .execute(program(Language::Python, "print(1)"), tiny, vec![], ())
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, Outcome::MemoryLimit);
+    });
+    ready(2);
+}
