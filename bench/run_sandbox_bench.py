@@ -170,10 +170,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10, help="seconds of the throughput run")
     parser.add_argument("--max-running", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--sessions", type=int, default=20, help="sessions created per run")
+    parser.add_argument("--prestarted", type=int, default=4, help="Python instances kept started ahead")
     args = parser.parse_args()
     os.environ.setdefault("SANDBOX_HOST_BINARY", str(target_dir() / "proxy" / "sandbox-host"))
     overrides = {
-        "concurrency": {"max_running": args.max_running, "max_queued": 256, "queue_timeout_ms": 60000},
+        "concurrency": {
+            "max_running": args.max_running,
+            "max_queued": 256,
+            "queue_timeout_ms": 60000,
+            "prestarted": args.prestarted,
+        },
         "gateway": {"signing_key_env": SIGNING_KEY_ENV, "max_signature_age_seconds": 60},
         "sessions": {"max_per_identity": 2, "max_total": 8},
     }
@@ -194,7 +200,10 @@ def main() -> int:
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
         host.stop()
-    print(f"\n{args.runs} runs, {args.requests} sequential requests per program, {os.cpu_count()} cores\n")
+    print(
+        f"\n{args.runs} runs, {args.requests} sequential requests per program, {args.prestarted} prestarted, "
+        f"{os.cpu_count()} cores\n"
+    )
     print("| program | server p50 ms | server p99 ms | round trip p50 ms | round trip p99 ms | guest memory MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, runs in rows.items():

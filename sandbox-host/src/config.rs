@@ -111,7 +111,7 @@ impl Default for ConcurrencySettings {
             max_running: 4,
             max_queued: 32,
             queue_timeout_ms: 10_000,
-            prestarted: 2,
+            prestarted: 4,
         }
     }
 }
