@@ -143,9 +143,10 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS
-            || self.status == StatusCode::SERVICE_UNAVAILABLE
-        {
+        // Retrying soon helps with a full queue, not with an identity's session cap.
+        let transient = self.status == StatusCode::SERVICE_UNAVAILABLE
+            || (self.status == StatusCode::TOO_MANY_REQUESTS && self.code != "too_many_sessions");
+        if transient {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -47,10 +47,16 @@ impl Prestarted {
         if !plain || self.target == 0 {
             return None;
         }
-        let mut live = self.ready.lock().expect("prestart lock").pop()?;
+        let mut ready = self.ready.lock().expect("prestart lock");
+        let mut live = ready.pop()?;
+        // Started under the server's largest cap; this execution may ask for less than the
+        // instance already holds, and then takes the usual path (the instance waits on).
+        if !live.cap_memory(limits.memory_bytes) {
+            ready.push(live);
+            return None;
+        }
         self.taken.notify_one();
-        // Started under the server's largest cap; this execution may ask for less.
-        live.cap_memory(limits.memory_bytes).then_some(live)
+        Some(live)
     }
 }
 

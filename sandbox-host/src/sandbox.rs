@@ -417,6 +417,13 @@ impl Sandbox {
         &self.limits
     }
 
+    /// Whether `language` has a turn-based interpreter here (one that sessions can keep).
+    pub fn turn_based(&self, language: Language) -> bool {
+        self.interpreters
+            .get(&language)
+            .is_some_and(|interpreter| interpreter.entry == Entry::Turn)
+    }
+
     /// The instances started ahead of requests.
     pub(crate) fn prestarted(&self) -> &Prestarted {
         &self.prestarted

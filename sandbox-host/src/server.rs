@@ -97,8 +97,9 @@ impl Service {
                     return;
                 };
                 let expired = service.sessions.expire(std::time::Instant::now());
-                if expired > 0 {
-                    tracing::info!(expired, "sessions expired");
+                if !expired.is_empty() {
+                    tracing::info!(expired = expired.len(), "sessions expired");
+                    session_api::retire(expired);
                 }
             }
         });

@@ -16,6 +16,7 @@ use crate::sandbox::{
     exit_status, report, run_prelude, Entry, ExecutionError, GuestState, Output, Prepared, Report,
     Sandbox,
 };
+use crate::scratch_quota::{ScratchExceeded, ScratchWatch};
 use crate::turn::{LastExpression, TurnExports};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ pub struct LiveSession {
     output: Output,
     /// What the guest's monotonic clock counts from (and poll deadlines compare with).
     clock_origin: Instant,
+    /// The session's `/scratch` and its quota, checked after every execution.
+    scratch: Option<ScratchWatch>,
 }
 
 /// The result of an execution in a session.
@@ -93,11 +96,12 @@ impl Sandbox {
     /// Runs `code` as the session's next program under `limits` (its memory cap is the
     /// session's), on a guest thread. Dropping this future cancels the program and, as a
     /// cancelled program leaves the interpreter unsound, the session.
-    pub async fn execute_in_session(
+    pub async fn execute_in_session<H: Send + 'static>(
         self: &Arc<Self>,
         mut session: LiveSession,
         code: Vec<u8>,
         limits: Limits,
+        held: H,
     ) -> Result<SessionRun, ExecutionError> {
         self.on_guest_thread(move |cancel| {
             let run = run_in_live(&mut session, &code, limits, cancel).map(|(report, sound)| {
@@ -106,7 +110,8 @@ impl Sandbox {
                     session: sound.then_some(session),
                 }
             });
-            (run, ())
+            // `held` (an admission slot) is let go once the guest has stopped.
+            (run, held)
         })
         .await
     }
@@ -137,12 +142,17 @@ impl Sandbox {
                 run_prelude(&exports, &mut store, &[], last)?;
                 Ok(exports)
             });
+        let scratch = mounts
+            .iter()
+            .find(|m| m.guest == "/scratch" && m.writable)
+            .map(|m| ScratchWatch::new(&m.host, self.limit_settings().scratch));
         match opened {
             Ok(exports) => Ok(LiveSession {
                 store,
                 exports,
                 output,
                 clock_origin: started,
+                scratch,
             }),
             Err(error) => {
                 let report = report(&store, Err(error), limits, &output, started)?;
@@ -179,8 +189,20 @@ pub(crate) fn run_in_live(
         .map_err(|e| ExecutionError::Internal(e.to_string()))?;
     session.store.set_epoch_deadline(1);
     let status = session.exports.run(&mut session.store, code);
-    let sound = matches!(&status, Ok(status) if !status.quit());
-    let result = status.and_then(exit_status);
+    let sound = matches!(&status, Ok(status) if !status.ends_interpreter());
+    let mut result = status.and_then(exit_status);
+    // The epoch callback samples the quota only while wasm runs; what a short program left in a
+    // session's `/scratch` is checked here, and a session over its quota ends.
+    let over_quota = match &session.scratch {
+        Some(scratch) if !matches!(&result, Err(e) if e.is::<ScratchExceeded>()) => {
+            scratch.check().err()
+        }
+        _ => None,
+    };
+    let sound = sound && over_quota.is_none();
+    if let Some(exceeded) = over_quota {
+        result = Err(exceeded.into());
+    }
     let report = report(&session.store, result, limits, &session.output, started)?;
     Ok((report, sound))
 }

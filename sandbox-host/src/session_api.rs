@@ -52,8 +52,8 @@ struct SessionExecution {
 struct SessionExecutionResponse<'a> {
     request_id: &'a str,
     session_id: &'a str,
-    /// True when the session ended with this execution (a trap, a timeout, the memory cap,
-    /// `sys.exit`): the next request for it gets 404.
+    /// True when the session ended with this execution (a trap: a timeout, the memory or
+    /// output cap, the `/scratch` quota, a cancellation): the next request for it gets 404.
     session_ended: bool,
     #[serde(flatten)]
     report: &'a Report,
@@ -123,6 +123,13 @@ async fn create_session(
     let sandbox = ready_sandbox(service)?;
     let owner = owner(service, headers)?;
     let request: CreateSession = read_json(body, service.max_request_bytes(), true).await?;
+    if !sandbox.turn_based(request.language) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "sessions_unsupported",
+            OpenError::Unsupported(request.language.as_str()).to_string(),
+        ));
+    }
     let scratch = tempfile::Builder::new()
         .prefix("sandbox-session-")
         .tempdir()
@@ -168,7 +175,7 @@ async fn create_session(
             *claimed = Some(live);
         }
         Err(failure) => {
-            service.sessions().remove(&session.id, &owner);
+            retire(service.sessions().remove(&session.id, &owner));
             return Err(failure);
         }
     }
@@ -229,9 +236,10 @@ async fn delete(
     headers: HeaderMap,
 ) -> Response {
     let result = owner(&service, &headers).and_then(|owner| {
-        if !service.sessions().remove(&id, &owner) {
+        let Some(removed) = service.sessions().remove(&id, &owner) else {
             return Err(not_found(&id));
-        }
+        };
+        retire(Some(removed));
         tracing::info!(
             request_id,
             identity = owner,
@@ -302,23 +310,23 @@ async fn execute_in_session(
             "another execution is running in this session; send the next one when it ends",
         )
     })?;
+    // Admitted before the interpreter is taken out: a full queue leaves the session as it was.
+    let slot = service.admission().admit().await?;
     // Taken out for the run: if this request is dropped meanwhile, the session stays ended.
     let Some(live) = claimed.take() else {
         return Err(not_found(id));
     };
-    let slot = service.admission().admit().await?;
     let started = Instant::now();
     let run = sandbox
-        .execute_in_session(live, request.code.into_bytes(), limits)
+        .execute_in_session(live, request.code.into_bytes(), limits, slot)
         .await?;
-    drop(slot);
     let ended = run.session.is_none();
     if let Some(live) = run.session {
         session.used(live.memory_bytes());
         *claimed = Some(live);
     } else {
         drop(claimed);
-        service.sessions().remove(id, &owner);
+        retire(service.sessions().remove(id, &owner));
     }
     service.metrics().record(session.language, &run.report);
     tracing::info!(
@@ -337,6 +345,12 @@ async fn execute_in_session(
         report: &run.report,
     })
     .into_response())
+}
+
+/// Drops removed sessions off the async workers: the last reference tears an instance down
+/// (unmapping up to its memory cap) and deletes its `/scratch`.
+pub(crate) fn retire<T: Send + 'static>(removed: T) {
+    tokio::task::spawn_blocking(move || drop(removed));
 }
 
 fn internal(message: String) -> Failure {

@@ -206,10 +206,14 @@ impl SessionTable {
         Ok((session, claimed))
     }
 
-    /// `owner`'s session `id`; `None` if there is none, or it is someone else's.
+    /// `owner`'s session `id`; `None` if there is none, it is someone else's, or it has expired
+    /// (a session kept busy is never idle for the sweep, but its lifetime still ends here).
     pub fn get(&self, id: &str, owner: &str) -> Option<Arc<Session>> {
         let sessions = self.sessions.lock().expect("session table lock");
-        sessions.get(id).filter(|s| s.owner == owner).cloned()
+        sessions
+            .get(id)
+            .filter(|s| s.owner == owner && !s.expired(&self.settings, Instant::now()))
+            .cloned()
     }
 
     /// `owner`'s sessions, oldest first.
@@ -224,27 +228,30 @@ impl SessionTable {
         owned
     }
 
-    /// Deletes `owner`'s session `id`; false if there was none. A running execution in it
-    /// finishes; the interpreter is then dropped with the last reference.
-    pub fn remove(&self, id: &str, owner: &str) -> bool {
+    /// Takes `owner`'s session `id` out of the table, if there is one. A running execution in it
+    /// finishes; the interpreter goes with the last reference, which the caller should drop off
+    /// the async workers (it unmaps the instance and deletes `/scratch`).
+    pub fn remove(&self, id: &str, owner: &str) -> Option<Arc<Session>> {
         let mut sessions = self.sessions.lock().expect("session table lock");
         if sessions.get(id).is_some_and(|s| s.owner == owner) {
-            sessions.remove(id);
-            return true;
+            return sessions.remove(id);
         }
-        false
+        None
     }
 
-    /// Deletes every expired session not running an execution, and every ended one; returns how
-    /// many.
-    pub fn expire(&self, now: Instant) -> usize {
+    /// Takes every expired session not running an execution, and every ended one, out of the
+    /// table, for the caller to drop (as for [`SessionTable::remove`]).
+    pub fn expire(&self, now: Instant) -> Vec<Arc<Session>> {
         let mut sessions = self.sessions.lock().expect("session table lock");
-        let before = sessions.len();
-        sessions.retain(|_, session| match session.interpreter.try_lock() {
-            Ok(interpreter) => interpreter.is_some() && !session.expired(&self.settings, now),
-            Err(_) => true,
-        });
-        before - sessions.len()
+        let gone: Vec<String> = sessions
+            .iter()
+            .filter(|(_, session)| match session.interpreter.try_lock() {
+                Ok(interpreter) => interpreter.is_none() || session.expired(&self.settings, now),
+                Err(_) => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        gone.iter().filter_map(|id| sessions.remove(id)).collect()
     }
 
     /// How many sessions there are.
@@ -283,8 +290,8 @@ mod tests {
         assert!(table.get(&session.id, "alice").is_some());
         assert!(table.get(&session.id, "bob").is_none());
         assert!(table.list("bob").is_empty());
-        assert!(!table.remove(&session.id, "bob"));
-        assert!(table.remove(&session.id, "alice"));
+        assert!(table.remove(&session.id, "bob").is_none());
+        assert!(table.remove(&session.id, "alice").is_some());
         assert!(table.get(&session.id, "alice").is_none());
     }
 
@@ -320,10 +327,13 @@ mod tests {
         assert!(!session.expired(&settings, now));
         assert!(session.expired(&settings, now + Duration::from_secs(61)));
         assert!(session.expired(&settings, now + Duration::from_secs(601)));
-        assert_eq!(table.expire(now + Duration::from_secs(61)), 0, "claimed");
+        assert!(
+            table.expire(now + Duration::from_secs(61)).is_empty(),
+            "claimed"
+        );
         // Released without an interpreter: it has ended, and goes at once.
         drop(claim);
-        assert_eq!(table.expire(now), 1);
+        assert_eq!(table.expire(now).len(), 1);
         assert!(table.get(&session.id, "alice").is_none());
     }
 }

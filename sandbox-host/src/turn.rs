@@ -82,8 +82,9 @@ pub fn write_code(
     Ok((ptr, len))
 }
 
-/// What `turn` returned: the low byte is the program's exit status; 256 and above mean the
-/// program asked the interpreter to quit (`sys.exit`, `quit()`), so no further turn should run.
+/// What `turn` returned: the low byte is the program's exit status (`sys.exit(3)` returns 3 and
+/// leaves the interpreter usable); 256 and above mean the interpreter itself is ending, and a
+/// negative value is outside the interface, so no further turn should run after either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TurnStatus(pub i32);
 
@@ -93,9 +94,9 @@ impl TurnStatus {
         self.0 & 0xFF
     }
 
-    /// Whether the interpreter was asked to end.
-    pub fn quit(self) -> bool {
-        self.0 >= 256
+    /// Whether the interpreter must not run another turn.
+    pub fn ends_interpreter(self) -> bool {
+        !(0..256).contains(&self.0)
     }
 }
 
@@ -155,9 +156,10 @@ mod tests {
     #[test]
     fn status_low_byte_is_the_exit_code_and_256_up_is_a_quit() {
         assert_eq!(TurnStatus(0).exit_code(), 0);
-        assert!(!TurnStatus(1).quit());
+        assert!(!TurnStatus(1).ends_interpreter());
         assert_eq!(TurnStatus(256 + 3).exit_code(), 3);
-        assert!(TurnStatus(256).quit());
+        assert!(TurnStatus(256).ends_interpreter());
+        assert!(TurnStatus(-1).ends_interpreter());
     }
 
     #[test]
