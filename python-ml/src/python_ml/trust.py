@@ -95,19 +95,24 @@ def verify(headers: Iterable[tuple[bytes, bytes]], key: bytes, max_age_seconds: 
     return Caller(tenant=tenant, identity=identity)
 
 
-def trusted_caller(request: Request) -> Caller:
-    """FastAPI dependency: who the request acts for. 401 `untrusted_caller` when a signing key is
-    set and the request's signature cannot be accepted; the shared `public` tenant when no key is."""
-    settings = service(request).settings
+def caller_from_headers(settings: Settings, headers: Iterable[tuple[bytes, bytes]], request_id: str | None) -> Caller:
+    """Who a request with these raw headers (HTTP) or this metadata (gRPC) acts for: 401
+    `untrusted_caller` when a signing key is set and the signature cannot be accepted; the shared
+    `public` tenant when no key is."""
     if settings.gateway_signing_key is None:
         return Caller(tenant=PUBLIC_TENANT, identity="")
     key = settings.gateway_signing_key.get_secret_value().encode("utf-8")
     try:
-        return verify(request.scope["headers"], key, settings.gateway_signature_max_age_seconds, time.time())
+        return verify(headers, key, settings.gateway_signature_max_age_seconds, time.time())
     except UntrustedCaller as exc:
         # A gateway whose key or clock is off shows up here first.
-        log.warning("refused an unsigned or badly signed request (request %s): %s", request_id_of(request), exc)
+        log.warning("refused an unsigned or badly signed request (request %s): %s", request_id, exc)
         raise ApiError(401, "untrusted_caller", f"this endpoint needs the gateway's signed identity: {exc}") from None
+
+
+def trusted_caller(request: Request) -> Caller:
+    """FastAPI dependency: who the request acts for (`caller_from_headers`)."""
+    return caller_from_headers(service(request).settings, request.scope["headers"], request_id_of(request))
 
 
 TrustedCaller = Annotated[Caller, Depends(trusted_caller)]

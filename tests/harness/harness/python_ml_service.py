@@ -18,15 +18,17 @@ def start_python_ml(
     timeout: float = 60,
     signing_key: str | None = None,
     env: dict[str, str] | None = None,
+    grpc_port: int = 0,
 ) -> subprocess.Popen[bytes]:
     """The service on `127.0.0.1:port`, returned once `/readyz` says the model is loaded; with
-    `signing_key`, it scopes documents to the tenant the gateway signed for; `env` adds to its
-    environment.
+    `signing_key`, it scopes documents to the tenant the gateway signed for; with `grpc_port`, it
+    serves its gRPC API there too; `env` adds to its environment.
 
     Its output goes to `log_path` (quoted if it fails to start), or nowhere."""
     service_env = {
         **os.environ,
         "PYML_PORT": str(port),
+        "PYML_GRPC_PORT": str(grpc_port),
         "PYML_QDRANT_PATH": ":memory:",
         "PYML_GENERATOR": "extractive",
         **(env or {}),

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ..answering import collect_answer
 from ..dependencies import ERROR_RESPONSES, Service, loaded_rag, on_model_thread
 from ..errors import ApiError, error_body, request_id_of
 from ..generation import GenerationError
@@ -24,7 +25,7 @@ from ..settings import Settings
 from ..store import Hit
 from ..tokens import TokenCounter
 from ..trust import UNTRUSTED_RESPONSE, TrustedCaller
-from .query import collect_answer, unless_disconnected
+from .query import unless_disconnected
 
 router = APIRouter()
 
