@@ -49,7 +49,7 @@ apt_install = missing=""; for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || m
     { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; } \
     || $(call retry,installing Debian packages,$(2)); fi
 
-.PHONY: help setup deps-apt deps-apt-test deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-ai bench-sandbox bench-reload bench-ml lint fmt
+.PHONY: help setup deps-apt deps-apt-test deps-rust venv sandbox-runtimes filters build binaries proxy sandbox test test-rust test-python-ml test-e2e run bench bench-ai bench-sandbox bench-reload bench-ml bench-grpc lint fmt
 
 help:
 	@echo "make run    the whole system on 127.0.0.1:$(RUN_LISTEN_PORT): the gateway in front of python-ml and sandbox-host"
@@ -60,6 +60,7 @@ help:
 	@echo "make bench-sandbox  sandbox-host latency per language and executions/s"
 	@echo "make bench-reload  how long a configuration reload takes (make run's configuration)"
 	@echo "make bench-ml  python-ml embeddings/s and query latency on a 1,000-chunk corpus"
+	@echo "make bench-grpc  the same RAG query over HTTP/JSON and gRPC through the gateway"
 
 ## --- set-up -------------------------------------------------------------------------------------
 
@@ -203,6 +204,10 @@ bench-reload: setup filters binaries
 # sandbox-host latency per language and executions/s; figures go to docs/sandbox.md.
 bench-sandbox: setup binaries
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) bench/run_sandbox_bench.py $(BENCH_SANDBOX_ARGS)
+
+# The same RAG query over HTTP/JSON and gRPC through our proxy; figures go to docs/python-ml-benchmarks.md.
+bench-grpc: setup filters binaries
+	$(PYTHON) bench/run_grpc_bench.py $(BENCH_GRPC_ARGS)
 
 # python-ml throughput and latency; figures go to docs/python-ml.md.
 bench-ml: venv

@@ -16,14 +16,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import openai
 import pytest
 import requests
 from harness.gateway import DEMO_KEY, REPO
+from python_ml.v1 import embeddings_pb2, embeddings_pb2_grpc, rag_pb2, rag_pb2_grpc
 
 GATEWAY = "http://127.0.0.1:10000"
 ADMIN = "http://127.0.0.1:9901"
 ML = "http://127.0.0.1:8100"
+ML_GRPC = "http://127.0.0.1:8101"
 SANDBOX = "http://127.0.0.1:8090"
 KEY = {"x-api-key": DEMO_KEY}
 
@@ -32,7 +35,7 @@ KEY = {"x-api-key": DEMO_KEY}
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`make run` in its own process group, once python-ml answers through the gateway; its output
     goes to a log that a failure quotes."""
-    for url in (GATEWAY, ADMIN, ML, SANDBOX):
+    for url in (GATEWAY, ADMIN, ML, ML_GRPC, SANDBOX):
         port = int(url.rsplit(":", 1)[1])
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is in use: stop what holds it"
@@ -172,6 +175,23 @@ def test_the_quick_start_through_the_gateway(make_run: Path) -> None:
         == "4.5\n"
     )
     assert requests.delete(session, headers=KEY, timeout=10).status_code == 204
+
+
+def test_the_grpc_api_through_the_gateway(make_run: Path) -> None:
+    with grpc.insecure_channel("127.0.0.1:10000") as channel:
+        metadata = tuple(KEY.items())
+        embedded = embeddings_pb2_grpc.EmbeddingsStub(channel).Embed(
+            embeddings_pb2.EmbedRequest(inputs=["a cappuccino"]), metadata=metadata, timeout=60
+        )
+        assert len(embedded.embeddings[0].values) == 384
+        rag = rag_pb2_grpc.RagStub(channel)
+        document = rag_pb2.Document(id="grpc-espresso", text="Espresso is brewed at about 9 bar of pressure.")
+        rag.Ingest(rag_pb2.IngestRequest(documents=[document]), metadata=metadata, timeout=60)
+        events = list(rag.Query(rag_pb2.QueryRequest(question="What pressure?"), metadata=metadata, timeout=60))
+        assert events[-1].WhichOneof("event") == "done"
+        with pytest.raises(grpc.RpcError) as refused:
+            rag.Ingest(rag_pb2.IngestRequest(documents=[document]), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_repeated_question_is_answered_from_the_cache(make_run: Path) -> None:

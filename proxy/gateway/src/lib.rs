@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection_limit;
 pub mod filter_chain;
 pub mod forwarding;
+pub mod grpc;
 pub mod header_maps;
 pub mod health;
 pub mod lifecycle;

@@ -5,6 +5,7 @@ use crate::cluster::InFlight;
 use crate::config::UpstreamErrors;
 use crate::filter_chain::{ChainRun, ChainVerdict};
 use crate::forwarding;
+use crate::grpc;
 use crate::header_maps;
 use crate::lifecycle::Lifecycle;
 use crate::offload;
@@ -192,7 +193,11 @@ impl ProxyHttp for Gateway {
             ctx.error = Some(ProxyError::NoHealthyUpstream);
             return Err(ProxyError::NoHealthyUpstream.into_pingora());
         };
-        let peer = cluster.peer(&endpoint, route.config.timeout);
+        // A gRPC caller's deadline bounds the wait for the upstream too.
+        let read_timeout = route.config.timeout.unwrap_or(cluster.config.timeouts.read);
+        let read_timeout = grpc::deadline(session.req_header())
+            .map_or(read_timeout, |deadline| deadline.min(read_timeout));
+        let peer = cluster.peer(&endpoint, Some(read_timeout));
         ctx.in_flight = Some(InFlight::new(endpoint));
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
@@ -292,10 +297,12 @@ impl ProxyHttp for Gateway {
         }
         ctx.upstream_headers_after = ctx.upstream_started.map(|t| t.elapsed());
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // A gRPC caller reads the upstream's status from its trailers; a JSON body would be noise.
         let replace_5xx = ctx
             .route
             .as_ref()
-            .is_some_and(|r| r.config.upstream_errors == UpstreamErrors::Json);
+            .is_some_and(|r| r.config.upstream_errors == UpstreamErrors::Json)
+            && !grpc::is_grpc(session.req_header());
         if status >= 500 && replace_5xx {
             let error = ProxyError::UpstreamFailed(status);
             replace_response(

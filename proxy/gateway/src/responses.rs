@@ -1,5 +1,7 @@
 //! Responses the proxy writes itself: JSON errors with a stable shape, and filter local replies.
+//! A gRPC caller gets either as a gRPC status instead (see [`crate::grpc`]).
 
+use crate::grpc::{self, GrpcStatus};
 use crate::path_normalization::PathRejection;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -127,6 +129,9 @@ impl ProxyError {
             headers: proxy_wasm_host::Headers::from_pairs([("content-type", "application/json")]),
             body: self.body(request_id),
             details: self.code().to_string(),
+            // As Envoy answers a gRPC call whose upstream timed out; the rest follow the status.
+            grpc_status: (self == ProxyError::UpstreamTimeout)
+                .then_some(GrpcStatus::DEADLINE_EXCEEDED.code()),
         }
     }
 
@@ -174,16 +179,56 @@ pub async fn write_error(
     write_local(session, error.local_response(request_id), request_id).await
 }
 
-/// Writes a filter's local reply.
+/// Writes a filter's local reply (or a proxy error), as a gRPC status when the request is a gRPC
+/// call.
 pub async fn write_local(
     session: &mut Session,
     response: LocalResponse,
     request_id: &str,
 ) -> pingora::Result<()> {
+    if grpc::is_grpc(session.req_header()) {
+        return write_grpc_status(session, response, request_id).await;
+    }
     let headers: Vec<(String, Vec<u8>)> = response
         .headers
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_vec()))
         .collect();
     write(session, response.status, headers, response.body, request_id).await
+}
+
+/// A refused gRPC call, answered as Envoy answers one: a trailers-only response (HTTP 200 whose
+/// headers end the stream) with `grpc-status` (the filter's, or the one its HTTP status maps to)
+/// and the body as `grpc-message`. The reply's other headers stay.
+async fn write_grpc_status(
+    session: &mut Session,
+    response: LocalResponse,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let status = response
+        .grpc_status
+        .and_then(GrpcStatus::new)
+        .unwrap_or_else(|| GrpcStatus::from_http(response.status));
+    let mut header = ResponseHeader::build(200, Some(6))?;
+    for (name, value) in response.headers.iter() {
+        if name.starts_with(':')
+            || matches!(
+                name,
+                "content-length" | "content-type" | "transfer-encoding" | "grpc-status" | "grpc-message"
+            )
+        {
+            continue;
+        }
+        header.append_header(name.to_string(), value.to_vec())?;
+    }
+    header.insert_header("content-type", grpc::CONTENT_TYPE)?;
+    header.insert_header("grpc-status", status.code().to_string())?;
+    if !response.body.is_empty() {
+        header.insert_header("grpc-message", grpc::encode_message(&response.body))?;
+    }
+    header.insert_header("x-request-id", request_id)?;
+    if !session.is_http2() {
+        header.insert_header("content-length", "0")?;
+    }
+    session.write_response_header(Box::new(header), true).await
 }

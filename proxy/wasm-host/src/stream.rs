@@ -251,6 +251,7 @@ impl HttpStream {
             headers: Headers::from_pairs([("content-type", "application/json")]),
             body: gateway_contract::error_body(status, code, message, self.request_id.as_deref()),
             details: format!("{code}: {}", self.plugin.inner.shared.spec.name),
+            grpc_status: None,
         }
     }
 

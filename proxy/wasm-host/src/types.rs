@@ -153,6 +153,9 @@ pub struct LocalResponse {
     pub body: Vec<u8>,
     /// Why, for the access log.
     pub details: String,
+    /// The gRPC status a filter asked a gRPC caller to get (`grpc_status` of
+    /// `proxy_send_local_response`); `None`: derived from `status`, as Envoy does.
+    pub grpc_status: Option<u32>,
 }
 
 /// What the proxy does after a phase.

@@ -186,12 +186,17 @@ impl Default for ClusterTimeouts {
     }
 }
 
-/// Active health check: `GET path` on every endpoint at an interval.
+/// Active health check on every endpoint at an interval: `GET path`, or gRPC's standard health
+/// check (`grpc`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// Path to request.
-    pub path: UrlPath,
+    /// Path to request with `GET`; a 2xx answer passes.
+    #[serde(default)]
+    pub path: Option<UrlPath>,
+    /// Ask `grpc.health.v1.Health/Check` instead (the cluster must speak HTTP/2); SERVING passes.
+    #[serde(default)]
+    pub grpc: Option<GrpcHealthCheckConfig>,
     /// Time between checks.
     #[serde(default = "default_interval")]
     pub interval: NonZeroDuration,
@@ -204,6 +209,36 @@ pub struct HealthCheckConfig {
     /// Consecutive successes before it is put back.
     #[serde(default = "one")]
     pub healthy_threshold: AtLeastOne<u32>,
+}
+
+/// A gRPC health check.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheckConfig {
+    /// The service asked about; "" (the default) is the server as a whole.
+    #[serde(default)]
+    pub service: String,
+}
+
+/// What a health check asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthProbe<'a> {
+    /// `GET path`.
+    Http(&'a UrlPath),
+    /// `grpc.health.v1.Health/Check` for this service.
+    Grpc(&'a str),
+}
+
+impl HealthCheckConfig {
+    /// What the check asks; `None` when the configuration names neither or both (refused when it
+    /// loads).
+    pub fn probe(&self) -> Option<HealthProbe<'_>> {
+        match (&self.path, &self.grpc) {
+            (Some(path), None) => Some(HealthProbe::Http(path)),
+            (None, Some(grpc)) => Some(HealthProbe::Grpc(&grpc.service)),
+            _ => None,
+        }
+    }
 }
 
 fn default_interval() -> NonZeroDuration {

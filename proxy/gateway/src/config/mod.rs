@@ -208,6 +208,21 @@ impl Config {
             if let Some(tls) = &cluster.tls {
                 self.check_upstream_tls(tls, &format!("clusters[{i}].tls"))?;
             }
+            if let Some(check) = &cluster.health_check {
+                let field = format!("clusters[{i}].health_check");
+                match check.probe() {
+                    None => {
+                        return Err(ConfigError::new(field, "set either path or grpc"));
+                    }
+                    Some(HealthProbe::Grpc(_)) if cluster.protocol != UpstreamProtocol::Http2 => {
+                        return Err(ConfigError::new(
+                            format!("{field}.grpc"),
+                            "gRPC health checks need the cluster's protocol: http2",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         unique_names(self.filter_chains.iter().map(|c| &c.name), "filter_chains")?;
         for (i, chain) in self.filter_chains.iter().enumerate() {
@@ -430,6 +445,18 @@ clusters: [{name: app, endpoints: [127.0.0.1:9000]}]
             (
                 cluster("health_check: {path: /healthz, interval: 0s}"),
                 "clusters[0].health_check.interval: must be positive",
+            ),
+            (
+                cluster("health_check: {interval: 1s}"),
+                "clusters[0].health_check: set either path or grpc",
+            ),
+            (
+                cluster("protocol: http2, health_check: {path: /healthz, grpc: {}}"),
+                "clusters[0].health_check: set either path or grpc",
+            ),
+            (
+                cluster("health_check: {grpc: {service: a.B}}"),
+                "clusters[0].health_check.grpc: gRPC health checks need the cluster's protocol: http2",
             ),
             (
                 cluster("load_balancing: {consistent_hash: {header: 'x y'}}"),

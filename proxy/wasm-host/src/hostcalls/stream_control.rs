@@ -51,7 +51,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          body_len: i32,
          headers: i32,
          headers_len: i32,
-         _grpc_status: i32|
+         grpc_status: i32|
          -> HostResult {
             finish(send_local_response(
                 &mut caller,
@@ -59,6 +59,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 (details, details_len),
                 (body, body_len),
                 (headers, headers_len),
+                grpc_status,
             ))
         },
     )?;
@@ -112,6 +113,7 @@ fn send_local_response(
     details: (i32, i32),
     body: (i32, i32),
     headers: (i32, i32),
+    grpc_status: i32,
 ) -> Result<(), Failure> {
     let details = String::from_utf8_lossy(&read(caller, details.0, details.1)?).into_owned();
     let body = read(caller, body.0, body.1)?;
@@ -135,6 +137,8 @@ fn send_local_response(
                 headers,
                 body,
                 details,
+                // The SDKs pass -1 for "none"; gRPC's codes are 0 to 16.
+                grpc_status: u32::try_from(grpc_status).ok().filter(|code| *code <= 16),
             });
             stream.wake.notify_one();
         }
