@@ -69,10 +69,14 @@ def gateway_config(port: int, http_port: int, grpc_port: int) -> dict[str, objec
     }
 
 
+_channels: list[grpc.Channel] = []
+
+
 def askers(gateway: str, transport: str) -> Ask:
     """A function that asks one question over `transport` and waits for the whole answer."""
     if transport == "grpc stream":
         channel = grpc.insecure_channel(gateway)
+        _channels.append(channel)
         stub = rag_pb2_grpc.RagStub(channel)
         metadata = (("x-api-key", DEMO_KEY),)
 
@@ -173,6 +177,8 @@ def main() -> int:
                 rows[transport].append((p50, p99, rate))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
+        for channel in _channels:
+            channel.close()
         if proxy is not None:
             proxy.stop()
         service.terminate()

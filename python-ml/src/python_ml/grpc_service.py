@@ -70,7 +70,8 @@ class _Call:
     def __init__(self, state: ServiceState, context: grpc.aio.ServicerContext) -> None:
         self.state = state
         self.context = context
-        self.metadata = [(key.encode("latin-1"), _bytes(value)) for key, value in context.invocation_metadata() or ()]
+        # grpcio hands text metadata over decoded from UTF-8 (`-bin` entries as bytes).
+        self.metadata = [(key.encode("utf-8"), _bytes(value)) for key, value in context.invocation_metadata() or ()]
         self.request_id = request_id_from(dict(self.metadata).get(REQUEST_ID_HEADER.encode(), b""))
         context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
@@ -102,20 +103,27 @@ class _Call:
 
 
 def _bytes(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("latin-1")
+    return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
 def _fields(message: Message) -> dict[str, Any]:
     """A request message as the JSON body the HTTP API takes (unset optional fields left out)."""
-    fields = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    try:
+        fields = json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    except (ValueError, json_format.Error) as exc:  # NaN or infinity in a Struct, which JSON cannot hold
+        raise ApiError(422, "invalid_request", f"the request holds a value JSON cannot: {exc}") from None
     return _integral(fields)  # type: ignore[no-any-return]
+
+
+_MAX_EXACT_INTEGER = 2**53
+"""The largest integer a double holds exactly."""
 
 
 def _integral(value: Any) -> Any:  # noqa: ANN401 - any JSON value
     # google.protobuf.Value holds every number as a double; JSON does not tell 3 from 3.0 either.
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INTEGER:
         return int(value)
     if isinstance(value, dict):
         return {key: _integral(item) for key, item in value.items()}
@@ -171,6 +179,12 @@ def _query(state: ServiceState) -> Callable[[bytes, grpc.aio.ServicerContext], A
             retrieval = await retrieve(state, call.caller(), body)
         except ApiError as exc:
             await call.fail(exc.status, exc.code, exc.message)
+            return
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("gRPC call failed (request %s)", call.request_id)
+            await call.fail(500, "internal_error", "internal error; see the service log")
             return
         async for name, fields in answer_events(state.generator, body.question, retrieval, call.request_id):
             if name == "token":
@@ -237,6 +251,8 @@ async def start_grpc_server(state: ServiceState, address: str, model_loaded: Awa
             # The HTTP API's body limit, checked by gRPC before a message is parsed.
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            # A second instance on the same port fails to start instead of sharing its calls.
+            ("grpc.so_reuseport", 0),
         ],
     )
     server.add_generic_rpc_handlers(_generic_handlers(state))
