@@ -80,7 +80,8 @@ pub fn encode_message(message: &[u8]) -> String {
 }
 
 /// The deadline a `grpc-timeout` value gives: at most 8 digits and a unit (`H`, `M`, `S`, `m`
-/// for milliseconds, `u`, `n`); anything else is no deadline, as gRPC servers read it.
+/// for milliseconds, `u`, `n`); anything else is no deadline for the gateway, and the service
+/// decides what it makes of it.
 pub fn timeout(value: &[u8]) -> Option<Duration> {
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
@@ -173,10 +174,19 @@ mod tests {
 
     #[test]
     fn grpc_content_types_are_recognised() {
-        for yes in ["application/grpc", "application/grpc+proto", "Application/GRPC;x=1"] {
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;x=1",
+        ] {
             assert!(is_grpc(&request(yes)), "{yes}");
         }
-        for no in ["application/grpc-web", "application/json", "application/grp", "text/plain"] {
+        for no in [
+            "application/grpc-web",
+            "application/json",
+            "application/grp",
+            "text/plain",
+        ] {
             assert!(!is_grpc(&request(no)), "{no}");
         }
         let bare = RequestHeader::build("POST", b"/", None).unwrap();
@@ -205,8 +215,19 @@ mod tests {
         assert_eq!(timeout(b"100m"), Some(Duration::from_millis(100)));
         assert_eq!(timeout(b"2S"), Some(Duration::from_secs(2)));
         assert_eq!(timeout(b"1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
-        for bad in [&b""[..], b"m", b"123456789m", b"10x", b"-1S", b"1.5S", b"\xff"] {
+        assert_eq!(
+            timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in [
+            &b""[..],
+            b"m",
+            b"123456789m",
+            b"10x",
+            b"-1S",
+            b"1.5S",
+            b"\xff",
+        ] {
             assert_eq!(timeout(bad), None, "{bad:?}");
         }
     }
@@ -223,10 +244,10 @@ mod tests {
         assert!(is_serving(&[0, 0, 0, 0, 2, 0x08, 1]));
         for not in [
             &[0, 0, 0, 0, 2, 0x08, 2][..], // NOT_SERVING
-            &[0, 0, 0, 0, 0],             // UNKNOWN (the default)
-            &[1, 0, 0, 0, 2, 0x08, 1],    // compressed
-            &[0, 0, 0, 0, 9, 0x08, 1],    // shorter than it says
-            &[0, 0, 0, 0, 2, 0x10, 1],    // another field
+            &[0, 0, 0, 0, 0],              // UNKNOWN (the default)
+            &[1, 0, 0, 0, 2, 0x08, 1],     // compressed
+            &[0, 0, 0, 0, 9, 0x08, 1],     // shorter than it says
+            &[0, 0, 0, 0, 2, 0x10, 1],     // another field
             &[0, 0, 0],
             &[],
         ] {

@@ -79,7 +79,9 @@ async fn check_cluster(cluster: &Cluster, metrics: &GatewayMetrics) {
         .health_check
         .as_ref()
         .expect("only checked clusters are started");
-    let probe = config.probe().expect("the configuration names path or grpc");
+    let probe = config
+        .probe()
+        .expect("the configuration names path or grpc");
     let checks: Vec<(Arc<Endpoint>, Box<dyn HealthCheck + Send + Sync>, Backend)> = cluster
         .endpoints
         .iter()
@@ -234,10 +236,7 @@ impl GrpcHealthCheck {
         match grpc_status.as_ref().map(|value| value.as_bytes()) {
             Some(b"0") if grpc::is_serving(&body) => Ok(()),
             Some(b"0") => unhealthy("the service is not SERVING"),
-            Some(code) => unhealthy(&format!(
-                "grpc-status {}",
-                String::from_utf8_lossy(code)
-            )),
+            Some(code) => unhealthy(&format!("grpc-status {}", String::from_utf8_lossy(code))),
             None => unhealthy("the answer has no grpc-status"),
         }
     }

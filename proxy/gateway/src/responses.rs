@@ -5,6 +5,7 @@ use crate::grpc::{self, GrpcStatus};
 use crate::path_normalization::PathRejection;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use proxy_wasm_host::LocalResponse;
@@ -214,7 +215,11 @@ async fn write_grpc_status(
         if name.starts_with(':')
             || matches!(
                 name,
-                "content-length" | "content-type" | "transfer-encoding" | "grpc-status" | "grpc-message"
+                "content-length"
+                    | "content-type"
+                    | "transfer-encoding"
+                    | "grpc-status"
+                    | "grpc-message"
             )
         {
             continue;
@@ -230,5 +235,10 @@ async fn write_grpc_status(
     if !session.is_http2() {
         header.insert_header("content-length", "0")?;
     }
-    session.write_response_header(Box::new(header), true).await
+    // As a task, so that on HTTP/2 the headers frame itself ends the stream (what gRPC clients
+    // read as trailers-only); `write_response_header` would end it with an empty data frame.
+    session
+        .write_response_tasks(vec![HttpTask::Header(Box::new(header), true)])
+        .await
+        .map(|_| ())
 }
