@@ -205,7 +205,7 @@ bench-reload: setup filters binaries
 bench-sandbox: setup binaries
 	SANDBOX_CACHE_DIR=$(SANDBOX_CACHE) $(PYTHON) bench/run_sandbox_bench.py $(BENCH_SANDBOX_ARGS)
 
-# The same RAG query over HTTP/JSON and gRPC through our proxy; figures go to docs/python-ml-benchmarks.md.
+# The same RAG query over HTTP/JSON and gRPC through our proxy; figures go to docs/python-ml.md (gRPC API).
 bench-grpc: setup filters binaries
 	$(PYTHON) bench/run_grpc_bench.py $(BENCH_GRPC_ARGS)
 
