@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -101,6 +102,20 @@ class _Call:
             trailing_metadata=(("error-code", code), (REQUEST_ID_HEADER, self.request_id)),
         )
 
+    @asynccontextmanager
+    async def errors_as_status(self) -> AsyncIterator[None]:
+        """Ends the call with the gRPC status of an `ApiError` raised inside, or INTERNAL (logged)
+        for anything unexpected; the call's own end (cancelled, aborted) passes through."""
+        try:
+            yield
+        except ApiError as exc:
+            await self.fail(exc.status, exc.code, exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("gRPC call failed (request %s)", self.request_id)
+            await self.fail(500, "internal_error", "internal error; see the service log")
+
 
 def _bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8")
@@ -140,16 +155,9 @@ def _handled(
 
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Message | None:
         call = _Call(state, context)
-        try:
+        async with call.errors_as_status():
             return await work(call, call.parse(message, data))
-        except ApiError as exc:
-            await call.fail(exc.status, exc.code, exc.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            log.exception("gRPC call failed (request %s)", call.request_id)
-            await call.fail(500, "internal_error", "internal error; see the service log")
-        return None
+        return None  # `fail` aborted the call
 
     return handle
 
@@ -174,18 +182,9 @@ async def _embed(call: _Call, request: embeddings_pb2.EmbedRequest) -> embedding
 def _query(state: ServiceState) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[rag_pb2.QueryEvent]]:
     async def query(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[rag_pb2.QueryEvent]:
         call = _Call(state, context)
-        try:
+        async with call.errors_as_status():
             body = call.model(QueryRequest, _fields(call.parse(rag_pb2.QueryRequest, data)))
             retrieval = await retrieve(state, call.caller(), body)
-        except ApiError as exc:
-            await call.fail(exc.status, exc.code, exc.message)
-            return
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            log.exception("gRPC call failed (request %s)", call.request_id)
-            await call.fail(500, "internal_error", "internal error; see the service log")
-            return
         async for name, fields in answer_events(state.generator, body.question, retrieval, call.request_id):
             if name == "token":
                 yield rag_pb2.QueryEvent(token=rag_pb2.Token(text=fields["text"]))
