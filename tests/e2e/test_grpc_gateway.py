@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -121,54 +120,51 @@ def test_a_refused_call_is_a_grpc_status_in_both_gateways(gateway_target: str) -
         assert len(embed(channel).embeddings[0].values) == 384
 
 
-def test_answers_stream_through_with_the_verified_tenant(python_ml: GrpcBackend, tmp_path: Path) -> None:
+def start_grpc_gateway(gateway: Callable[[dict[str, Any]], Gateway], config: Callable[[int], dict[str, Any]]) -> int:
+    """Our proxy with `config(port)` on a free port (stopped after the test); the port."""
     port = free_port()
-    proxy = start_gateway(grpc_gateway_config(port, python_ml.grpc_port), tmp_path)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            rag = rag_pb2_grpc.RagStub(channel)
-            text = (REPO / "python-ml" / "corpus" / "espresso.md").read_text()
-            ingested = rag.Ingest(
-                rag_pb2.IngestRequest(documents=[rag_pb2.Document(id="espresso", text=text)]), metadata=KEY, timeout=60
-            )
-            assert ingested.chunks >= 1
-            events = list(
-                rag.Query(rag_pb2.QueryRequest(question="Why is my espresso sour?"), metadata=KEY, timeout=60)
-            )
-            kinds = [event.WhichOneof("event") for event in events]
-            assert kinds[0] == "token" and kinds[-2:] == ["sources", "done"]
-            assert events[-2].sources.sources[0].document_id == "espresso"
-            # A caller's own identity metadata is replaced by what the gateway verified: python-ml
-            # accepts only the gateway's signature, and the tenant is the key's.
-            forged = (*KEY, ("x-gateway-tenant", "someone-else"), ("x-gateway-signature", "v1;t=1;sig=00"))
-            again = list(rag.Query(rag_pb2.QueryRequest(question="Why is my espresso sour?"), metadata=forged))
-            assert again[-2].sources.sources[0].document_id == "espresso"
-    finally:
-        proxy.stop()
+    gateway(config(port))
+    return port
 
 
-def test_upstream_errors_keep_their_grpc_status(python_ml: GrpcBackend, tmp_path: Path) -> None:
-    port = free_port()
-    proxy = start_gateway(grpc_gateway_config(port, python_ml.grpc_port), tmp_path)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            rag = rag_pb2_grpc.RagStub(channel)
-            error = refusal(lambda: list(rag.Query(rag_pb2.QueryRequest(question=""), metadata=KEY)))
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert dict(error.trailing_metadata() or ())["error-code"] == "invalid_request"
-            # Without the gateway's signature python-ml refuses: the gateway must sign for it.
-        unsigned_port = free_port()
-        unsigned = start_gateway(grpc_gateway_config(unsigned_port, python_ml.grpc_port, signed=False), tmp_path)
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{unsigned_port}") as channel:
-                rag = rag_pb2_grpc.RagStub(channel)
-                error = refusal(lambda: list(rag.Query(rag_pb2.QueryRequest(question="x"), metadata=KEY)))
-                assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-                assert dict(error.trailing_metadata() or ())["error-code"] == "untrusted_caller"
-        finally:
-            unsigned.stop()
-    finally:
-        proxy.stop()
+def test_answers_stream_through_with_the_verified_tenant(
+    gateway: Callable[[dict[str, Any]], Gateway], python_ml: GrpcBackend
+) -> None:
+    port = start_grpc_gateway(gateway, lambda port: grpc_gateway_config(port, python_ml.grpc_port))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        rag = rag_pb2_grpc.RagStub(channel)
+        text = (REPO / "python-ml" / "corpus" / "espresso.md").read_text()
+        ingested = rag.Ingest(
+            rag_pb2.IngestRequest(documents=[rag_pb2.Document(id="espresso", text=text)]), metadata=KEY, timeout=60
+        )
+        assert ingested.chunks >= 1
+        events = list(rag.Query(rag_pb2.QueryRequest(question="Why is my espresso sour?"), metadata=KEY, timeout=60))
+        kinds = [event.WhichOneof("event") for event in events]
+        assert kinds[0] == "token" and kinds[-2:] == ["sources", "done"]
+        assert events[-2].sources.sources[0].document_id == "espresso"
+        # A caller's own identity metadata is replaced by what the gateway verified: python-ml
+        # accepts only the gateway's signature, and the tenant is the key's.
+        forged = (*KEY, ("x-gateway-tenant", "someone-else"), ("x-gateway-signature", "v1;t=1;sig=00"))
+        again = list(rag.Query(rag_pb2.QueryRequest(question="Why is my espresso sour?"), metadata=forged))
+        assert again[-2].sources.sources[0].document_id == "espresso"
+
+
+def test_upstream_errors_keep_their_grpc_status(
+    gateway: Callable[[dict[str, Any]], Gateway], python_ml: GrpcBackend
+) -> None:
+    port = start_grpc_gateway(gateway, lambda port: grpc_gateway_config(port, python_ml.grpc_port))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        rag = rag_pb2_grpc.RagStub(channel)
+        error = refusal(lambda: list(rag.Query(rag_pb2.QueryRequest(question=""), metadata=KEY)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(error.trailing_metadata() or ())["error-code"] == "invalid_request"
+    # Without the gateway's signature python-ml refuses: the gateway must sign for it.
+    unsigned = start_grpc_gateway(gateway, lambda port: grpc_gateway_config(port, python_ml.grpc_port, signed=False))
+    with grpc.insecure_channel(f"127.0.0.1:{unsigned}") as channel:
+        rag = rag_pb2_grpc.RagStub(channel)
+        error = refusal(lambda: list(rag.Query(rag_pb2.QueryRequest(question="x"), metadata=KEY)))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert dict(error.trailing_metadata() or ())["error-code"] == "untrusted_caller"
 
 
 # --- deadlines and hostile calls, on the wire -------------------------------------------------------
@@ -248,34 +244,49 @@ def grpc_status(answer: RawAnswer) -> str:
     return answer.trailers.get("grpc-status") or answer.headers.get("grpc-status", "")
 
 
-def test_the_gateway_stops_waiting_at_the_calls_deadline(tmp_path: Path) -> None:
-    slow = SlowServer(delay=3)
-    port = free_port()
-    config = grpc_gateway_config(port, slow.port, signed=False)
+@pytest.fixture
+def slow_upstream() -> Iterator[Callable[[float], SlowServer]]:
+    """Starts `SlowServer`s (`slow_upstream(delay)`); all stop after the test."""
+    started: list[SlowServer] = []
+
+    def start(delay: float) -> SlowServer:
+        started.append(SlowServer(delay))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.server.stop(0)
+
+
+def slow_route_config(port: int, upstream: SlowServer) -> dict[str, Any]:
+    """Our proxy in front of `upstream` (no identity signature: it checks none)."""
+    config = grpc_gateway_config(port, upstream.port, signed=False)
     config["routes"][0]["match"] = {"path": {"prefix": "/test.Slow/"}}
-    proxy = start_gateway(config, tmp_path)
-    try:
-        answer = raw_grpc_call(port, "/test.Slow/Wait", b"x", [("x-api-key", DEMO_KEY), ("grpc-timeout", "300m")])
-        assert answer.headers[":status"] == "200" and grpc_status(answer) == "4", answer
-        assert answer.headers["content-type"] == "application/grpc" and answer.headers["x-request-id"]
-        assert answer.seconds < 2.5, "the gateway gave up at the deadline, not at the upstream's answer"
-        # Without a deadline the same call is answered.
-        answer = raw_grpc_call(port, "/test.Slow/Wait", b"x", [("x-api-key", DEMO_KEY)])
-        assert grpc_status(answer) == "0" and answer.data.endswith(b"x"), answer
-        # A deadline that is no deadline (garbage) is no deadline for the gateway: the call goes on,
-        # and the service decides (grpcio's servers refuse it as INTERNAL).
-        answer = raw_grpc_call(port, "/test.Slow/Wait", b"y", [("x-api-key", DEMO_KEY), ("grpc-timeout", "soon")])
-        assert grpc_status(answer) == "13" and "grpc-timeout" in answer.headers["grpc-message"], answer
-    finally:
-        proxy.stop()
-        slow.server.stop(0)
+    return config
+
+
+def test_the_gateway_stops_waiting_at_the_calls_deadline(
+    gateway: Callable[[dict[str, Any]], Gateway], slow_upstream: Callable[[float], SlowServer]
+) -> None:
+    slow = slow_upstream(3)
+    port = start_grpc_gateway(gateway, lambda port: slow_route_config(port, slow))
+    answer = raw_grpc_call(port, "/test.Slow/Wait", b"x", [("x-api-key", DEMO_KEY), ("grpc-timeout", "300m")])
+    assert answer.headers[":status"] == "200" and grpc_status(answer) == "4", answer
+    assert answer.headers["content-type"] == "application/grpc" and answer.headers["x-request-id"]
+    assert answer.seconds < 2.5, "the gateway gave up at the deadline, not at the upstream's answer"
+    # Without a deadline the same call is answered.
+    answer = raw_grpc_call(port, "/test.Slow/Wait", b"x", [("x-api-key", DEMO_KEY)])
+    assert grpc_status(answer) == "0" and answer.data.endswith(b"x"), answer
+    # A deadline that is no deadline (garbage) is no deadline for the gateway: the call goes on,
+    # and the service decides (grpcio's servers refuse it as INTERNAL).
+    answer = raw_grpc_call(port, "/test.Slow/Wait", b"y", [("x-api-key", DEMO_KEY), ("grpc-timeout", "soon")])
+    assert grpc_status(answer) == "13" and "grpc-timeout" in answer.headers["grpc-message"], answer
 
 
 def test_hostile_grpc_calls_cost_only_themselves(
     gateway: Callable[[dict[str, Any]], Gateway], python_ml: GrpcBackend
 ) -> None:
-    port = free_port()
-    gateway(grpc_gateway_config(port, python_ml.grpc_port))
+    port = start_grpc_gateway(gateway, lambda port: grpc_gateway_config(port, python_ml.grpc_port))
     key = [("x-api-key", DEMO_KEY)]
     # A message that is no protobuf, a frame that says it is longer than it is, a route nobody serves.
     garbage = raw_grpc_call(port, "/python_ml.v1.Embeddings/Embed", b"\xff\xff\xff garbage", key)
@@ -288,13 +299,17 @@ def test_hostile_grpc_calls_cost_only_themselves(
         assert len(embed(channel).embeddings) == 1
 
 
-def test_grpc_health_checks_take_a_not_serving_endpoint_out(tmp_path: Path) -> None:
-    upstream = SlowServer(delay=0)
-    port = free_port()
-    config = grpc_gateway_config(port, upstream.port, signed=False)
-    config["routes"][0]["match"] = {"path": {"prefix": "/test.Slow/"}}
-    config["clusters"][0]["health_check"] = {"grpc": {}, "interval": "200ms", "unhealthy_threshold": 1}
-    proxy = start_gateway(config, tmp_path)
+def test_grpc_health_checks_take_a_not_serving_endpoint_out(
+    gateway: Callable[[dict[str, Any]], Gateway], slow_upstream: Callable[[float], SlowServer]
+) -> None:
+    upstream = slow_upstream(0)
+
+    def config(port: int) -> dict[str, Any]:
+        checked = slow_route_config(port, upstream)
+        checked["clusters"][0]["health_check"] = {"grpc": {}, "interval": "200ms", "unhealthy_threshold": 1}
+        return checked
+
+    port = start_grpc_gateway(gateway, config)
     key = [("x-api-key", DEMO_KEY)]
 
     def status_within(seconds: float, wanted: str) -> str:
@@ -305,13 +320,9 @@ def test_grpc_health_checks_take_a_not_serving_endpoint_out(tmp_path: Path) -> N
                 return status
             time.sleep(0.1)
 
-    try:
-        assert status_within(10, "0") == "0"
-        upstream.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        # No endpoint left: `no_healthy_upstream` (503), which a gRPC caller reads as UNAVAILABLE.
-        assert status_within(10, "14") == "14"
-        upstream.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        assert status_within(10, "0") == "0"
-    finally:
-        proxy.stop()
-        upstream.server.stop(0)
+    assert status_within(10, "0") == "0"
+    upstream.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    # No endpoint left: `no_healthy_upstream` (503), which a gRPC caller reads as UNAVAILABLE.
+    assert status_within(10, "14") == "14"
+    upstream.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert status_within(10, "0") == "0"
