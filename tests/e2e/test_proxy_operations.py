@@ -68,9 +68,10 @@ def test_admin_endpoints_and_access_log(
 
     for _ in range(3):
         requests.get(proxy.url + "/x", headers={"x-request-id": "logged-id"}, timeout=5)
-    metrics = requests.get(proxy.admin_url + "/metrics", timeout=5).text
-    assert 'gateway_requests_total{cluster="app",route="all",status="200"} 3' in metrics
-    assert 'gateway_request_duration_seconds_count{cluster="app",route="all"} 3' in metrics
+    # Metrics are recorded in the logging phase, after the client has its response.
+    proxy.wait_for_metric('gateway_requests_total{cluster="app",route="all",status="200"}', 3)
+    proxy.wait_for_metric('gateway_request_duration_seconds_count{cluster="app",route="all"}', 3)
+    assert proxy.metric('gateway_requests_total{cluster="app",route="all",status="200"}') == 3
 
     lines = [json.loads(line) for line in proxy.log().splitlines() if '"access_log"' in line]
     entry = next(line for line in lines if line.get("request_id") == "logged-id")

@@ -89,7 +89,7 @@ class Gateway:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def metric(self, name: str) -> float:
-        """An unlabelled metric's value from the admin `/metrics` (0 while absent)."""
+        """A metric's value from the admin `/metrics`, `name` with its labels as printed (0 while absent)."""
         for line in requests.get(f"{self.admin_url}/metrics", timeout=5).text.splitlines():
             if line.startswith(f"{name} "):
                 return float(line.split()[1])
