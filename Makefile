@@ -13,7 +13,7 @@ VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
 WASM_DIR    := $(CARGO_TARGET_DIR)/wasm32-wasip1/release
 FILTERS     := auth-filter rate-limit-filter cache-filter ai-tokens-filter semantic-cache-filter
-TEST_FILTERS := abi-probe-filter misbehaving-filter
+TEST_FILTERS := abi-probe-filter misbehaving-filter grpc-probe-filter
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := cmake redis-server
 # Only the end-to-end suites need a browser (the admin status page is checked in it).

@@ -1,13 +1,18 @@
-//! `proxy_http_call` from filters to the proxy's clusters (e.g. an auth filter fetching a JWKS),
-//! over Pingora's connector with the cluster's protocol, TLS, timeouts and endpoint selection.
+//! Callouts from filters to the proxy's clusters, over Pingora's connector with the cluster's
+//! protocol, TLS, timeouts and endpoint selection: `proxy_http_call` (e.g. an auth filter fetching
+//! a JWKS) here, gRPC calls in [`grpc_callouts`](crate::grpc_callouts).
 
 use crate::cluster::Cluster;
+use crate::config::UpstreamProtocol;
+use crate::grpc_callouts;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use proxy_wasm_host::shared_data::BoxFuture;
-use proxy_wasm_host::{CalloutRequest, CalloutResponse, Headers, HttpCallDispatcher};
+use proxy_wasm_host::{
+    CalloutDispatcher, CalloutRequest, CalloutResponse, GrpcCallout, GrpcChannels, Headers,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -36,7 +41,7 @@ impl ClusterCallouts {
     }
 }
 
-impl HttpCallDispatcher for ClusterCallouts {
+impl CalloutDispatcher for ClusterCallouts {
     fn has_cluster(&self, cluster: &str) -> bool {
         self.clusters.load().contains_key(cluster)
     }
@@ -64,6 +69,39 @@ impl HttpCallDispatcher for ClusterCallouts {
                         "filter callout timed out"
                     );
                     None
+                }
+            }
+        })
+    }
+
+    fn has_grpc_cluster(&self, cluster: &str) -> bool {
+        self.clusters
+            .load()
+            .get(cluster)
+            .is_some_and(|c| c.config.protocol == UpstreamProtocol::Http2)
+    }
+
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        call: GrpcCallout,
+        channels: GrpcChannels,
+    ) -> BoxFuture<'static, ()> {
+        let cluster = self.clusters.load().get(cluster).cloned();
+        let connector = self.connector.clone();
+        Box::pin(async move {
+            match cluster {
+                Some(cluster) => grpc_callouts::run(&connector, &cluster, call, channels).await,
+                // Removed by a reload since the filter asked: as if it had no endpoint.
+                None => {
+                    let status = proxy_wasm_host::GrpcStatus::new(
+                        proxy_wasm_host::GrpcStatus::UNAVAILABLE,
+                        "the cluster is gone",
+                    );
+                    let _ = channels
+                        .events
+                        .send(proxy_wasm_host::GrpcEvent::Close(status))
+                        .await;
                 }
             }
         })

@@ -79,6 +79,95 @@ pub fn encode_message(message: &[u8]) -> String {
     encoded
 }
 
+/// The text of a `grpc-message` value: percent-decoded, and any byte sequence that is not UTF-8
+/// replaced, so whatever an upstream sends reads as text.
+pub fn decode_message(value: &[u8]) -> String {
+    let mut decoded = Vec::with_capacity(value.len());
+    let mut at = 0;
+    while at < value.len() {
+        let hex = value
+            .get(at + 1..at + 3)
+            .and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok());
+        match (value[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// A `grpc-timeout` value for `timeout`, in milliseconds (rounded up, so a deadline is never
+/// shortened), or in seconds past what 8 digits of milliseconds can say.
+pub fn encode_timeout(timeout: Duration) -> String {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    if millis < 100_000_000 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
+    }
+}
+
+/// Splits a stream of bytes into gRPC messages. A compressed message (none was asked for) or one
+/// past `max_bytes` is an error before its bytes are buffered.
+pub struct MessageDecoder {
+    buffered: Vec<u8>,
+    max_bytes: usize,
+}
+
+/// Why a response's bytes are not gRPC messages the gateway accepts.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The flag byte says compressed (or is not a flag).
+    Compressed,
+    /// The length prefix is past the limit.
+    TooLarge(usize),
+}
+
+impl MessageDecoder {
+    /// A decoder for messages of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            buffered: Vec::new(),
+            max_bytes,
+        }
+    }
+
+    /// Adds `bytes`; returns the messages now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
+        self.buffered.extend_from_slice(bytes);
+        let mut messages = Vec::new();
+        loop {
+            let Some(header) = self.buffered.first_chunk::<5>() else {
+                break;
+            };
+            if header[0] != 0 {
+                return Err(DecodeError::Compressed);
+            }
+            let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if length > self.max_bytes {
+                return Err(DecodeError::TooLarge(length));
+            }
+            if self.buffered.len() < 5 + length {
+                break;
+            }
+            messages.push(self.buffered[5..5 + length].to_vec());
+            self.buffered.drain(..5 + length);
+        }
+        Ok(messages)
+    }
+
+    /// Whether bytes of an unfinished message are left (a response that ends here is truncated).
+    pub fn has_partial(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+}
+
 /// The deadline a `grpc-timeout` value gives: at most 8 digits and a unit (`H`, `M`, `S`, `m`
 /// for milliseconds, `u`, `n`); anything else is no deadline for the gateway, and the service
 /// decides what it makes of it.
@@ -128,8 +217,9 @@ pub fn health_check_request(service: &str) -> Vec<u8> {
 }
 
 /// One uncompressed gRPC message on the wire: a zero flag byte, the length, the message.
+/// Messages the gateway frames are bounded far below 4 GiB (health checks, filters' callouts).
 pub fn frame(message: &[u8]) -> Vec<u8> {
-    let length = u32::try_from(message.len()).expect("a health check request is small");
+    let length = u32::try_from(message.len()).expect("framed messages are bounded");
     let mut framed = Vec::with_capacity(message.len() + 5);
     framed.push(0);
     framed.extend_from_slice(&length.to_be_bytes());
@@ -165,6 +255,58 @@ pub fn is_serving(framed: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_split_across_and_within_chunks() {
+        let mut wire = frame(b"first");
+        wire.extend(frame(b""));
+        wire.extend(frame(b"third"));
+        let mut decoder = MessageDecoder::new(16);
+        let (a, b) = wire.split_at(7);
+        assert_eq!(decoder.push(a).unwrap(), Vec::<Vec<u8>>::new());
+        assert!(decoder.has_partial());
+        let messages = decoder.push(b).unwrap();
+        assert_eq!(messages, vec![b"first".to_vec(), vec![], b"third".to_vec()]);
+        assert!(!decoder.has_partial());
+    }
+
+    #[test]
+    fn compressed_and_oversized_messages_are_refused_before_buffering() {
+        let mut decoder = MessageDecoder::new(16);
+        assert_eq!(
+            decoder.push(&[1, 0, 0, 0, 1, b'x']),
+            Err(DecodeError::Compressed)
+        );
+        let mut decoder = MessageDecoder::new(16);
+        // Only the prefix has arrived: the 4 GiB it announces is refused now.
+        assert_eq!(
+            decoder.push(&[0, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecodeError::TooLarge(u32::MAX as usize))
+        );
+    }
+
+    #[test]
+    fn grpc_messages_decode_to_text_whatever_the_bytes() {
+        assert_eq!(decode_message(b"denied%20by%20test"), "denied by test");
+        assert_eq!(decode_message(b"50%"), "50%");
+        assert_eq!(decode_message(b"%zz%C3%A9"), "%zz\u{e9}");
+        assert_eq!(decode_message(b"%FF"), "\u{fffd}");
+        assert_eq!(
+            decode_message(encode_message("ünïcode %".as_bytes()).as_bytes()),
+            "ünïcode %"
+        );
+    }
+
+    #[test]
+    fn timeouts_encode_in_milliseconds_rounded_up() {
+        assert_eq!(encode_timeout(Duration::from_millis(250)), "250m");
+        assert_eq!(encode_timeout(Duration::from_micros(1)), "1m");
+        assert_eq!(encode_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(
+            timeout(encode_timeout(Duration::from_millis(1500)).as_bytes()),
+            Some(Duration::from_millis(1500))
+        );
+    }
 
     fn request(content_type: &str) -> RequestHeader {
         let mut request = RequestHeader::build("POST", b"/pkg.Service/Method", None).unwrap();

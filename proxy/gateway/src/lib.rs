@@ -14,6 +14,7 @@ pub mod connection_limit;
 pub mod filter_chain;
 pub mod forwarding;
 pub mod grpc;
+pub mod grpc_callouts;
 pub mod header_maps;
 pub mod health;
 pub mod lifecycle;

@@ -25,8 +25,13 @@ pub const MAX_QUEUE_BYTES: usize = 16 << 20;
 /// Largest request body a filter may send in one callout (`proxy_http_call`); the gateway caps
 /// a callout's response body at the same size.
 pub const MAX_CALLOUT_BODY_BYTES: usize = 4 << 20;
-/// Most callouts one VM may have in flight; past it `proxy_http_call` gets `BAD_ARGUMENT`.
+/// Most callouts one VM may have in flight, HTTP and gRPC counted apart; past it
+/// `proxy_http_call` gets `BAD_ARGUMENT`, `proxy_grpc_call` and `proxy_grpc_stream`
+/// `INTERNAL_FAILURE`.
 pub const MAX_CALLOUTS_IN_FLIGHT: usize = 256;
+/// Messages a gRPC stream queues for an upstream that is not reading; past it `proxy_grpc_send`
+/// gets `BAD_ARGUMENT`.
+pub const MAX_GRPC_QUEUED_MESSAGES: usize = 16;
 
 /// Whether a guest-given length is within `max`.
 pub(crate) fn within(len: i32, max: usize) -> bool {

@@ -2,7 +2,7 @@
 //! services every plugin shares (shared data, queues, metrics, callouts).
 
 use crate::call_mode::CallMode;
-use crate::callout::{HttpCallDispatcher, NoClusters};
+use crate::callout::{CalloutDispatcher, NoClusters};
 use crate::epoch::EPOCH_TICK;
 use crate::metrics::MetricsRegistry;
 use crate::plugin::{Plugin, PluginInner, PluginShared, RootVm};
@@ -27,7 +27,7 @@ pub struct HostOptions {
     /// Where shared data lives (default: process memory, bounded).
     pub shared_data: Arc<dyn SharedDataBackend>,
     /// Transport for `proxy_http_call` (default: no clusters).
-    pub callouts: Arc<dyn HttpCallDispatcher>,
+    pub callouts: Arc<dyn CalloutDispatcher>,
 }
 
 impl Default for HostOptions {

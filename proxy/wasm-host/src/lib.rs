@@ -15,6 +15,7 @@ mod call_mode;
 pub mod callout;
 mod engine;
 mod epoch;
+mod grpc_call;
 pub mod headers;
 mod hostcalls;
 mod memory;
@@ -29,7 +30,10 @@ mod types;
 mod vm;
 mod vm_lock;
 
-pub use callout::{CalloutRequest, CalloutResponse, HttpCallDispatcher, NoClusters};
+pub use callout::{
+    CalloutDispatcher, CalloutRequest, CalloutResponse, GrpcCallout, GrpcChannels, GrpcEvent,
+    GrpcMethodPath, GrpcOutgoing, GrpcStatus, NoClusters,
+};
 pub use engine::{Host, HostOptions};
 pub use epoch::EPOCH_TICK;
 pub use headers::Headers;

@@ -1,6 +1,6 @@
 //! The services every plugin of a host shares: shared data, queues, metrics, callouts.
 
-use crate::callout::HttpCallDispatcher;
+use crate::callout::CalloutDispatcher;
 use crate::metrics::MetricsRegistry;
 use crate::queues::SharedQueues;
 use crate::shared_data::SharedDataBackend;
@@ -12,7 +12,7 @@ pub(crate) struct HostServices {
     pub(crate) shared_data: Arc<dyn SharedDataBackend>,
     pub(crate) queues: SharedQueues,
     pub(crate) metrics: MetricsRegistry,
-    pub(crate) callouts: Arc<dyn HttpCallDispatcher>,
+    pub(crate) callouts: Arc<dyn CalloutDispatcher>,
 }
 
 impl HostServices {

@@ -1,7 +1,7 @@
 //! What a VM's store holds: the plugin's identity and services, and the state of each context.
 
 use crate::call_mode::CallMode;
-use crate::callout::{CalloutRequest, CalloutResponse};
+use crate::callout::{CalloutRequest, CalloutResponse, GrpcCallout, GrpcOutgoing, GrpcStatus};
 use crate::headers::Headers;
 use crate::plugin::PluginShared;
 use crate::types::{LocalResponse, StreamInfo};
@@ -9,8 +9,9 @@ use crate::vm::Phase;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 use wasmtime::{Memory, StoreLimits, TypedFunc};
 
 /// The data of one VM's `Store`.
@@ -38,6 +39,12 @@ pub(crate) struct HostState {
     pub(crate) new_callouts: Vec<PendingCallout>,
     /// The response being delivered to `proxy_on_http_call_response`.
     pub(crate) callout_response: Option<CalloutResponse>,
+    /// gRPC calls and streams open, by token (bounded by `MAX_CALLOUTS_IN_FLIGHT`).
+    pub(crate) grpc_calls: HashMap<u32, GrpcCallState>,
+    /// gRPC calls the guest opened during the current callback, started once it returns.
+    pub(crate) new_grpc_calls: Vec<PendingGrpcCall>,
+    /// What the running `proxy_on_grpc_*` callback may read.
+    pub(crate) grpc_delivery: GrpcDelivery,
     /// The last error the guest logged, quoted when its start fails.
     pub(crate) last_error_log: Option<String>,
     /// Buffered output of WASI `fd_write`, per file descriptor, emitted line by line.
@@ -79,6 +86,44 @@ pub(crate) struct PendingCallout {
     pub(crate) context_id: u32,
     pub(crate) cluster: String,
     pub(crate) request: CalloutRequest,
+}
+
+/// A gRPC call or stream a guest opened.
+pub(crate) struct GrpcCallState {
+    pub(crate) context_id: u32,
+    /// A stream (`proxy_grpc_stream`), rather than a unary call.
+    pub(crate) is_stream: bool,
+    /// Where `proxy_grpc_send` puts messages; `None` once the guest half-closed (and for a unary
+    /// call, whose one message was queued when it opened).
+    pub(crate) outgoing: Option<mpsc::Sender<GrpcOutgoing>>,
+    /// The task running the call, once started; aborted (the call cancelled) when the state goes.
+    pub(crate) task: Option<AbortHandle>,
+}
+
+impl Drop for GrpcCallState {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A gRPC call opened during a callback, not started yet.
+pub(crate) struct PendingGrpcCall {
+    pub(crate) token: u32,
+    pub(crate) cluster: String,
+    pub(crate) call: GrpcCallout,
+    pub(crate) outgoing: mpsc::Receiver<GrpcOutgoing>,
+}
+
+/// What a `proxy_on_grpc_*` callback reads: the message (`GRPC_RECEIVE_BUFFER`), the metadata
+/// maps, and the status `proxy_get_status` answers.
+#[derive(Default)]
+pub(crate) struct GrpcDelivery {
+    pub(crate) message: Option<Vec<u8>>,
+    pub(crate) initial_metadata: Option<Headers>,
+    pub(crate) trailing_metadata: Option<Headers>,
+    pub(crate) status: Option<GrpcStatus>,
 }
 
 /// The state of one HTTP context (one request through this filter).

@@ -3,11 +3,12 @@
 
 use crate::abi::Action;
 use crate::call_mode::CallMode;
-use crate::callout::CalloutResponse;
+use crate::callout::{CalloutResponse, GrpcChannels, GrpcEvent, GrpcStatus};
 use crate::epoch::ticks_for;
+use crate::grpc_call::UnaryResponse;
 use crate::hostcalls::flush_stdio;
 use crate::plugin::PluginInner;
-use crate::state::{GuestClock, HostState, StreamState};
+use crate::state::{GrpcDelivery, GuestClock, HostState, StreamState};
 use crate::types::{LoadError, StreamInfo};
 use crate::vm_lock::{VmGuard, VmLock};
 use std::collections::HashMap;
@@ -70,7 +71,19 @@ struct Callbacks {
     on_tick: Option<TypedFunc<i32, ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_http_call_response: Option<TypedFunc<CallResponseParams, ()>>,
+    on_grpc_receive_initial_metadata: Option<TypedFunc<GrpcParams, ()>>,
+    on_grpc_receive: Option<TypedFunc<GrpcParams, ()>>,
+    on_grpc_receive_trailing_metadata: Option<TypedFunc<GrpcParams, ()>>,
+    on_grpc_close: Option<TypedFunc<GrpcParams, ()>>,
 }
+
+/// `proxy_on_grpc_*(context, token, count)`: the metadata's pairs, the message's size, or the
+/// closing status code.
+type GrpcParams = (i32, i32, i32);
+
+/// Events of one gRPC call buffered between its transport and its guest: past it, the transport
+/// stops reading and HTTP/2 flow control holds the upstream back.
+const GRPC_EVENTS_BUFFERED: usize = 16;
 
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
 type CallResponseParams = (i32, i32, i32, i32, i32);
@@ -109,6 +122,18 @@ impl Callbacks {
             on_tick: export(instance, store, "proxy_on_tick")?,
             on_queue_ready: export(instance, store, "proxy_on_queue_ready")?,
             on_http_call_response: export(instance, store, "proxy_on_http_call_response")?,
+            on_grpc_receive_initial_metadata: export(
+                instance,
+                store,
+                "proxy_on_grpc_receive_initial_metadata",
+            )?,
+            on_grpc_receive: export(instance, store, "proxy_on_grpc_receive")?,
+            on_grpc_receive_trailing_metadata: export(
+                instance,
+                store,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )?,
+            on_grpc_close: export(instance, store, "proxy_on_grpc_close")?,
         })
     }
 }
@@ -167,6 +192,9 @@ impl PluginVm {
             callouts_in_flight: 0,
             new_callouts: Vec::new(),
             callout_response: None,
+            grpc_calls: HashMap::new(),
+            new_grpc_calls: Vec::new(),
+            grpc_delivery: GrpcDelivery::default(),
             last_error_log: None,
             stdio_lines: Default::default(),
             clock: GuestClock::start(plugin.shared.spec.limits.start_deadline),
@@ -320,6 +348,7 @@ impl PluginVm {
         let result = call_guest(self.plugin.calls, &mut self.store, func, params).await;
         flush_stdio(self.store.data_mut());
         self.start_callouts();
+        self.start_grpc_calls();
         match result {
             Ok(value) => Ok(Some(value)),
             Err(error) => {
@@ -404,6 +433,104 @@ impl PluginVm {
         }
     }
 
+    /// Starts the gRPC calls the last callback opened (and did not cancel at once); each runs on
+    /// its own task, which delivers the call's events to the guest in order.
+    fn start_grpc_calls(&mut self) {
+        let pending = std::mem::take(&mut self.store.data_mut().new_grpc_calls);
+        for opened in pending {
+            let Some(call) = self.store.data_mut().grpc_calls.get_mut(&opened.token) else {
+                continue; // cancelled in the callback that opened it
+            };
+            let (events, mut received) = tokio::sync::mpsc::channel(GRPC_EVENTS_BUFFERED);
+            let channels = GrpcChannels {
+                outgoing: opened.outgoing,
+                events,
+            };
+            let transport = self.plugin.shared.services.callouts.grpc_call(
+                &opened.cluster,
+                opened.call,
+                channels,
+            );
+            let is_stream = call.is_stream;
+            let (cell, token) = (self.self_ref.clone(), opened.token);
+            let deliver = async move {
+                let mut unary = UnaryResponse::default();
+                while let Some(event) = received.recv().await {
+                    let event = if is_stream {
+                        event
+                    } else {
+                        match unary.push(event) {
+                            Some(event) => event,
+                            None => continue,
+                        }
+                    };
+                    let Some(cell) = cell.upgrade() else { return };
+                    let mut vm = cell.lock().await;
+                    if !vm.deliver_grpc(token, event).await {
+                        return;
+                    }
+                }
+            };
+            // Two tasks: cancelling a call (even from its own callback) aborts the transport only;
+            // its events channel closes and the delivery ends after the event in hand.
+            tokio::spawn(deliver);
+            let task = tokio::spawn(transport);
+            call.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Hands one event of gRPC call `token` to its guest. False once the call is over for the
+    /// guest: closed, answered (unary), cancelled, or its context gone.
+    async fn deliver_grpc(&mut self, token: u32, event: GrpcEvent) -> bool {
+        let state = self.store.data_mut();
+        let Some(call) = state.grpc_calls.get(&token) else {
+            return false; // cancelled
+        };
+        let (context_id, is_stream) = (call.context_id, call.is_stream);
+        let ends = matches!(event, GrpcEvent::Close(_)) || !is_stream;
+        if ends {
+            // Forgotten before the callback, so the guest cannot send on or cancel a closed call.
+            state.grpc_calls.remove(&token);
+        }
+        let (ctx, token_arg) = (context_id as i32, token as i32);
+        let mut delivery = GrpcDelivery::default();
+        let (select, count): (fn(&Callbacks) -> Option<&TypedFunc<GrpcParams, ()>>, usize) =
+            match event {
+                GrpcEvent::InitialMetadata(headers) => {
+                    let pairs = headers.len();
+                    delivery.initial_metadata = Some(headers);
+                    (|c| c.on_grpc_receive_initial_metadata.as_ref(), pairs)
+                }
+                GrpcEvent::Message(message) => {
+                    let size = message.len();
+                    delivery.message = Some(message);
+                    if !is_stream {
+                        delivery.status = Some(GrpcStatus::new(GrpcStatus::OK, ""));
+                    }
+                    (|c| c.on_grpc_receive.as_ref(), size)
+                }
+                GrpcEvent::TrailingMetadata(headers) => {
+                    let pairs = headers.len();
+                    delivery.trailing_metadata = Some(headers);
+                    (|c| c.on_grpc_receive_trailing_metadata.as_ref(), pairs)
+                }
+                GrpcEvent::Close(status) => {
+                    let code = status.code as usize;
+                    delivery.status = Some(status);
+                    (|c| c.on_grpc_close.as_ref(), code)
+                }
+            };
+        self.store.data_mut().grpc_delivery = delivery;
+        let _ = self
+            .invoke(context_id, select, (ctx, token_arg, count as i32))
+            .await;
+        self.store.data_mut().grpc_delivery = GrpcDelivery::default();
+        if let Some(stream) = self.store.data().streams.get(&context_id) {
+            stream.wake.notify_one();
+        }
+        !ends
+    }
+
     /// Creates an HTTP context for a new stream.
     pub(crate) async fn create_stream(&mut self, info: StreamInfo) -> Result<u32, Trapped> {
         let id = self.next_context_id;
@@ -478,7 +605,10 @@ impl PluginVm {
         let _ = self.invoke(id, |c| c.on_done.as_ref(), ctx).await;
         let _ = self.invoke(id, |c| c.on_log.as_ref(), ctx).await;
         let _ = self.invoke(id, |c| c.on_delete.as_ref(), ctx).await;
-        self.store.data_mut().streams.remove(&id);
+        let state = self.store.data_mut();
+        state.streams.remove(&id);
+        // As in Envoy, a context's gRPC calls end with it (dropping their state cancels them).
+        state.grpc_calls.retain(|_, call| call.context_id != id);
     }
 
     /// The stream's state, for the stream driver.

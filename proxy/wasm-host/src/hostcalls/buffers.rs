@@ -70,6 +70,11 @@ fn buffer(state: &mut HostState, buffer: i32) -> Result<&[u8], Status> {
             .as_ref()
             .map(|r| r.body.as_slice())
             .ok_or(Status::NotFound),
+        BufferType::GrpcReceiveBuffer => state
+            .grpc_delivery
+            .message
+            .as_deref()
+            .ok_or(Status::NotFound),
         BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
             body_mut(state, kind).map(|body| &body[..])
         }

@@ -1,7 +1,7 @@
-//! Contexts, time, timers, foreign functions and gRPC (not supported yet).
+//! Contexts, time, timers and foreign functions.
 
 use crate::abi::Status;
-use crate::memory::{finish, write_u32, write_u64, HostResult};
+use crate::memory::{finish, write_u64, HostResult};
 use crate::state::HostState;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
@@ -64,71 +64,6 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             // No foreign functions are registered in this host.
             Ok(Status::NotFound.into())
         },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_status",
-        |mut caller: Caller<'_, HostState>, code: i32, msg_ptr: i32, msg_len: i32| -> HostResult {
-            // Only meaningful inside gRPC callbacks, which this host never makes.
-            finish((|| {
-                write_u32(&mut caller, code, 0)?;
-                write_u32(&mut caller, msg_ptr, 0)?;
-                write_u32(&mut caller, msg_len, 0)?;
-                Ok(())
-            })())
-        },
-    )?;
-    // gRPC callouts are not supported: the SDK accepts INTERNAL_FAILURE from call/stream and
-    // NOT_FOUND from the token-based calls, so filters see an error instead of trapping.
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        |_c: Caller<'_, HostState>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> HostResult { Ok(Status::InternalFailure.into()) },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_stream",
-        |_c: Caller<'_, HostState>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> HostResult { Ok(Status::InternalFailure.into()) },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        |_c: Caller<'_, HostState>, _: i32, _: i32, _: i32, _: i32| -> HostResult {
-            Ok(Status::NotFound.into())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_cancel",
-        |_c: Caller<'_, HostState>, _: i32| -> HostResult { Ok(Status::NotFound.into()) },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_close",
-        |_c: Caller<'_, HostState>, _: i32| -> HostResult { Ok(Status::NotFound.into()) },
     )?;
     Ok(())
 }

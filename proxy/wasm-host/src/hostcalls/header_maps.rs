@@ -142,7 +142,8 @@ fn map_mut(state: &mut HostState, map: i32) -> Result<Option<&mut Headers>, Stat
         MapType::HttpCallResponseTrailers => {
             state.callout_response.as_mut().map(|r| &mut r.trailers)
         }
-        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => None,
+        MapType::GrpcReceiveInitialMetadata => state.grpc_delivery.initial_metadata.as_mut(),
+        MapType::GrpcReceiveTrailingMetadata => state.grpc_delivery.trailing_metadata.as_mut(),
         MapType::HttpRequestHeaders => match state.stream() {
             Some(s) if s.request_headers_gone && !s.ending => return Err(Status::BadArgument),
             stream => stream.map(|s| &mut s.request_headers),

@@ -4,6 +4,7 @@
 
 mod buffers;
 mod context;
+mod grpc;
 mod header_maps;
 mod logging;
 mod metrics;
@@ -70,6 +71,7 @@ pub(crate) fn add_to_linker(
     buffers::add_to_linker(linker, mode)?;
     header_maps::add_to_linker(linker, mode)?;
     stream_control::add_to_linker(linker)?;
+    grpc::add_to_linker(linker, mode)?;
     shared::add_to_linker(linker, mode)?;
     metrics::add_to_linker(linker)?;
     properties::add_to_linker(linker, mode)?;

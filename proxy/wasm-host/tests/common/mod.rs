@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use proxy_wasm_host::{
-    CalloutRequest, CalloutResponse, Headers, Host, HostOptions, HttpCallDispatcher, HttpStream,
+    CalloutDispatcher, CalloutRequest, CalloutResponse, Headers, Host, HostOptions, HttpStream,
     Plugin, PluginSpec, StreamInfo,
 };
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub fn host() -> Host {
 }
 
 /// A host whose callouts go to `dispatcher`.
-pub fn host_with_callouts(dispatcher: impl HttpCallDispatcher + 'static) -> Host {
+pub fn host_with_callouts(dispatcher: impl CalloutDispatcher + 'static) -> Host {
     Host::new(HostOptions {
         callouts: Arc::new(dispatcher),
         ..HostOptions::default()
@@ -65,7 +65,7 @@ pub fn stream(plugin: &Plugin) -> HttpStream {
 /// A callout transport answering every request from a closure.
 pub struct FnDispatcher<F>(pub F);
 
-impl<F> HttpCallDispatcher for FnDispatcher<F>
+impl<F> CalloutDispatcher for FnDispatcher<F>
 where
     F: Fn(&str, CalloutRequest) -> Option<CalloutResponse> + Send + Sync + 'static,
 {
