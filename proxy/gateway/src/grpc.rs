@@ -142,10 +142,7 @@ impl MessageDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DecodeError> {
         self.buffered.extend_from_slice(bytes);
         let mut messages = Vec::new();
-        loop {
-            let Some(header) = self.buffered.first_chunk::<5>() else {
-                break;
-            };
+        while let Some(header) = self.buffered.first_chunk::<5>() {
             if header[0] != 0 {
                 return Err(DecodeError::Compressed);
             }

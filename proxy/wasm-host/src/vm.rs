@@ -81,6 +81,9 @@ struct Callbacks {
 /// closing status code.
 type GrpcParams = (i32, i32, i32);
 
+/// Picks one of the `proxy_on_grpc_*` callbacks.
+type GrpcCallback = fn(&Callbacks) -> Option<&TypedFunc<GrpcParams, ()>>;
+
 /// Events of one gRPC call buffered between its transport and its guest: past it, the transport
 /// stops reading and HTTP/2 flow control holds the upstream back.
 const GRPC_EVENTS_BUFFERED: usize = 16;
@@ -494,32 +497,31 @@ impl PluginVm {
         }
         let (ctx, token_arg) = (context_id as i32, token as i32);
         let mut delivery = GrpcDelivery::default();
-        let (select, count): (fn(&Callbacks) -> Option<&TypedFunc<GrpcParams, ()>>, usize) =
-            match event {
-                GrpcEvent::InitialMetadata(headers) => {
-                    let pairs = headers.len();
-                    delivery.initial_metadata = Some(headers);
-                    (|c| c.on_grpc_receive_initial_metadata.as_ref(), pairs)
+        let (select, count): (GrpcCallback, usize) = match event {
+            GrpcEvent::InitialMetadata(headers) => {
+                let pairs = headers.len();
+                delivery.initial_metadata = Some(headers);
+                (|c| c.on_grpc_receive_initial_metadata.as_ref(), pairs)
+            }
+            GrpcEvent::Message(message) => {
+                let size = message.len();
+                delivery.message = Some(message);
+                if !is_stream {
+                    delivery.status = Some(GrpcStatus::new(GrpcStatus::OK, ""));
                 }
-                GrpcEvent::Message(message) => {
-                    let size = message.len();
-                    delivery.message = Some(message);
-                    if !is_stream {
-                        delivery.status = Some(GrpcStatus::new(GrpcStatus::OK, ""));
-                    }
-                    (|c| c.on_grpc_receive.as_ref(), size)
-                }
-                GrpcEvent::TrailingMetadata(headers) => {
-                    let pairs = headers.len();
-                    delivery.trailing_metadata = Some(headers);
-                    (|c| c.on_grpc_receive_trailing_metadata.as_ref(), pairs)
-                }
-                GrpcEvent::Close(status) => {
-                    let code = status.code as usize;
-                    delivery.status = Some(status);
-                    (|c| c.on_grpc_close.as_ref(), code)
-                }
-            };
+                (|c| c.on_grpc_receive.as_ref(), size)
+            }
+            GrpcEvent::TrailingMetadata(headers) => {
+                let pairs = headers.len();
+                delivery.trailing_metadata = Some(headers);
+                (|c| c.on_grpc_receive_trailing_metadata.as_ref(), pairs)
+            }
+            GrpcEvent::Close(status) => {
+                let code = status.code as usize;
+                delivery.status = Some(status);
+                (|c| c.on_grpc_close.as_ref(), code)
+            }
+        };
         self.store.data_mut().grpc_delivery = delivery;
         let _ = self
             .invoke(context_id, select, (ctx, token_arg, count as i32))
